@@ -1,0 +1,222 @@
+"""One interface for the grafting backends.
+
+A backend wraps a :class:`~commlib.models.Model` and knows how to do two things
+through its library (nnsight or TransformerLens):
+
+* :meth:`Backend.residuals`: the residual stream after chosen decoder blocks
+  ("post-layer k", equal to HF ``hidden_states[k + 1]``);
+* :meth:`Backend.forward`: one forward pass, optionally with an
+  :class:`Edit` applied to the residual after one block, returning logits and
+  the KV cache.
+
+Everything else (capture at a position, decoding with the KV cache carrying
+the edit, greedy or sampled) is shared here, so the backends cannot drift
+apart in how they decode.
+
+The edit is applied only when the pass covers the edited positions, i.e. in
+the prefill; decode steps then see the edited keys and values through the
+cache, which is the paper's method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from commlib.errors import LayerOutOfRangeError, NonFiniteActivationError
+from commlib.models import Model
+from commlib.prompts import Batch
+
+EditFn = Callable[[Float[Tensor, "batch n d"]], Float[Tensor, "batch n d"]]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace the residual after block ``layer`` at ``positions`` by ``fn`` of itself.
+
+    Attributes:
+        layer: Decoder block index (0-based); the edit acts on its output.
+        positions: ``[batch, n]`` absolute indices into the padded prompt.
+        fn: Maps the ``[batch, n, d]`` residual slice to its replacement.
+    """
+
+    layer: int
+    positions: Int[Tensor, "batch n"]
+    fn: EditFn
+
+    def apply(self, hidden: Float[Tensor, "batch seq d"]) -> Float[Tensor, "batch seq d"]:
+        """Return ``hidden`` with the edit applied (a new tensor)."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        pos = self.positions.to(hidden.device)
+        new = self.fn(hidden[rows, pos])
+        check_finite(new, f"edited residual at layer {self.layer}")
+        out = hidden.clone()
+        out[rows, pos] = new.to(hidden.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings, recorded with results.
+
+    Attributes:
+        max_new_tokens: Upper bound on generated tokens.
+        do_sample: Sample (with ``temperature``, ``top_p``) instead of greedy.
+        temperature: Softmax temperature when sampling.
+        top_p: Nucleus threshold when sampling (1.0 = off).
+        seed: Seed of the sampling generator.
+        stop_at_eos: Stop each row at its first EOS token.
+    """
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generated continuations of a batch.
+
+    Attributes:
+        token_ids: ``[batch, new]`` generated ids; after a row's EOS, pad ids
+            (the same layout HF ``generate`` returns after the prompt).
+        texts: Decoded continuations (special tokens skipped).
+        first_logits: ``[batch, vocab]`` logits that chose the first new token.
+    """
+
+    token_ids: Int[Tensor, "batch new"]
+    texts: list[str]
+    first_logits: Float[Tensor, "batch vocab"]
+
+
+def check_finite(x: Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteActivationError` when ``x`` holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise NonFiniteActivationError(
+            f"{what} contains NaN or inf: check the inputs, the map W, and alpha"
+        )
+
+
+def check_layer(model: Model, layer: int, what: str = "layer") -> None:
+    """Raise :class:`LayerOutOfRangeError` unless ``0 <= layer < n_layers``."""
+    n = model.info.n_layers
+    if not 0 <= layer < n:
+        raise LayerOutOfRangeError(
+            f"{what}={layer} is out of range for {model.name}: use 0..{n - 1}"
+        )
+
+
+class Backend(ABC):
+    """A grafting backend over one model. Subclasses implement two methods."""
+
+    name: str = "base"
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    @abstractmethod
+    def residuals(
+        self, batch: Batch, layers: Sequence[int]
+    ) -> dict[int, Float[Tensor, "batch seq d"]]:
+        """Residual stream after each of ``layers`` (HF ``hidden_states[k + 1]``)."""
+
+    @abstractmethod
+    def forward(
+        self, batch: Batch, edit: Edit | None = None, past: Any = None
+    ) -> tuple[Float[Tensor, "batch seq vocab"], Any]:
+        """One forward pass, optionally edited; returns ``(logits, kv_cache)``.
+
+        ``batch`` holds the full attention mask (past and new tokens) and only
+        the new tokens' ids when ``past`` is given.
+        """
+
+    # ---- shared on top of the two primitives --------------------------------
+
+    def capture(
+        self, batch: Batch, layer: int, positions: Int[Tensor, " batch"] | None = None
+    ) -> Float[Tensor, "batch d"]:
+        """Residual after block ``layer`` at one position per row (default: last)."""
+        check_layer(self.model, layer)
+        hidden = self.residuals(batch, [layer])[layer]
+        if positions is None:
+            out = hidden[:, -1]
+        else:
+            out = hidden[torch.arange(batch.size, device=hidden.device), positions.to(hidden.device)]
+        check_finite(out, f"{self.model.name} residual at layer {layer}")
+        return out
+
+    def logits(self, batch: Batch, edit: Edit | None = None) -> Float[Tensor, "batch seq vocab"]:
+        """Full-sequence logits, optionally edited."""
+        if edit is not None:
+            check_layer(self.model, edit.layer)
+        return self.forward(batch, edit)[0]
+
+    @torch.no_grad()
+    def generate(
+        self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding()
+    ) -> Generation:
+        """Decode from ``batch``; ``edit`` is applied in the prefill only.
+
+        The KV cache carries the edited state into every later step.
+        """
+        if edit is not None:
+            check_layer(self.model, edit.layer)
+        eos = torch.tensor(self.model.eos_token_ids(), device=batch.input_ids.device)
+        pad_id = self.model.tokenizer.pad_token_id
+        gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
+        logits, past = self.forward(batch, edit)
+        step_logits = logits[:, -1].float()
+        first_logits = step_logits
+        mask = batch.attention_mask
+        done = torch.zeros(batch.size, dtype=torch.bool, device=mask.device)
+        out: list[Tensor] = []
+        for step in range(decoding.max_new_tokens):
+            nxt = _choose(step_logits, decoding, gen)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out.append(nxt)
+            if decoding.stop_at_eos:
+                done = done | torch.isin(nxt, eos)
+                if bool(done.all()):
+                    break
+            if step == decoding.max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits, past = self.forward(Batch(nxt[:, None], mask), None, past)
+            step_logits = logits[:, -1].float()
+        ids = torch.stack(out, dim=1) if out else batch.input_ids[:, :0]
+        texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+
+
+def _choose(logits: Float[Tensor, "batch vocab"], decoding: Decoding, gen: torch.Generator) -> Tensor:
+    if not decoding.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / decoding.temperature, dim=-1)
+    if decoding.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < decoding.top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    idx = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1)
+    return idx.to(logits.device)
+
+
+def position_ids_for(batch: Batch, past_len: int) -> Int[Tensor, "batch new"]:
+    """Position ids of the new tokens in ``batch`` given ``past_len`` cached ones."""
+    return batch.position_ids[:, past_len:]
+
+
+def cache_length(past: Any) -> int:
+    """Number of cached positions in a HF cache (0 for ``None``)."""
+    if past is None:
+        return 0
+    return int(past.get_seq_length())

@@ -1,0 +1,76 @@
+"""nnsight backend: traces over ``nnsight.TransformersModel``.
+
+The trace bodies below read and write ``model.model.layers[k].output``, which
+in transformers 5 is the block's output tensor (``[batch, seq, d]``), equal to
+HF ``hidden_states[k + 1]``.
+
+``remote`` is passed to every trace, so NDIF remote execution is a parameter,
+not a rewrite; device maps are the wrapped HF model's own.
+
+Decode steps without an edit bypass the trace and call the wrapped module
+directly: they need no intervention, and skipping the trace removes its
+per-call overhead from the hot loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import nnsight
+from jaxtyping import Float
+from torch import Tensor
+
+from commlib.backends.base import Backend, Edit, cache_length, position_ids_for
+from commlib.models import Model
+from commlib.prompts import Batch
+
+
+class NnsightBackend(Backend):
+    """Grafting through nnsight traces.
+
+    Args:
+        model: The model to wrap.
+        remote: Run traces on NDIF (needs a key and a network).
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> from commlib.prompts import encode
+        >>> model = load_model("tiny-llama-random")
+        >>> backend = NnsightBackend(model)
+        >>> backend.capture(encode(model, ["Hi"]), layer=1).shape
+        torch.Size([1, 64])
+    """
+
+    name = "nnsight"
+
+    def __init__(self, model: Model, remote: bool = False) -> None:
+        super().__init__(model)
+        self.remote = remote
+        padding_side = model.tokenizer.padding_side
+        self.lm = nnsight.TransformersModel(model.hf, tokenizer=model.tokenizer)
+        model.tokenizer.padding_side = padding_side  # TransformersModel sets left; keep ours
+        self._layers = self.lm.model.layers
+
+    def residuals(self, batch: Batch, layers: Sequence[int]) -> dict[int, Float[Tensor, "batch seq d"]]:
+        saved = {}
+        with self.lm.trace(
+            batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            remote=self.remote,
+        ):
+            for layer in sorted(set(layers)):  # nnsight needs execution order
+                saved[layer] = self._layers[layer].output.save()
+        return {k: v.detach() for k, v in saved.items()}
+
+    def forward(self, batch: Batch, edit: Edit | None = None, past: Any = None) -> tuple[Tensor, Any]:
+        position_ids = position_ids_for(batch, cache_length(past))
+        kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids,
+                      past_key_values=past, use_cache=True)
+        if edit is None:
+            out = self.model.hf(batch.input_ids, **kwargs)
+            return out.logits, out.past_key_values
+        with self.lm.trace(batch.input_ids, remote=self.remote, **kwargs):
+            block = self._layers[edit.layer]
+            block.output = edit.apply(block.output)
+            out = self.lm.output.save()
+        return out.logits, out.past_key_values

@@ -1,0 +1,176 @@
+"""One activation-communication exchange (Ramesh & Li, 2025).
+
+Run sender A on its prompt to block ``k`` and take its residual at the message
+position; run receiver B on its prompt, replace B's residual after block ``j``
+at the same kind of position by ``f(a, b)``; let B continue and decode. The
+edit happens in the prefill only, and the KV cache carries it.
+
+Example:
+    >>> from commlib.models import load_model
+    >>> from commlib.backends import Decoding
+    >>> model = load_model("tiny-llama-random")
+    >>> out = communicate(model, model, ["Alice is in Paris."], ["Where is Alice?"],
+    ...                   GraftConfig(k=1, j=1, f="replace"), decoding=Decoding(max_new_tokens=4))
+    >>> out.token_ids.shape
+    torch.Size([1, 4])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from commlib.backends import Backend, Decoding, Edit, get_backend
+from commlib.backends.base import check_layer
+from commlib.combine import COMBINE_FNS, LinearMap, combine
+from commlib.errors import CommlibError, UnknownCombineError
+from commlib.models import Model
+from commlib.prompts import Position, encode, message_positions
+
+NO_GRAFT = "none"
+"""The ``f`` that means B alone (no communication)."""
+
+
+@dataclass(frozen=True)
+class GraftConfig:
+    """Where and how to graft; recorded with every result.
+
+    Attributes:
+        k: Sender block whose output is read (0-based; HF ``hidden_states[k+1]``).
+        j: Receiver block whose output is edited.
+        f: ``sum``, ``mean``, ``replace`` (or any registered f), or ``none``.
+        alpha: Interpolation ``b + alpha * (f(a, b) - b)``.
+        match_norm: Rescale the grafted state to ``b``'s norm.
+        position: ``"last"`` prompt token or last token of the user ``"content"``,
+            for both capture and injection.
+        raw: Feed prompts as given, without chat template or plain format.
+    """
+
+    k: int
+    j: int
+    f: str = "replace"
+    alpha: float = 1.0
+    match_norm: bool = False
+    position: Position = "last"
+    raw: bool = False
+
+    def __post_init__(self) -> None:
+        if self.f != NO_GRAFT and self.f not in COMBINE_FNS:
+            raise UnknownCombineError(
+                f"unknown f {self.f!r}; use one of {', '.join([NO_GRAFT, *COMBINE_FNS])}"
+            )
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The outcome of :func:`communicate` for a batch of prompt pairs."""
+
+    texts: list[str]
+    token_ids: Int[Tensor, "batch new"]
+    first_logits: Float[Tensor, "batch vocab"]
+    config: GraftConfig
+    sender: str
+    receiver: str
+    backend: str
+    decoding: Decoding
+    map_info: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: texts, generated ids, and the full configuration."""
+        return {
+            "text": self.texts[0] if len(self.texts) == 1 else self.texts,
+            "token_ids": self.token_ids[0].tolist() if len(self.texts) == 1 else self.token_ids.tolist(),
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "backend": self.backend,
+            **asdict(self.config),
+            "decoding": asdict(self.decoding),
+            "map": self.map_info,
+        }
+
+
+def capture_sender(
+    sender: Backend, prompts: Sequence[str], k: int, position: Position = "last", raw: bool = False
+) -> Float[Tensor, "batch d_a"]:
+    """Sender's residual after block ``k`` at the message position, one row per prompt."""
+    check_layer(sender.model, k, "k")
+    batch = encode(sender.model, prompts, raw=raw)
+    return sender.capture(batch, k, message_positions(sender.model, prompts, batch, position, raw=raw))
+
+
+def graft_edit(
+    a: Float[Tensor, "batch d_a"],
+    positions: Int[Tensor, " batch"],
+    config: GraftConfig,
+    map: LinearMap | None = None,
+) -> Edit:
+    """The edit that puts ``f(a, b)`` into B's residual after block ``config.j``.
+
+    Args:
+        a: Sender activations, one row per receiver prompt.
+        positions: Index of the message position in each row of B's batch.
+        config: Gives ``j``, ``f``, ``alpha``, ``match_norm``.
+        map: Optional learned ``W``.
+    """
+
+    def fn(b: Float[Tensor, "batch 1 d_b"]) -> Float[Tensor, "batch 1 d_b"]:
+        return combine(a[:, None, :], b, config.f, map=map, alpha=config.alpha, match_norm=config.match_norm)
+
+    return Edit(layer=config.j, positions=positions[:, None], fn=fn)
+
+
+def communicate(
+    sender: Model,
+    receiver: Model,
+    sender_prompts: Sequence[str],
+    receiver_prompts: Sequence[str],
+    config: GraftConfig,
+    *,
+    map: LinearMap | None = None,
+    backend: str = "nnsight",
+    decoding: Decoding = Decoding(),
+) -> Exchange:
+    """Run one activation-communication exchange for a batch of prompt pairs.
+
+    Args:
+        sender: Model A.
+        receiver: Model B (may be the same object as A).
+        sender_prompts: A's prompts, one per pair.
+        receiver_prompts: B's prompts, one per pair.
+        config: Layers, f, alpha, position.
+        map: A learned ``W`` for this pair and layers (optional).
+        backend: ``"nnsight"`` or ``"transformer-lens"``.
+        decoding: Greedy by default.
+
+    Returns:
+        B's continuations under the graft.
+
+    Raises:
+        CommlibError: mismatched batch sizes, bad layers, f, widths or map.
+    """
+    if isinstance(sender_prompts, str) or isinstance(receiver_prompts, str):
+        raise TypeError("pass lists of prompts, not single strings")
+    if len(sender_prompts) != len(receiver_prompts):
+        raise CommlibError(
+            f"{len(sender_prompts)} sender prompts but {len(receiver_prompts)} receiver prompts: pair them up"
+        )
+    rb = get_backend(receiver, backend)
+    batch = encode(receiver, receiver_prompts, raw=config.raw)
+    edit = None
+    if config.f != NO_GRAFT:
+        check_layer(receiver, config.j, "j")
+        if map is not None:
+            map.check_pair(sender.name, receiver.name, config.k, config.j)
+        a = capture_sender(get_backend(sender, backend), sender_prompts, config.k, config.position, config.raw)
+        positions = message_positions(receiver, receiver_prompts, batch, config.position, raw=config.raw)
+        edit = graft_edit(a, positions, config, map)
+    gen = rb.generate(batch, edit, decoding)
+    return Exchange(
+        texts=gen.texts, token_ids=gen.token_ids, first_logits=gen.first_logits, config=config,
+        sender=sender.name, receiver=receiver.name, backend=rb.name, decoding=decoding,
+        map_info=asdict(map.info) if map is not None else None,
+    )

