@@ -239,14 +239,15 @@ def fit_linear_map(
     torch.nn.init.xavier_uniform_(weight, generator=gen)
     weight.requires_grad_(True)
     opt = torch.optim.Adam([weight], lr=lr)
-    for _ in trange(epochs, desc="fit W", disable=not progress, leave=False):
-        perm = train[torch.randperm(train.numel(), generator=gen)]
-        for start in range(0, perm.numel(), batch_size):
-            idx = perm[start : start + batch_size]
-            loss = torch.nn.functional.mse_loss(a[idx] @ weight.T, b[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with torch.enable_grad():  # callers often run under no_grad
+        for _ in trange(epochs, desc="fit W", disable=not progress, leave=False):
+            perm = train[torch.randperm(train.numel(), generator=gen)]
+            for start in range(0, perm.numel(), batch_size):
+                idx = perm[start : start + batch_size]
+                loss = torch.nn.functional.mse_loss(a[idx] @ weight.T, b[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     weight = weight.detach()
     with torch.no_grad():
         train_mse = torch.nn.functional.mse_loss(a[train] @ weight.T, b[train]).item()

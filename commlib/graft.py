@@ -174,3 +174,50 @@ def communicate(
         sender=sender.name, receiver=receiver.name, backend=rb.name, decoding=decoding,
         map_info=asdict(map.info) if map is not None else None,
     )
+
+
+def capture_corpus(
+    model: Model, sentences: Sequence[str], layer: int, *, backend: str = "nnsight",
+    batch_size: int = 32, desc: str | None = None,
+) -> Float[Tensor, "n d"]:
+    """Final-token residuals after block ``layer`` for raw sentences (no template), in batches."""
+    import torch
+    from tqdm.auto import tqdm
+
+    be = get_backend(model, backend)
+    check_layer(model, layer)
+    rows = []
+    for start in tqdm(range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False):
+        chunk = list(sentences[start : start + batch_size])
+        rows.append(be.capture(encode(model, chunk, raw=True), layer).float().cpu())
+    return torch.cat(rows)
+
+
+def fit_map(
+    sender: Model, receiver: Model, k: int, j: int, *, corpus: str = "lambada", n: int = 3072,
+    seed: int = 0, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, backend: str = "nnsight",
+) -> LinearMap:
+    """Train the task-agnostic map ``W`` for a pair as in the paper.
+
+    Final-token activations of A (block ``k``) and B (block ``j``) on the same
+    ``n`` sentences of ``corpus``; Xavier init, Adam, MSE, batch 32, 10 epochs.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
+        >>> w = fit_map(a, b, 1, 1, n=64, epochs=1)  # doctest: +SKIP
+        >>> w.weight.shape
+        torch.Size([96, 64])
+    """
+    from commlib.combine import fit_linear_map
+    from commlib.corpora import load_sentences
+
+    check_layer(sender, k, "k")
+    check_layer(receiver, j, "j")
+    sentences = load_sentences(corpus, n=n, seed=seed)
+    a = capture_corpus(sender, sentences, k, backend=backend)
+    b = a if (sender is receiver and k == j) else capture_corpus(receiver, sentences, j, backend=backend)
+    return fit_linear_map(
+        a, b, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        sender=sender.name, receiver=receiver.name, k=k, j=j, corpus=corpus,
+    )

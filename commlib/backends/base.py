@@ -131,12 +131,13 @@ class Backend(ABC):
 
     @abstractmethod
     def forward(
-        self, batch: Batch, edit: Edit | None = None, past: Any = None
+        self, batch: Batch, edit: Edit | None = None, past: Any = None, last_only: bool = False
     ) -> tuple[Float[Tensor, "batch seq vocab"], Any]:
         """One forward pass, optionally edited; returns ``(logits, kv_cache)``.
 
         ``batch`` holds the full attention mask (past and new tokens) and only
-        the new tokens' ids when ``past`` is given.
+        the new tokens' ids when ``past`` is given. ``last_only`` computes the
+        logits of the last position only (``seq`` = 1), which is all decoding needs.
         """
 
     # ---- shared on top of the two primitives --------------------------------
@@ -173,7 +174,7 @@ class Backend(ABC):
         eos = torch.tensor(self.model.eos_token_ids(), device=batch.input_ids.device)
         pad_id = self.model.tokenizer.pad_token_id
         gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
-        logits, past = self.forward(batch, edit)
+        logits, past = self.forward(batch, edit, last_only=True)
         step_logits = logits[:, -1].float()
         first_logits = step_logits
         mask = batch.attention_mask
@@ -190,7 +191,7 @@ class Backend(ABC):
             if step == decoding.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits, past = self.forward(Batch(nxt[:, None], mask), None, past)
+            logits, past = self.forward(Batch(nxt[:, None], mask), None, past, last_only=True)
             step_logits = logits[:, -1].float()
         ids = torch.stack(out, dim=1) if out else batch.input_ids[:, :0]
         texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)

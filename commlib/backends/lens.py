@@ -63,7 +63,9 @@ class LensBackend(Backend):
                                 stop_at_layer=max(layers) + 1)
         return saved
 
-    def forward(self, batch: Batch, edit: Edit | None = None, past: Any = None) -> tuple[Tensor, Any]:
+    def forward(
+        self, batch: Batch, edit: Edit | None = None, past: Any = None, last_only: bool = False
+    ) -> tuple[Tensor, Any]:
         past_len = cache_length(past)
         fwd = []
         if edit is not None:
@@ -73,6 +75,6 @@ class LensBackend(Backend):
         with self.bridge.hooks(fwd_hooks=fwd):
             logits, cache = self.bridge.forward(
                 batch.input_ids, attention_mask=batch.attention_mask, past_key_values=past,
-                use_cache=True, return_type="logits_and_cache",
+                use_cache=True, return_type="logits_and_cache", logits_to_keep=1 if last_only else 0,
             )
         return logits, cache

@@ -57,15 +57,19 @@ class NnsightBackend(Backend):
         with self.lm.trace(
             batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
             remote=self.remote,
-        ):
+        ) as tracer:
             for layer in sorted(set(layers)):  # nnsight needs execution order
                 saved[layer] = self._layers[layer].output.save()
+            tracer.stop()  # the blocks after the last requested one are not needed
         return {k: v.detach() for k, v in saved.items()}
 
-    def forward(self, batch: Batch, edit: Edit | None = None, past: Any = None) -> tuple[Tensor, Any]:
-        position_ids = position_ids_for(batch, cache_length(past))
-        kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids,
-                      past_key_values=past, use_cache=True)
+    def forward(
+        self, batch: Batch, edit: Edit | None = None, past: Any = None, last_only: bool = False
+    ) -> tuple[Tensor, Any]:
+        kwargs = dict(
+            attention_mask=batch.attention_mask, position_ids=position_ids_for(batch, cache_length(past)),
+            past_key_values=past, use_cache=True, logits_to_keep=1 if last_only else 0,
+        )
         if edit is None:
             out = self.model.hf(batch.input_ids, **kwargs)
             return out.logits, out.past_key_values

@@ -1,0 +1,178 @@
+"""The ``commlib`` command line, thin over the library.
+
+Subcommands: ``models``, ``fetch``, ``graft``, ``fit-map``, ``demo``. Every
+user error prints one line (``commlib: error: ...``) and exits with status 2;
+no traceback.
+
+Example:
+    $ commlib graft --sender smollm2-135m --receiver smollm2-135m \\
+        --sender-prompt "Alice is at the Eiffel Tower." \\
+        --receiver-prompt "Which country is Alice located in?" --k 20 --j 20 --f replace --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from commlib.errors import CommlibError
+
+BACKEND_CHOICES = ("nnsight", "transformer-lens")
+F_CHOICES = ("none", "sum", "mean", "replace")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from commlib.models import OFFLINE_MODELS, RANDOM_MODELS, cache_dir, is_cached
+
+    print(f"cache: {cache_dir()}")
+    print(f"{'name':<24}{'kind':<10}{'cached':<8}description")
+    for name, spec in OFFLINE_MODELS.items():
+        print(f"{name:<24}{'offline':<10}{'yes' if is_cached(name) else 'no':<8}{spec.description}")
+    for name, rspec in RANDOM_MODELS.items():
+        print(f"{name:<24}{'random':<10}{'-':<8}{rspec.description}")
+    print("Also accepted: a local model directory, or a hub id (org/name) when online.")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from commlib.corpora import fetch_lambada
+    from commlib.models import fetch
+
+    for name in args.names:
+        if name == "lambada":
+            print(f"[lambada] {fetch_lambada(force=args.force)}")
+        else:
+            fetch(name, force=args.force)
+    return 0
+
+
+def _cmd_graft(args: argparse.Namespace) -> int:
+    from commlib.backends import Decoding
+    from commlib.combine import LinearMap
+    from commlib.graft import GraftConfig, communicate
+    from commlib.models import load_model
+
+    config = GraftConfig(k=args.k, j=args.j, f=args.f, alpha=args.alpha, match_norm=args.match_norm,
+                         position=args.position, raw=args.raw)
+    sender = load_model(args.sender)
+    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    lin = LinearMap.load(args.map) if args.map else None
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    out = communicate(sender, receiver, [args.sender_prompt], [args.receiver_prompt], config,
+                      map=lin, backend=args.backend, decoding=decoding)
+    if args.json:
+        print(json.dumps(out.to_dict()))
+    else:
+        print(out.texts[0])
+    return 0
+
+
+def _cmd_fit_map(args: argparse.Namespace) -> int:
+    from commlib.graft import fit_map
+    from commlib.models import load_model
+
+    sender = load_model(args.sender)
+    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    lin = fit_map(sender, receiver, args.k, args.j, corpus=args.corpus, n=args.n, seed=args.seed,
+                  epochs=args.epochs, backend=args.backend)
+    path = lin.save(args.out)
+    info = lin.info
+    print(f"saved W {tuple(lin.weight.shape)} to {path}: train MSE {info.train_mse:.4g}, "
+          f"val MSE {info.val_mse:.4g} (predicting the mean: {info.val_baseline_mse:.4g})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from commlib.backends import Decoding
+    from commlib.graft import GraftConfig, communicate
+    from commlib.models import load_model
+
+    model = load_model(args.model)
+    depth = model.info.n_layers
+    k = j = (2 * depth) // 3
+    sender_prompt = "Alice is at the Eiffel Tower."
+    receiver_prompt = "Which country is Alice located in?"
+    print(f"model: {model.name} ({depth} layers, d={model.info.d_model}); k = j = {k}; greedy, 24 tokens")
+    print(f"A reads: {sender_prompt!r}\nB reads: {receiver_prompt!r}\n")
+    for f in F_CHOICES:
+        out = communicate(model, model, [sender_prompt], [receiver_prompt], GraftConfig(k=k, j=j, f=f),
+                          decoding=Decoding(max_new_tokens=24))
+        label = "B alone" if f == "none" else f"AC f={f}"
+        print(f"{label:<16}-> {out.texts[0].strip()!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="commlib", description="Activation communication between LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list registered models and whether each is cached")
+
+    s = sub.add_parser("fetch", help="fetch and convert offline models (and 'lambada' text)")
+    s.add_argument("names", nargs="+")
+    s.add_argument("--force", action="store_true")
+
+    s = sub.add_parser("graft", help="run one activation-communication exchange")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--sender-prompt", required=True)
+    s.add_argument("--receiver-prompt", required=True)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--j", type=int, required=True)
+    s.add_argument("--f", required=True, help=f"one of {', '.join(F_CHOICES)} (none = B alone)")
+    s.add_argument("--map", help="directory of a learned W (from fit-map)")
+    s.add_argument("--alpha", type=float, default=1.0)
+    s.add_argument("--match-norm", action="store_true", help="rescale the grafted state to B's norm")
+    s.add_argument("--position", choices=("last", "content"), default="last")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--max-new-tokens", type=int, default=32)
+    s.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--raw", action="store_true", help="do not wrap prompts in the prompt format")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("fit-map", help="train the linear map W for a model pair")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--j", type=int, required=True)
+    s.add_argument("--n", type=int, default=3072)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--corpus", choices=("lambada", "c4"), default="lambada")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("demo", help="one exchange per f on a toy Countries item")
+    s.add_argument("--model", default="smollm2-135m")
+    return p
+
+
+COMMANDS = {"models": _cmd_models, "fetch": _cmd_fetch, "graft": _cmd_graft, "fit-map": _cmd_fit_map,
+            "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``commlib`` and ``python -m commlib``; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CommlibError as exc:
+        print(f"commlib: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("commlib: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random-weight models (unit) and real SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from commlib.models import Model, load_model
+
+torch.set_grad_enabled(False)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Model:
+    return load_model("tiny-llama-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_wide() -> Model:
+    return load_model("tiny-llama-wide-random")
+
+
+@pytest.fixture(scope="session")
+def smol() -> Model:
+    """Real SmolLM2-135M-Instruct; fetched by setup (run.sh), fetched here if missing."""
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session", params=["tiny", "smol"])
+def any_model(request: pytest.FixtureRequest) -> Model:
+    """Each grafting property runs on a tiny random model and on real SmolLM2."""
+    if request.param == "smol":
+        request.applymarker(pytest.mark.integration)
+    return request.getfixturevalue(request.param)
