@@ -161,6 +161,18 @@ def rss_now() -> int | None:
     return None
 
 
+def cpu_stall_us() -> int | None:
+    """Microseconds some task waited for a CPU since boot (Linux PSI), else None.
+
+    Over the timed runs it shows whether something else competed for the CPUs.
+    """
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return int(some.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def peak_rss() -> int:
     """Process peak RSS in bytes (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -252,6 +264,7 @@ def main() -> None:
         for new in modes.values():
             run(models[path], senders, receivers, new)
     order = list(runs)
+    stall0, wall0 = cpu_stall_us(), time.perf_counter()
     for r in range(args.repeats):
         rotated = order[r % len(order) :] + order[: r % len(order)]
         for mode, new in modes.items():
@@ -260,6 +273,8 @@ def main() -> None:
                 times[mode][path].append(seconds)
                 if mode == "exchange":
                     ids[path] = out
+    stall1, wall = cpu_stall_us(), time.perf_counter() - wall0
+    stall = None if stall0 is None or stall1 is None else (stall1 - stall0) / 1e6 / wall
     rss_ran, peak = rss_now(), peak_rss()
 
     med = {m: {p: statistics.median(t) for p, t in by_path.items()} for m, by_path in times.items()}
@@ -286,6 +301,8 @@ def main() -> None:
         print(f"  {p:<18}{step[p] * 1e3:>10.2f} ms{step[p] / step[BASELINE]:>8.3f}")
     same = all(torch.equal(ids[p], ids[BASELINE]) for p in BACKENDS)
     print(f"generated tokens identical across paths: {'yes' if same else 'NO'}")
+    if stall is not None:
+        print(f"CPU contention during the timed runs: a task waited for a CPU {stall:.0%} of the time")
     print("backend construction (one time): " + ", ".join(f"{b} {s:.2f} s" for b, s in build.items()))
 
     n_params, p_bytes = param_bytes(models[BASELINE])
@@ -344,6 +361,7 @@ def main() -> None:
             "model_copies": len(BACKENDS) + 1,
             "rss_bytes": {"loaded": rss_loaded, "built": rss_built, "ran": rss_ran},
             "peak_rss_bytes": peak,
+            "cpu_stall_fraction": stall,
             "load_s": load_times,
             "run_loads_s": loads,
         }

@@ -55,15 +55,35 @@ def _cmd_graft(args: argparse.Namespace) -> int:
     from commlib.graft import GraftConfig, communicate
     from commlib.models import load_model
 
-    config = GraftConfig(k=args.k, j=args.j, f=args.f, alpha=args.alpha, match_norm=args.match_norm,
-                         position=args.position, raw=args.raw)
+    config = GraftConfig(
+        k=args.k,
+        j=args.j,
+        f=args.f,
+        alpha=args.alpha,
+        match_norm=args.match_norm,
+        position=args.position,
+        raw=args.raw,
+    )
     sender = load_model(args.sender)
     receiver = sender if args.receiver == args.sender else load_model(args.receiver)
     lin = LinearMap.load(args.map) if args.map else None
-    decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    out = communicate(sender, receiver, [args.sender_prompt], [args.receiver_prompt], config,
-                      map=lin, backend=args.backend, decoding=decoding)
+    decoding = Decoding(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    out = communicate(
+        sender,
+        receiver,
+        [args.sender_prompt],
+        [args.receiver_prompt],
+        config,
+        map=lin,
+        backend=args.backend,
+        decoding=decoding,
+    )
     if args.json:
         print(json.dumps(out.to_dict()))
     else:
@@ -77,12 +97,23 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
 
     sender = load_model(args.sender)
     receiver = sender if args.receiver == args.sender else load_model(args.receiver)
-    lin = fit_map(sender, receiver, args.k, args.j, corpus=args.corpus, n=args.n, seed=args.seed,
-                  epochs=args.epochs, backend=args.backend)
+    lin = fit_map(
+        sender,
+        receiver,
+        args.k,
+        args.j,
+        corpus=args.corpus,
+        n=args.n,
+        seed=args.seed,
+        epochs=args.epochs,
+        backend=args.backend,
+    )
     path = lin.save(args.out)
     info = lin.info
-    print(f"saved W {tuple(lin.weight.shape)} to {path}: train MSE {info.train_mse:.4g}, "
-          f"val MSE {info.val_mse:.4g} (predicting the mean: {info.val_baseline_mse:.4g})")
+    print(
+        f"saved W {tuple(lin.weight.shape)} to {path}: train MSE {info.train_mse:.4g}, "
+        f"val MSE {info.val_mse:.4g} (predicting the mean: {info.val_baseline_mse:.4g})"
+    )
     return 0
 
 
@@ -99,8 +130,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"model: {model.name} ({depth} layers, d={model.info.d_model}); k = j = {k}; greedy, 24 tokens")
     print(f"A reads: {sender_prompt!r}\nB reads: {receiver_prompt!r}\n")
     for f in F_CHOICES:
-        out = communicate(model, model, [sender_prompt], [receiver_prompt], GraftConfig(k=k, j=j, f=f),
-                          decoding=Decoding(max_new_tokens=24))
+        out = communicate(
+            model,
+            model,
+            [sender_prompt],
+            [receiver_prompt],
+            GraftConfig(k=k, j=j, f=f),
+            decoding=Decoding(max_new_tokens=24),
+        )
         label = "B alone" if f == "none" else f"AC f={f}"
         print(f"{label:<16}-> {out.texts[0].strip()!r}")
     return 0
@@ -155,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"models": _cmd_models, "fetch": _cmd_fetch, "graft": _cmd_graft, "fit-map": _cmd_fit_map,
-            "demo": _cmd_demo}
+COMMANDS = {
+    "models": _cmd_models,
+    "fetch": _cmd_fetch,
+    "graft": _cmd_graft,
+    "fit-map": _cmd_fit_map,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -233,7 +233,7 @@ def fit_linear_map(
     gen = torch.Generator().manual_seed(seed)
     a, b = a.float().cpu(), b.float().cpu()
     order = torch.randperm(a.shape[0], generator=gen)
-    n_val = max(1, int(round(val_fraction * a.shape[0])))
+    n_val = max(1, round(val_fraction * a.shape[0]))
     val, train = order[:n_val], order[n_val:]
     weight = torch.empty(b.shape[1], a.shape[1])
     torch.nn.init.xavier_uniform_(weight, generator=gen)
@@ -254,8 +254,16 @@ def fit_linear_map(
         val_mse = torch.nn.functional.mse_loss(a[val] @ weight.T, b[val]).item()
         baseline = torch.nn.functional.mse_loss(b[train].mean(0).expand_as(b[val]), b[val]).item()
     meta = MapInfo(
-        d_sender=a.shape[1], d_receiver=b.shape[1], n=a.shape[0], seed=seed, epochs=epochs,
-        batch_size=batch_size, lr=lr, train_mse=train_mse, val_mse=val_mse, val_baseline_mse=baseline,
+        d_sender=a.shape[1],
+        d_receiver=b.shape[1],
+        n=a.shape[0],
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        train_mse=train_mse,
+        val_mse=val_mse,
+        val_baseline_mse=baseline,
         **info,
     )
     return LinearMap(weight=weight, info=meta)

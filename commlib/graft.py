@@ -165,20 +165,33 @@ def communicate(
         check_layer(receiver, config.j, "j")
         if map is not None:
             map.check_pair(sender.name, receiver.name, config.k, config.j)
-        a = capture_sender(get_backend(sender, backend), sender_prompts, config.k, config.position, config.raw)
+        a = capture_sender(
+            get_backend(sender, backend), sender_prompts, config.k, config.position, config.raw
+        )
         positions = message_positions(receiver, receiver_prompts, batch, config.position, raw=config.raw)
         edit = graft_edit(a, positions, config, map)
     gen = rb.generate(batch, edit, decoding)
     return Exchange(
-        texts=gen.texts, token_ids=gen.token_ids, first_logits=gen.first_logits, config=config,
-        sender=sender.name, receiver=receiver.name, backend=rb.name, decoding=decoding,
+        texts=gen.texts,
+        token_ids=gen.token_ids,
+        first_logits=gen.first_logits,
+        config=config,
+        sender=sender.name,
+        receiver=receiver.name,
+        backend=rb.name,
+        decoding=decoding,
         map_info=asdict(map.info) if map is not None else None,
     )
 
 
 def capture_corpus(
-    model: Model, sentences: Sequence[str], layer: int, *, backend: str = "nnsight",
-    batch_size: int = 32, desc: str | None = None,
+    model: Model,
+    sentences: Sequence[str],
+    layer: int,
+    *,
+    backend: str = "nnsight",
+    batch_size: int = 32,
+    desc: str | None = None,
 ) -> Float[Tensor, "n d"]:
     """Final-token residuals after block ``layer`` for raw sentences (no template), in batches."""
     import torch
@@ -187,15 +200,27 @@ def capture_corpus(
     be = get_backend(model, backend)
     check_layer(model, layer)
     rows = []
-    for start in tqdm(range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False):
+    for start in tqdm(
+        range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False
+    ):
         chunk = list(sentences[start : start + batch_size])
         rows.append(be.capture(encode(model, chunk, raw=True), layer).float().cpu())
     return torch.cat(rows)
 
 
 def fit_map(
-    sender: Model, receiver: Model, k: int, j: int, *, corpus: str = "lambada", n: int = 3072,
-    seed: int = 0, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, backend: str = "nnsight",
+    sender: Model,
+    receiver: Model,
+    k: int,
+    j: int,
+    *,
+    corpus: str = "lambada",
+    n: int = 3072,
+    seed: int = 0,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    backend: str = "nnsight",
 ) -> LinearMap:
     """Train the task-agnostic map ``W`` for a pair as in the paper.
 
@@ -218,6 +243,15 @@ def fit_map(
     a = capture_corpus(sender, sentences, k, backend=backend)
     b = a if (sender is receiver and k == j) else capture_corpus(receiver, sentences, j, backend=backend)
     return fit_linear_map(
-        a, b, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        sender=sender.name, receiver=receiver.name, k=k, j=j, corpus=corpus,
+        a,
+        b,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        sender=sender.name,
+        receiver=receiver.name,
+        k=k,
+        j=j,
+        corpus=corpus,
     )

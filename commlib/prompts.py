@@ -98,7 +98,10 @@ def encode(model: Model, texts: Sequence[str], *, raw: bool = False) -> Batch:
     _check_text(texts)
     formatted = [format_prompt(model, t, raw=raw) for t in texts]
     enc = model.tokenizer(
-        formatted, return_tensors="pt", padding=True, add_special_tokens=raw or model.info.prompt_format != "chat"
+        formatted,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=raw or model.info.prompt_format != "chat",
     )
     return Batch(enc["input_ids"], enc["attention_mask"]).to(model.device)
 

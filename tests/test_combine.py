@@ -64,8 +64,23 @@ def test_match_norm_rescales_to_b() -> None:
 
 
 def _info(**kw: object) -> MapInfo:
-    base = dict(sender="A", receiver="B", k=1, j=2, d_sender=2, d_receiver=4, corpus="toy", n=1, seed=0,
-                epochs=1, batch_size=1, lr=1e-3, train_mse=0.0, val_mse=0.0, val_baseline_mse=1.0)
+    base = dict(
+        sender="A",
+        receiver="B",
+        k=1,
+        j=2,
+        d_sender=2,
+        d_receiver=4,
+        corpus="toy",
+        n=1,
+        seed=0,
+        epochs=1,
+        batch_size=1,
+        lr=1e-3,
+        train_mse=0.0,
+        val_mse=0.0,
+        val_baseline_mse=1.0,
+    )
     base.update(kw)
     return MapInfo(**base)  # type: ignore[arg-type]
 
@@ -96,8 +111,9 @@ def test_fit_linear_map_recovers_a_linear_relation() -> None:
     true_w = torch.randn(6, 4, generator=gen)
     a = torch.randn(512, 4, generator=gen)
     b = a @ true_w.T
-    lin = fit_linear_map(a, b, epochs=60, lr=1e-2, progress=False, sender="A", receiver="B", k=0, j=0,
-                         corpus="toy")
+    lin = fit_linear_map(
+        a, b, epochs=60, lr=1e-2, progress=False, sender="A", receiver="B", k=0, j=0, corpus="toy"
+    )
     assert lin.weight.shape == (6, 4)
     assert lin.info.val_mse < 1e-3 * lin.info.val_baseline_mse
     assert torch.allclose(lin.weight, true_w, atol=0.05)

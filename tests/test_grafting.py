@@ -33,8 +33,12 @@ def mid(model: Model) -> int:
 
 
 def hf_hidden(model: Model, batch: Batch) -> tuple[torch.Tensor, ...]:
-    out = model.hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                   output_hidden_states=True)
+    out = model.hf(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        output_hidden_states=True,
+    )
     return out.hidden_states
 
 
@@ -58,8 +62,12 @@ def test_backends_agree_on_grafted_logits_and_tokens(any_model: Model) -> None:
     k = j = mid(any_model)
     for f in ("sum", "mean", "replace"):
         cfg = GraftConfig(k=k, j=j, f=f)
-        outs = {b: communicate(any_model, any_model, SENDER, RECEIVER, cfg, backend=b,
-                               decoding=Decoding(max_new_tokens=6)) for b in BACKENDS}
+        outs = {
+            b: communicate(
+                any_model, any_model, SENDER, RECEIVER, cfg, backend=b, decoding=Decoding(max_new_tokens=6)
+            )
+            for b in BACKENDS
+        }
         nn, tl = outs["nnsight"], outs["transformer-lens"]
         assert (nn.first_logits - tl.first_logits).abs().max().item() <= 1e-4, f
         assert torch.equal(nn.token_ids, tl.token_ids), f
@@ -67,10 +75,18 @@ def test_backends_agree_on_grafted_logits_and_tokens(any_model: Model) -> None:
 
 def test_backends_agree_across_widths(tiny: Model, tiny_wide: Model) -> None:
     cfg = GraftConfig(k=2, j=1, f="sum")
-    nn = communicate(tiny, tiny_wide, SENDER, RECEIVER, cfg, backend="nnsight",
-                     decoding=Decoding(max_new_tokens=5))
-    tl = communicate(tiny, tiny_wide, SENDER, RECEIVER, cfg, backend="transformer-lens",
-                     decoding=Decoding(max_new_tokens=5))
+    nn = communicate(
+        tiny, tiny_wide, SENDER, RECEIVER, cfg, backend="nnsight", decoding=Decoding(max_new_tokens=5)
+    )
+    tl = communicate(
+        tiny,
+        tiny_wide,
+        SENDER,
+        RECEIVER,
+        cfg,
+        backend="transformer-lens",
+        decoding=Decoding(max_new_tokens=5),
+    )
     assert (nn.first_logits - tl.first_logits).abs().max().item() <= 1e-4
     assert torch.equal(nn.token_ids, tl.token_ids)
 
@@ -80,22 +96,47 @@ def test_backends_agree_across_widths(tiny: Model, tiny_wide: Model) -> None:
 def test_identity_graft_leaves_output_unchanged(any_model: Model, backend: str, f: str) -> None:
     """A = B, same prompt, k = j: f(b, b) = b, so nothing may change."""
     k = mid(any_model)
-    plain = communicate(any_model, any_model, RECEIVER, RECEIVER, GraftConfig(k=k, j=k, f="none"),
-                        backend=backend, decoding=Decoding(max_new_tokens=8))
-    graft = communicate(any_model, any_model, RECEIVER, RECEIVER, GraftConfig(k=k, j=k, f=f),
-                        backend=backend, decoding=Decoding(max_new_tokens=8))
+    plain = communicate(
+        any_model,
+        any_model,
+        RECEIVER,
+        RECEIVER,
+        GraftConfig(k=k, j=k, f="none"),
+        backend=backend,
+        decoding=Decoding(max_new_tokens=8),
+    )
+    graft = communicate(
+        any_model,
+        any_model,
+        RECEIVER,
+        RECEIVER,
+        GraftConfig(k=k, j=k, f=f),
+        backend=backend,
+        decoding=Decoding(max_new_tokens=8),
+    )
     assert torch.equal(graft.first_logits, plain.first_logits)
     assert torch.equal(graft.token_ids, plain.token_ids)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_graft_equals_plain_hf_generate(any_model: Model, backend: str) -> None:
-    out = communicate(any_model, any_model, SENDER, RECEIVER, GraftConfig(k=0, j=0, f="none"),
-                      backend=backend, decoding=Decoding(max_new_tokens=10))
+    out = communicate(
+        any_model,
+        any_model,
+        SENDER,
+        RECEIVER,
+        GraftConfig(k=0, j=0, f="none"),
+        backend=backend,
+        decoding=Decoding(max_new_tokens=10),
+    )
     batch = encode(any_model, RECEIVER)
-    ref = any_model.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                max_new_tokens=10, do_sample=False,
-                                pad_token_id=any_model.tokenizer.pad_token_id)
+    ref = any_model.hf.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=10,
+        do_sample=False,
+        pad_token_id=any_model.tokenizer.pad_token_id,
+    )
     assert torch.equal(out.token_ids, ref[:, batch.length :])
 
 
@@ -103,20 +144,24 @@ def test_no_graft_equals_plain_hf_generate(any_model: Model, backend: str) -> No
 def test_real_graft_changes_the_answer(smol: Model) -> None:
     """A's residual from another prompt at a mid layer must move B's logits and its greedy answer."""
     k = mid(smol)
-    plain = communicate(smol, smol, SENDER, RECEIVER, GraftConfig(k=k, j=k, f="none"),
-                        decoding=Decoding(max_new_tokens=12))
-    graft = communicate(smol, smol, SENDER, RECEIVER, GraftConfig(k=k, j=k, f="replace"),
-                        decoding=Decoding(max_new_tokens=12))
+    plain = communicate(
+        smol, smol, SENDER, RECEIVER, GraftConfig(k=k, j=k, f="none"), decoding=Decoding(max_new_tokens=12)
+    )
+    graft = communicate(
+        smol, smol, SENDER, RECEIVER, GraftConfig(k=k, j=k, f="replace"), decoding=Decoding(max_new_tokens=12)
+    )
     assert (graft.first_logits - plain.first_logits).abs().max().item() > 1.0
     assert not torch.equal(graft.token_ids, plain.token_ids)
 
 
 def test_graft_changes_logits_on_tiny(tiny: Model) -> None:
     for f in ("sum", "mean", "replace"):
-        plain = communicate(tiny, tiny, SENDER, RECEIVER, GraftConfig(k=1, j=1, f="none"),
-                            decoding=Decoding(max_new_tokens=1))
-        graft = communicate(tiny, tiny, SENDER, RECEIVER, GraftConfig(k=1, j=1, f=f),
-                            decoding=Decoding(max_new_tokens=1))
+        plain = communicate(
+            tiny, tiny, SENDER, RECEIVER, GraftConfig(k=1, j=1, f="none"), decoding=Decoding(max_new_tokens=1)
+        )
+        graft = communicate(
+            tiny, tiny, SENDER, RECEIVER, GraftConfig(k=1, j=1, f=f), decoding=Decoding(max_new_tokens=1)
+        )
         assert (graft.first_logits - plain.first_logits).abs().max().item() > 1e-3, f
 
 
@@ -144,12 +189,23 @@ def test_cached_generation_equals_recomputing_with_the_edit(any_model: Model, ba
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_equals_one_by_one(any_model: Model, backend: str) -> None:
     cfg = GraftConfig(k=mid(any_model), j=mid(any_model), f="mean")
-    batched = communicate(any_model, any_model, SENDER, RECEIVER, cfg, backend=backend,
-                          decoding=Decoding(max_new_tokens=8))
-    assert encode(any_model, RECEIVER).attention_mask.min() == 0 or encode(any_model, SENDER).attention_mask.min() == 0
+    batched = communicate(
+        any_model, any_model, SENDER, RECEIVER, cfg, backend=backend, decoding=Decoding(max_new_tokens=8)
+    )
+    assert (
+        encode(any_model, RECEIVER).attention_mask.min() == 0
+        or encode(any_model, SENDER).attention_mask.min() == 0
+    )
     for i in range(len(SENDER)):
-        single = communicate(any_model, any_model, SENDER[i : i + 1], RECEIVER[i : i + 1], cfg,
-                             backend=backend, decoding=Decoding(max_new_tokens=8))
+        single = communicate(
+            any_model,
+            any_model,
+            SENDER[i : i + 1],
+            RECEIVER[i : i + 1],
+            cfg,
+            backend=backend,
+            decoding=Decoding(max_new_tokens=8),
+        )
         assert (single.first_logits[0] - batched.first_logits[i]).abs().max().item() <= 1e-4
         n = single.token_ids.shape[1]
         assert torch.equal(single.token_ids[0], batched.token_ids[i, :n])
@@ -166,9 +222,17 @@ def test_content_position_is_inside_the_user_text(smol: Model) -> None:
 
 def test_sampling_is_seeded(tiny: Model) -> None:
     cfg = GraftConfig(k=1, j=1, f="sum")
-    runs = [communicate(tiny, tiny, SENDER, RECEIVER, cfg,
-                        decoding=Decoding(max_new_tokens=8, do_sample=True, top_p=0.9, seed=s))
-            for s in (1, 1, 2)]
+    runs = [
+        communicate(
+            tiny,
+            tiny,
+            SENDER,
+            RECEIVER,
+            cfg,
+            decoding=Decoding(max_new_tokens=8, do_sample=True, top_p=0.9, seed=s),
+        )
+        for s in (1, 1, 2)
+    ]
     assert torch.equal(runs[0].token_ids, runs[1].token_ids)
     assert not torch.equal(runs[0].token_ids, runs[2].token_ids)
 
@@ -191,9 +255,23 @@ def test_empty_prompt_and_unpaired_prompts(tiny: Model) -> None:
 
 
 def test_non_finite_activations_are_refused(tiny: Model, tiny_wide: Model) -> None:
-    info = MapInfo(sender=tiny.name, receiver=tiny_wide.name, k=1, j=1, d_sender=64, d_receiver=96,
-                   corpus="toy", n=1, seed=0, epochs=1, batch_size=1, lr=1e-3, train_mse=0.0,
-                   val_mse=0.0, val_baseline_mse=1.0)
+    info = MapInfo(
+        sender=tiny.name,
+        receiver=tiny_wide.name,
+        k=1,
+        j=1,
+        d_sender=64,
+        d_receiver=96,
+        corpus="toy",
+        n=1,
+        seed=0,
+        epochs=1,
+        batch_size=1,
+        lr=1e-3,
+        train_mse=0.0,
+        val_mse=0.0,
+        val_baseline_mse=1.0,
+    )
     bad = LinearMap(torch.full((96, 64), float("nan")), info)
     with pytest.raises(NonFiniteActivationError, match="NaN"):
         communicate(tiny, tiny_wide, SENDER, RECEIVER, GraftConfig(k=1, j=1, f="replace"), map=bad)

@@ -101,18 +101,14 @@ class Generation:
 def check_finite(x: Tensor, what: str) -> None:
     """Raise :class:`NonFiniteActivationError` when ``x`` holds NaN or inf."""
     if not torch.isfinite(x).all():
-        raise NonFiniteActivationError(
-            f"{what} contains NaN or inf: check the inputs, the map W, and alpha"
-        )
+        raise NonFiniteActivationError(f"{what} contains NaN or inf: check the inputs, the map W, and alpha")
 
 
 def check_layer(model: Model, layer: int, what: str = "layer") -> None:
     """Raise :class:`LayerOutOfRangeError` unless ``0 <= layer < n_layers``."""
     n = model.info.n_layers
     if not 0 <= layer < n:
-        raise LayerOutOfRangeError(
-            f"{what}={layer} is out of range for {model.name}: use 0..{n - 1}"
-        )
+        raise LayerOutOfRangeError(f"{what}={layer} is out of range for {model.name}: use 0..{n - 1}")
 
 
 class Backend(ABC):
@@ -124,9 +120,7 @@ class Backend(ABC):
         self.model = model
 
     @abstractmethod
-    def residuals(
-        self, batch: Batch, layers: Sequence[int]
-    ) -> dict[int, Float[Tensor, "batch seq d"]]:
+    def residuals(self, batch: Batch, layers: Sequence[int]) -> dict[int, Float[Tensor, "batch seq d"]]:
         """Residual stream after each of ``layers`` (HF ``hidden_states[k + 1]``)."""
 
     @abstractmethod
@@ -162,9 +156,7 @@ class Backend(ABC):
         return self.forward(batch, edit)[0]
 
     @torch.no_grad()
-    def generate(
-        self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding()
-    ) -> Generation:
+    def generate(self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding()) -> Generation:
         """Decode from ``batch``; ``edit`` is applied in the prefill only.
 
         The KV cache carries the edited state into every later step.

@@ -51,16 +51,21 @@ class LensBackend(Backend):
     def residuals(self, batch: Batch, layers: Sequence[int]) -> dict[int, Float[Tensor, "batch seq d"]]:
         saved: dict[int, Tensor] = {}
 
-        def saver(layer: int):  # noqa: ANN202 - hook signature
+        def saver(layer: int):
             def hook(x: Tensor, hook: Any) -> Tensor:
                 saved[layer] = x.detach()
                 return x
+
             return hook
 
         fwd = [(resid_post(k), saver(k)) for k in sorted(set(layers))]
         with self.bridge.hooks(fwd_hooks=fwd):
-            self.bridge.forward(batch.input_ids, attention_mask=batch.attention_mask, return_type=None,
-                                stop_at_layer=max(layers) + 1)
+            self.bridge.forward(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                return_type=None,
+                stop_at_layer=max(layers) + 1,
+            )
         return saved
 
     def forward(
@@ -69,12 +74,18 @@ class LensBackend(Backend):
         past_len = cache_length(past)
         fwd = []
         if edit is not None:
+
             def hook(x: Tensor, hook: Any) -> Tensor:
                 return edit.apply(x) if past_len == 0 else x
+
             fwd.append((resid_post(edit.layer), hook))
         with self.bridge.hooks(fwd_hooks=fwd):
             logits, cache = self.bridge.forward(
-                batch.input_ids, attention_mask=batch.attention_mask, past_key_values=past,
-                use_cache=True, return_type="logits_and_cache", logits_to_keep=1 if last_only else 0,
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                past_key_values=past,
+                use_cache=True,
+                return_type="logits_and_cache",
+                logits_to_keep=1 if last_only else 0,
             )
         return logits, cache

@@ -55,7 +55,9 @@ class NnsightBackend(Backend):
     def residuals(self, batch: Batch, layers: Sequence[int]) -> dict[int, Float[Tensor, "batch seq d"]]:
         saved = {}
         with self.lm.trace(
-            batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             remote=self.remote,
         ) as tracer:
             for layer in sorted(set(layers)):  # nnsight needs execution order
@@ -67,8 +69,11 @@ class NnsightBackend(Backend):
         self, batch: Batch, edit: Edit | None = None, past: Any = None, last_only: bool = False
     ) -> tuple[Tensor, Any]:
         kwargs = dict(
-            attention_mask=batch.attention_mask, position_ids=position_ids_for(batch, cache_length(past)),
-            past_key_values=past, use_cache=True, logits_to_keep=1 if last_only else 0,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_for(batch, cache_length(past)),
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
         )
         if edit is None:
             out = self.model.hf(batch.input_ids, **kwargs)
