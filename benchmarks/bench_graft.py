@@ -6,8 +6,9 @@ greedy decoding with the KV cache) is timed three ways, each on its own copy
 of the model:
 
 * ``hf + torch hook`` (the baseline): a plain HF forward for the sender's
-  ``hidden_states[k + 1]``, the receiver's prefill with a torch forward hook on
-  ``model.model.layers[j]``, then the same greedy decode steps by hand;
+  ``hidden_states[k + 1]`` (a forward hook on block ``k`` takes it and stops
+  the pass, as both backends do), the receiver's prefill with a torch forward
+  hook on ``model.model.layers[j]``, then the same greedy decode steps by hand;
 * ``nnsight`` and ``transformer-lens``: :func:`commlib.graft.communicate` with
   ``Decoding(max_new_tokens=N, stop_at_eos=False)``.
 
@@ -22,12 +23,15 @@ Printed: the median exchange time per path and its ratio to the baseline
 edited forward, ``max_new_tokens=1``), the derived cost per decode step, the
 one-time backend construction, load time from cache of the cached offline
 models (never fetched here), parameter memory and the process peak RSS.
-Repeats of the three paths are interleaved to reduce drift.
+Repeats of the three paths are interleaved to reduce drift. The line on CPU
+contention (Linux pressure stall information) says whether something else ran
+meanwhile; on a shared machine ``--threads 1`` keeps the times steady, since
+two torch threads stall badly when another process holds one of two cores.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/bench_graft.py
-    .venv/bin/python benchmarks/bench_graft.py --max-new-tokens 32 --repeats 7 --json runs/bench.json
+    .venv/bin/python benchmarks/bench_graft.py --threads 1 --max-new-tokens 32 --json runs/bench.json
 """
 
 from __future__ import annotations
@@ -78,19 +82,39 @@ Exchange = Callable[[Model, list[str], list[str], int], Tensor]
 # --------------------------------------------------------------------------- #
 
 
+class _Stop(Exception):
+    """Raised by the capture hook to end the sender's pass after block ``k``."""
+
+
+def hf_capture(hf: torch.nn.Module, batch: Batch, k: int) -> Tensor:
+    """Sender's ``hidden_states[k + 1]`` at the last position, stopping after block ``k``.
+
+    Both backends stop there too (nnsight after the last saved module,
+    TransformerLens through ``stop_at_layer``), so the baseline does not pay
+    for the later blocks and the unembedding either.
+    """
+    saved: list[Tensor] = []
+
+    def grab(module: torch.nn.Module, args: Any, hidden: Tensor) -> None:
+        saved.append(hidden[:, -1])
+        raise _Stop
+
+    handle = hf.model.layers[k].register_forward_hook(grab)
+    try:
+        hf(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return saved[0]
+
+
 def hf_exchange(k: int, j: int) -> Exchange:
-    """The baseline: plain HF forwards, a torch forward hook, a hand-written greedy loop."""
+    """The baseline: plain HF forwards, torch forward hooks, a hand-written greedy loop."""
 
     def run(model: Model, senders: list[str], receivers: list[str], n: int) -> Tensor:
         hf = model.hf
-        sb = encode(model, senders)
-        out = hf(
-            sb.input_ids,
-            attention_mask=sb.attention_mask,
-            position_ids=sb.position_ids,
-            output_hidden_states=True,
-        )
-        a = out.hidden_states[k + 1][:, -1]
+        a = hf_capture(hf, encode(model, senders), k)
 
         def replace_last(module: torch.nn.Module, args: Any, hidden: Tensor) -> Tensor:
             hidden = hidden.clone()
@@ -217,6 +241,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per path (default: 5)")
     p.add_argument("--batch", type=int, default=1, help="prompt pairs per exchange (default: 1)")
     p.add_argument("--load-repeats", type=int, default=3, help="loads per model for load time (default: 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = p.parse_args()
     if args.max_new_tokens < 2 or args.repeats < 1 or args.batch < 1 or args.load_repeats < 1:
@@ -226,6 +251,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = args.max_new_tokens
     senders = [PAIRS[i % len(PAIRS)][0] for i in range(args.batch)]
     receivers = [PAIRS[i % len(PAIRS)][1] for i in range(args.batch)]
@@ -303,6 +330,8 @@ def main() -> None:
     print(f"generated tokens identical across paths: {'yes' if same else 'NO'}")
     if stall is not None:
         print(f"CPU contention during the timed runs: a task waited for a CPU {stall:.0%} of the time")
+        if stall > 0.1:
+            print("  (contended CPUs inflate the times: run again when idle, or with --threads 1)")
     print("backend construction (one time): " + ", ".join(f"{b} {s:.2f} s" for b, s in build.items()))
 
     n_params, p_bytes = param_bytes(models[BASELINE])

@@ -8,7 +8,7 @@
   ``datasets``; offline it fails at once with a clear error.
 
 Example:
-    >>> sents = load_sentences("lambada", n=3, seed=0)  # doctest: +SKIP
+    >>> sents = load_sentences("lambada", n=3, seed=0)
     >>> len(sents)
     3
 """

@@ -230,7 +230,7 @@ def fit_map(
     Example:
         >>> from commlib.models import load_model
         >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
-        >>> w = fit_map(a, b, 1, 1, n=64, epochs=1)  # doctest: +SKIP
+        >>> w = fit_map(a, b, 1, 1, n=64, epochs=1)
         >>> w.weight.shape
         torch.Size([96, 64])
     """

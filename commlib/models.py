@@ -283,7 +283,7 @@ class Model:
     info: ModelInfo
     hf: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    _backends: dict[str, Any] = field(default_factory=dict, repr=False)
+    _backends: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -497,11 +497,21 @@ def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: s
     return _finish(spec.name, f"random:{spec.name}:seed={seed}", hf, tok, spec.prompt_format)
 
 
+def _from_pretrained(source: str | Path, dtype: torch.dtype, device: str, **kwargs: Any) -> PreTrainedModel:
+    """Load weights onto ``device``; ``"auto"`` spreads the layers over all GPUs (device map)."""
+    if device == "auto":
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=ATTENTION, device_map="auto", **kwargs
+        )
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=ATTENTION, **kwargs)
+    hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
+    return hf
+
+
 def _load_dir(
     path: Path, name: str, source: str, dtype: torch.dtype, device: str, prompt_format: PromptFormat | None
 ) -> Model:
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION)
-    hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
+    hf = _from_pretrained(path, dtype, device)
     tok = AutoTokenizer.from_pretrained(path)
     return _finish(name, source, hf, tok, prompt_format)
 
@@ -526,10 +536,7 @@ def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
             f"{hub_id!r} is not in the local HuggingFace cache and the hub is unreachable; "
             f"use an offline model ({', '.join(OFFLINE_MODELS)}) or a local directory"
         )
-    hf = AutoModelForCausalLM.from_pretrained(
-        hub_id, dtype=dtype, local_files_only=local, attn_implementation=ATTENTION
-    )
-    hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
+    hf = _from_pretrained(hub_id, dtype, device, local_files_only=local)
     tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=local)
     return _finish(hub_id, f"hub:{hub_id}", hf, tok, None)
 
@@ -549,7 +556,7 @@ def load_model(
             model directory, or a HuggingFace hub id such as
             ``"meta-llama/Llama-3.2-3B-Instruct"``.
         dtype: Weights dtype; float32 is the fast choice on CPU.
-        device: Torch device string.
+        device: Torch device string, or ``"auto"`` for a multi-GPU device map.
         seed: Seed for random-weight models.
         fetch_if_missing: Fetch and convert an offline model that is not cached.
 

@@ -121,7 +121,11 @@ class Backend(ABC):
 
     @abstractmethod
     def residuals(self, batch: Batch, layers: Sequence[int]) -> dict[int, Float[Tensor, "batch seq d"]]:
-        """Residual stream after each of ``layers`` (HF ``hidden_states[k + 1]``)."""
+        """Residual stream after each of ``layers``: the output of decoder block k.
+
+        Equal to HF ``hidden_states[k + 1]`` for all but the last block, whose
+        HF hidden state has the final norm applied; this is the block output.
+        """
 
     @abstractmethod
     def forward(
