@@ -8,7 +8,9 @@ of the model:
 * ``hf + torch hook`` (the baseline): a plain HF forward for the sender's
   ``hidden_states[k + 1]`` (a forward hook on block ``k`` takes it and stops
   the pass, as both backends do), the receiver's prefill with a torch forward
-  hook on ``model.model.layers[j]``, then the same greedy decode steps by hand;
+  hook on ``model.model.layers[j]``, then the same greedy decode steps by hand
+  with the KV cache; logits of the last position only (``logits_to_keep=1``,
+  as HF ``generate`` and the backends' decoding do);
 * ``nnsight`` and ``transformer-lens``: :func:`commlib.graft.communicate` with
   ``Decoding(max_new_tokens=N, stop_at_eos=False)``.
 
@@ -22,7 +24,8 @@ Printed: the median exchange time per path and its ratio to the baseline
 (target: overhead <= 15%), the same for the prefill only (capture plus one
 edited forward, ``max_new_tokens=1``), the derived cost per decode step, the
 one-time backend construction, load time from cache of the cached offline
-models (never fetched here), parameter memory and the process peak RSS.
+models (never fetched here) and of the first forward after a load (the weights
+are memory-mapped and page in then), parameter memory and the process peak RSS.
 Repeats of the three paths are interleaved to reduce drift. The line on CPU
 contention (Linux pressure stall information) says whether something else ran
 meanwhile; on a shared machine ``--threads 1`` keeps the times steady, since
@@ -125,7 +128,11 @@ def hf_exchange(k: int, j: int) -> Exchange:
         handle = hf.model.layers[j].register_forward_hook(replace_last)
         try:
             out = hf(
-                rb.input_ids, attention_mask=rb.attention_mask, position_ids=rb.position_ids, use_cache=True
+                rb.input_ids,
+                attention_mask=rb.attention_mask,
+                position_ids=rb.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
             )
         finally:
             handle.remove()
@@ -140,6 +147,7 @@ def hf_exchange(k: int, j: int) -> Exchange:
                 position_ids=step.position_ids[:, -1:],
                 past_key_values=past,
                 use_cache=True,
+                logits_to_keep=1,
             )
             past = out.past_key_values
             tokens.append(out.logits[:, -1].float().argmax(-1))
@@ -209,14 +217,21 @@ def param_bytes(model: Model) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def time_load(name: str, repeats: int) -> list[float]:
-    times = []
+def time_load(name: str, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each ``load_model`` call and of the first forward after it.
+
+    The weights are memory-mapped, so a load returns before they are resident;
+    the first forward pays for paging them in.
+    """
+    loads, firsts = [], []
     for _ in range(repeats):
         seconds, model = timed(lambda: load_model(name, fetch_if_missing=False))
-        times.append(seconds)
+        loads.append(seconds)
+        ids = encode(model, ["Hello"]).input_ids
+        firsts.append(timed(lambda m=model, x=ids: m.hf(x))[0])
         del model
         gc.collect()
-    return times
+    return loads, firsts
 
 
 def verdict_of(ratio: float) -> str:
@@ -347,16 +362,18 @@ def main() -> None:
     models.clear()
     gc.collect()
     print(f"\nload from cache (median of {args.load_repeats}; models not cached are skipped, never fetched)")
-    load_times: dict[str, list[float] | None] = {}
+    print(f"  {'model':<20}{'load s':>8}{'first fwd s':>13}   each load")
+    load_times: dict[str, dict[str, list[float]] | None] = {}
     names = [args.model, *(m for m in OFFLINE_MODELS if m != args.model)]
     for name in names:
         if name in OFFLINE_MODELS and not is_cached(name):
             load_times[name] = None
             print(f"  {name:<20}not cached, skipped")
             continue
-        load_times[name] = time_load(name, args.load_repeats)
-        each = ", ".join(f"{s:.2f}" for s in load_times[name])
-        print(f"  {name:<20}{statistics.median(load_times[name]):>6.2f} s   [{each}]")
+        load_s, first_s = time_load(name, args.load_repeats)
+        load_times[name] = {"load": load_s, "first_forward": first_s}
+        each = ", ".join(f"{s:.2f}" for s in load_s)
+        print(f"  {name:<20}{statistics.median(load_s):>8.2f}{statistics.median(first_s):>13.2f}   [{each}]")
     print(
         f"  ({args.model} loads for the runs above, first one cold: "
         + ", ".join(f"{s:.2f}" for s in loads)
