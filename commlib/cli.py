@@ -204,6 +204,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``commlib`` and ``python -m commlib``; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard loading bars drown the output
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

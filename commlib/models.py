@@ -516,9 +516,14 @@ def _load_dir(
     return _finish(name, source, hf, tok, prompt_format)
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (``$HF_ENDPOINT`` if set) opens within ``timeout``."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
