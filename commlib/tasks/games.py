@@ -1,0 +1,206 @@
+"""The paper's coordination games, and custom games from JSONL.
+
+* Countries (Section 4.1): A reads "<Name> is at <landmark>.", B is asked
+  "Which country is <Name> located in?"; the answer is the landmark's country.
+  Landmarks come from ``data/landmarks.csv`` (written for this project); names
+  are drawn with a seed.
+* Tip Sheets: A reads a short tip sheet on three made-up companies (one
+  falling, one at a record high, one at a record high but in a lawsuit); B must
+  pick one company; the answer is the clean record-high one. Wording, company
+  names and their order vary with the seed, so neither position nor name
+  carries the answer.
+* Custom: JSONL with one object per line, fields ``sender``, ``receiver``,
+  ``answer`` (optional ``choices``).
+
+Example:
+    >>> items = countries(n=2, seed=0)
+    >>> items[0].receiver.startswith("Which country is")
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from commlib.errors import CommlibError
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+NAMES = (
+    "Alice",
+    "Bob",
+    "Carol",
+    "David",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoe",
+)
+
+
+@dataclass(frozen=True)
+class GameItem:
+    """One item: what A reads, what B is asked, the answer, and optional choices."""
+
+    sender: str
+    receiver: str
+    answer: str
+    choices: tuple[str, ...] = field(default=())
+    id: str = ""
+
+
+def landmarks() -> list[tuple[str, str]]:
+    """(landmark, country) pairs from ``data/landmarks.csv``."""
+    path = DATA_DIR / "landmarks.csv"
+    if not path.exists():
+        raise CommlibError(f"{path} is missing: run commlib from its repository (pip install -e .)")
+    with path.open(newline="") as fh:
+        return [(row["landmark"], row["country"]) for row in csv.DictReader(fh)]
+
+
+def countries(n: int = 100, seed: int = 0) -> list[GameItem]:
+    """``n`` Countries items; landmarks without repetition while they last.
+
+    Raises:
+        CommlibError: ``n`` larger than the landmark table.
+    """
+    table = landmarks()
+    if n > len(table):
+        raise CommlibError(f"countries has {len(table)} landmarks; ask for n <= {len(table)}")
+    rng = random.Random(seed)
+    picks = rng.sample(table, n)
+    names = [rng.choice(NAMES) for _ in picks]
+    return [
+        GameItem(
+            sender=f"{name} is at {landmark}.",
+            receiver=f"Which country is {name} located in?",
+            answer=country,
+            id=f"countries-{seed}-{i}",
+        )
+        for i, ((landmark, country), name) in enumerate(zip(picks, names, strict=True))
+    ]
+
+
+_PREFIXES = (
+    "Zen",
+    "Argo",
+    "Nova",
+    "Kest",
+    "Lumo",
+    "Brix",
+    "Tal",
+    "Vey",
+    "Orbi",
+    "Quill",
+    "Sable",
+    "Dyna",
+    "Fenn",
+    "Hollo",
+    "Mira",
+    "Cobal",
+    "Rune",
+    "Pell",
+    "Ulti",
+    "Wex",
+)
+_SUFFIXES = ("tech", "corp", "dyne", "works", "labs", "ware", "gen", "systems", "logic", "media")
+_FALLING = (
+    "{c} shares have been tanking all quarter.",
+    "{c} stock keeps sliding to new lows.",
+    "{c} has lost half its market value since spring.",
+)
+_RECORD = (
+    "{c} stock is at a record high.",
+    "{c} shares just closed at an all-time high.",
+    "{c} is trading at the highest price in its history.",
+)
+_LAWSUIT = (
+    "{c} stock is at a record high, but the company is being sued for fraud.",
+    "{c} shares hit an all-time high, though a major lawsuit against it is pending.",
+    "{c} trades at a record price, yet regulators have taken it to court.",
+)
+
+
+def tipsheets(n: int = 70, seed: int = 0) -> list[GameItem]:
+    """``n`` Tip Sheets items with varied wording, names and order."""
+    rng = random.Random(seed)
+    pool = [p + s for p in _PREFIXES for s in _SUFFIXES]
+    items = []
+    for i in range(n):
+        falling, record, lawsuit = rng.sample(pool, 3)
+        lines = [
+            rng.choice(_FALLING).format(c=falling),
+            rng.choice(_RECORD).format(c=record),
+            rng.choice(_LAWSUIT).format(c=lawsuit),
+        ]
+        rng.shuffle(lines)
+        choices = [falling, record, lawsuit]
+        rng.shuffle(choices)
+        items.append(
+            GameItem(
+                sender="Tip sheet: " + " ".join(lines),
+                receiver=(
+                    f"You must invest in one company out of {', '.join(choices)}. Which do you invest in?"
+                ),
+                answer=record,
+                choices=tuple(choices),
+                id=f"tipsheets-{seed}-{i}",
+            )
+        )
+    return items
+
+
+def load_jsonl(path: str | Path) -> list[GameItem]:
+    """Custom game items from JSONL (``sender``, ``receiver``, ``answer``, optional ``choices``)."""
+    items = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = {"sender", "receiver", "answer"} - row.keys()
+        if missing:
+            raise CommlibError(f"{path}:{lineno} lacks {', '.join(sorted(missing))}")
+        items.append(
+            GameItem(
+                row["sender"],
+                row["receiver"],
+                str(row["answer"]),
+                tuple(row.get("choices", ())),
+                row.get("id", f"{Path(path).stem}-{lineno}"),
+            )
+        )
+    return items
+
+
+def load_game(game: str, n: int | None = None, seed: int = 0) -> list[GameItem]:
+    """``countries``, ``tipsheets`` or a path to a JSONL file; ``n`` items (default: the paper's)."""
+    if game == "countries":
+        return countries(100 if n is None else n, seed)
+    if game == "tipsheets":
+        return tipsheets(70 if n is None else n, seed)
+    if game.endswith(".jsonl"):
+        items = load_jsonl(game)
+        return items if n is None else items[:n]
+    raise CommlibError(f"unknown game {game!r}; use countries, tipsheets, or a .jsonl path")
