@@ -15,10 +15,12 @@ of the model:
   ``Decoding(max_new_tokens=N, stop_at_eos=False)``.
 
 Both sides tokenise the prompts and decode the generated ids, so the
-difference is the backends' machinery. Each backend gets its own freshly
-loaded model because booting a backend patches the HF modules in place
-(nnsight replaces every module's ``forward``, TransformerLens swaps in bridge
-components), which would otherwise slow the baseline and the other backend.
+difference is the backends' machinery. Each path gets its own freshly
+loaded model, so no path can slow another. (Booting a backend patches HF
+modules in place: nnsight replaces every module's ``forward``, TransformerLens
+swaps in bridge components. commlib's backends therefore wrap a copy of the
+module tree that shares the weights, and decode steps after the edited
+prefill run on the untouched HF model.)
 
 Printed: the median exchange time per path and its ratio to the baseline
 (target: overhead <= 15%), the same for the prefill only (capture plus one
@@ -272,7 +274,7 @@ def main() -> None:
     senders = [PAIRS[i % len(PAIRS)][0] for i in range(args.batch)]
     receivers = [PAIRS[i % len(PAIRS)][1] for i in range(args.batch)]
 
-    # One model per path: booting a backend patches the HF modules in place.
+    # One model per path, so that no path can slow another.
     loads, models = [], {}
     for path in (BASELINE, *BACKENDS):
         seconds, models[path] = timed(lambda: load_model(args.model, fetch_if_missing=False))

@@ -20,6 +20,7 @@ cache, which is the paper's method.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,6 +141,26 @@ class Backend(ABC):
 
     # ---- shared on top of the two primitives --------------------------------
 
+    def plain_forward(
+        self, batch: Batch, past: Any = None, last_only: bool = False
+    ) -> tuple[Float[Tensor, "batch seq vocab"], Any]:
+        """An unedited forward pass through the plain HF model (``model.hf``).
+
+        Decode steps after an edited prefill need no intervention: the KV cache
+        carries the edit. Backends wrap their own module tree (see
+        :func:`shared_weights_copy`), so ``model.hf`` stays plain HF and these
+        steps cost what they cost in HF, whichever backend is in use.
+        """
+        out = self.model.hf(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_for(batch, cache_length(past)),
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+        )
+        return out.logits, out.past_key_values
+
     def capture(
         self, batch: Batch, layer: int, positions: Int[Tensor, " batch"] | None = None
     ) -> Float[Tensor, "batch d"]:
@@ -187,11 +208,23 @@ class Backend(ABC):
             if step == decoding.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits, past = self.forward(Batch(nxt[:, None], mask), None, past, last_only=True)
+            logits, past = self.plain_forward(Batch(nxt[:, None], mask), past, last_only=True)
             step_logits = logits[:, -1].float()
         ids = torch.stack(out, dim=1) if out else batch.input_ids[:, :0]
         texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+
+
+def shared_weights_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module``'s tree that shares its parameters (no weight memory).
+
+    nnsight patches the ``forward`` of every module it wraps, and
+    TransformerLens's bridge replaces submodules in place; each backend wraps
+    such a copy so the user's model, and the other backend, stay untouched.
+    Buffers (e.g. rotary frequencies) are copied; they are small.
+    """
+    memo: dict[int, Any] = {id(p): p for p in module.parameters()}
+    return copy.deepcopy(module, memo)
 
 
 def _choose(logits: Float[Tensor, "batch vocab"], decoding: Decoding, gen: torch.Generator) -> Tensor:

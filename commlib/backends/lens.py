@@ -1,8 +1,10 @@
 """TransformerLens backend: hooks on a ``TransformerBridge``.
 
 ``blocks.{k}.hook_resid_post`` equals HF ``hidden_states[k + 1]``. Booting the
-bridge wraps the already loaded HF model (no hub access) and switches it to
-eager attention.
+bridge wraps an already loaded HF model (no hub access), replacing its
+submodules in place; so it wraps a copy of the module tree that shares the
+weights, and decode steps after the edited prefill run on the untouched HF
+model (:meth:`Backend.plain_forward`).
 
 Edits are hook functions registered through the bridge's ``hooks()`` context
 manager, so they are removed even when the pass raises.
@@ -17,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from commlib.backends.base import Backend, Edit, cache_length
+from commlib.backends.base import Backend, Edit, cache_length, shared_weights_copy
 from commlib.models import Model
 from commlib.prompts import Batch
 
@@ -44,7 +46,10 @@ class LensBackend(Backend):
         super().__init__(model)
         padding_side = model.tokenizer.padding_side
         self.bridge = TransformerBridge.boot_transformers(
-            model.name, hf_model=model.hf, tokenizer=model.tokenizer, device=str(model.device)
+            model.name,
+            hf_model=shared_weights_copy(model.hf),
+            tokenizer=model.tokenizer,
+            device=str(model.device),
         )
         model.tokenizer.padding_side = padding_side
 

@@ -7,9 +7,9 @@ HF ``hidden_states[k + 1]``.
 ``remote`` is passed to every trace, so NDIF remote execution is a parameter,
 not a rewrite; device maps are the wrapped HF model's own.
 
-Decode steps without an edit bypass the trace and call the wrapped module
-directly: they need no intervention, and skipping the trace removes its
-per-call overhead from the hot loop.
+nnsight patches the ``forward`` of every module it wraps, so it wraps a copy
+of the module tree that shares the weights; decode steps after the edited
+prefill run on the untouched HF model (:meth:`Backend.plain_forward`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import nnsight
 from jaxtyping import Float
 from torch import Tensor
 
-from commlib.backends.base import Backend, Edit, cache_length, position_ids_for
+from commlib.backends.base import Backend, Edit, cache_length, position_ids_for, shared_weights_copy
 from commlib.models import Model
 from commlib.prompts import Batch
 
@@ -48,7 +48,7 @@ class NnsightBackend(Backend):
         super().__init__(model)
         self.remote = remote
         padding_side = model.tokenizer.padding_side
-        self.lm = nnsight.TransformersModel(model.hf, tokenizer=model.tokenizer)
+        self.lm = nnsight.TransformersModel(shared_weights_copy(model.hf), tokenizer=model.tokenizer)
         model.tokenizer.padding_side = padding_side  # TransformersModel sets left; keep ours
         self._layers = self.lm.model.layers
 
@@ -75,11 +75,9 @@ class NnsightBackend(Backend):
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
         )
-        if edit is None:
-            out = self.model.hf(batch.input_ids, **kwargs)
-            return out.logits, out.past_key_values
         with self.lm.trace(batch.input_ids, remote=self.remote, **kwargs):
-            block = self._layers[edit.layer]
-            block.output = edit.apply(block.output)
+            if edit is not None:
+                block = self._layers[edit.layer]
+                block.output = edit.apply(block.output)
             out = self.lm.output.save()
         return out.logits, out.past_key_values
