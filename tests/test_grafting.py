@@ -291,3 +291,16 @@ def test_edit_applies_only_at_its_positions(tiny: Model) -> None:
 def test_unknown_backend(tiny: Model) -> None:
     with pytest.raises(UnknownBackendError, match="nnsight, transformer-lens"):
         get_backend(tiny, "pyvene")
+
+
+def test_backends_leave_the_users_model_plain_and_share_its_weights() -> None:
+    from commlib.models import load_model
+
+    model = load_model("tiny-llama-random")
+    before = [(name, type(mod), mod.forward) for name, mod in model.hf.named_modules()]
+    nn, tl = get_backend(model, "nnsight"), get_backend(model, "transformer-lens")
+    after = [(name, type(mod), mod.forward) for name, mod in model.hf.named_modules()]
+    assert after == before
+    ptrs = {p.data_ptr() for p in model.hf.parameters()}
+    assert all(p.data_ptr() in ptrs for p in nn.lm.parameters())
+    assert all(p.data_ptr() in ptrs for p in tl.bridge.original_model.parameters())
