@@ -117,6 +117,40 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_games(args: argparse.Namespace) -> int:
+    from commlib.combine import LinearMap
+    from commlib.experiments import run_games
+    from commlib.models import load_model
+
+    sender = load_model(args.sender)
+    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    lin = LinearMap.load(args.map) if args.map else None
+    if lin is not None:
+        lin.check_pair(sender.name, receiver.name, args.k, args.j)
+    result = run_games(
+        args.game,
+        sender,
+        receiver,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        k=args.k,
+        j=args.j,
+        out_dir=args.out,
+        n=args.n,
+        seed=args.seed,
+        position=args.position,
+        map=lin,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(f"{'method':<14}{'accuracy':>9}{'95% CI':>16}{'exact':>7}{'n':>5}")
+    for method, r in result["methods"].items():
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        print(f"{method:<14}{r['accuracy']:>9.2f}{ci:>16}{r['exact_match']:>7.2f}{r['n']:>5}")
+    print(f"wrote {args.out}/results.json and items.csv")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commlib.backends import Decoding
     from commlib.graft import GraftConfig, communicate
@@ -187,6 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("games", help="coordination games: all methods on one game, resumable")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--methods", default="silent,skyline,nl,ac-sum,ac-mean,ac-replace")
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--j", type=int, required=True)
+    s.add_argument("--n", type=int, default=None, help="items (default: 100 countries, 70 tipsheets)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--position", choices=("last", "content"), default="last")
+    s.add_argument("--map", help="learned W for ac-w-* methods")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-new-tokens", type=int, default=24)
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("demo", help="one exchange per f on a toy Countries item")
     s.add_argument("--model", default="smollm2-135m")
     return p
@@ -197,6 +247,7 @@ COMMANDS = {
     "fetch": _cmd_fetch,
     "graft": _cmd_graft,
     "fit-map": _cmd_fit_map,
+    "games": _cmd_games,
     "demo": _cmd_demo,
 }
 

@@ -1,0 +1,107 @@
+"""Experiments over many items: the coordination games, resumable.
+
+Example:
+    >>> import tempfile
+    >>> from commlib.models import load_model
+    >>> m = load_model("tiny-llama-random")
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     res = run_games("countries", m, m, ["silent", "ac-replace"], k=1, j=1, n=4, out_dir=out,
+    ...                     max_new_tokens=3, progress=False)
+    >>> sorted(res["methods"]), res["methods"]["silent"]["n"]
+    (['ac-replace', 'silent'], 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from commlib.combine import LinearMap
+from commlib.errors import CommlibError
+from commlib.methods import METHODS, MethodConfig, run_method
+from commlib.models import Model
+from commlib.prompts import Position, format_prompt
+from commlib.results import ItemStore, contains_answer, exact_match, package_versions, write_json
+from commlib.tasks.games import load_game
+
+
+def run_games(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    methods: Sequence[str],
+    *,
+    k: int,
+    j: int,
+    out_dir: str | Path,
+    n: int | None = None,
+    seed: int = 0,
+    position: Position = "last",
+    map: LinearMap | None = None,
+    backend: str = "nnsight",
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run methods on a game, append per-item rows to ``out_dir/items.csv``, summarise.
+
+    Re-running with the same ``out_dir`` resumes: finished (item, method) rows are kept.
+
+    Returns:
+        The content written to ``out_dir/results.json``: per method accuracy,
+        ci_low, ci_high, exact_match, n, and the full configuration.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+    items = load_game(game, n=n, seed=seed)
+    cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
+    store = ItemStore(out_dir)
+    for method in methods:
+        todo = [it for it in items if it.id not in store.done(method)]
+        batches = range(0, len(todo), batch_size)
+        for start in tqdm(batches, desc=method, disable=not progress, leave=False):
+            chunk = todo[start : start + batch_size]
+            outs = run_method(method, chunk, sender, receiver, cfg, map)
+            store.add(
+                [
+                    {
+                        "item_id": it.id,
+                        "method": method,
+                        "answer": it.answer,
+                        "output": o.text,
+                        "message": o.message or "",
+                        "correct": contains_answer(o.text, it.answer),
+                        "exact": exact_match(o.text, it.answer),
+                    }
+                    for it, o in zip(chunk, outs, strict=True)
+                ]
+            )
+    example = items[0]
+    result = {
+        "game": game,
+        "methods": store.summary(methods, seed=seed),
+        "config": {
+            "sender": sender.info.to_dict(),
+            "receiver": receiver.info.to_dict(),
+            **asdict(cfg),
+            "n": len(items),
+            "seed": seed,
+            "map": asdict(map.info) if map is not None else None,
+            "prompt_formats": {"sender": sender.info.prompt_format, "receiver": receiver.info.prompt_format},
+            "example_prompts": {
+                "sender": format_prompt(sender, example.sender),
+                "receiver": format_prompt(receiver, example.receiver),
+            },
+            "decoding": "greedy",
+            "scoring": "answer in the first answer line, case-insensitive; exact_match strict",
+            "ci": "95% percentile bootstrap, 1000 resamples",
+            "versions": package_versions(),
+        },
+    }
+    write_json(Path(out_dir) / "results.json", result)
+    return result

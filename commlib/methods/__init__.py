@@ -1,0 +1,158 @@
+"""Communication methods for the coordination games, one registry.
+
+Every method maps a batch of :class:`~commlib.tasks.games.GameItem` and the
+two models to B's answers, with identical prompts and decoding across methods:
+
+* ``silent``: B alone, reading only its own prompt.
+* ``skyline``: B given both prompts (A's, then B's) in one user turn.
+* ``nl``: A writes a short message for its partner; B reads it before its prompt.
+* ``ac-sum``, ``ac-mean``, ``ac-replace``: activation communication at (k, j).
+* ``ac-w-sum``, ``ac-w-mean``, ``ac-w-replace``: the same through a learned map W.
+
+Example:
+    >>> from commlib.models import load_model
+    >>> from commlib.tasks.games import countries
+    >>> m = load_model("tiny-llama-random")
+    >>> outs = run_method("silent", countries(2), m, m, MethodConfig(k=1, j=1, max_new_tokens=3))
+    >>> len(outs)
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from commlib.backends import Decoding
+from commlib.combine import LinearMap
+from commlib.errors import CommlibError
+from commlib.graft import GraftConfig, communicate
+from commlib.models import Model
+from commlib.prompts import Position
+from commlib.tasks.games import GameItem
+
+NL_INSTRUCTION = "Write a short message to your partner that tells them the information above."
+NL_TEMPLATE = "Your partner says: {message}\n{receiver}"
+SKYLINE_TEMPLATE = "{sender}\n{receiver}"
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings shared by all methods of one run (recorded with the results)."""
+
+    k: int
+    j: int
+    position: Position = "last"
+    max_new_tokens: int = 24
+    message_tokens: int = 48
+    backend: str = "nnsight"
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """B's answer, and A's message for ``nl``."""
+
+    text: str
+    message: str | None = None
+
+
+MethodFn = Callable[[Sequence[GameItem], Model, Model, MethodConfig, LinearMap | None], list[MethodOutput]]
+
+
+def _b_alone(prompts: list[str], receiver: Model, cfg: MethodConfig) -> list[str]:
+    out = communicate(
+        receiver,
+        receiver,
+        prompts,
+        prompts,
+        GraftConfig(k=0, j=0, f="none"),
+        backend=cfg.backend,
+        decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+    )
+    return out.texts
+
+
+def silent(
+    items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
+) -> list[MethodOutput]:
+    """B alone."""
+    return [MethodOutput(t) for t in _b_alone([i.receiver for i in items], receiver, cfg)]
+
+
+def skyline(
+    items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
+) -> list[MethodOutput]:
+    """B given both prompts."""
+    prompts = [SKYLINE_TEMPLATE.format(sender=i.sender, receiver=i.receiver) for i in items]
+    return [MethodOutput(t) for t in _b_alone(prompts, receiver, cfg)]
+
+
+def nl(
+    items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
+) -> list[MethodOutput]:
+    """A writes a message in natural language; B reads it before its own prompt."""
+    a_prompts = [f"{i.sender}\n{NL_INSTRUCTION}" for i in items]
+    messages = communicate(
+        sender,
+        sender,
+        a_prompts,
+        a_prompts,
+        GraftConfig(k=0, j=0, f="none"),
+        backend=cfg.backend,
+        decoding=Decoding(max_new_tokens=cfg.message_tokens),
+    ).texts
+    b_prompts = [
+        NL_TEMPLATE.format(message=m.strip() or "(nothing)", receiver=i.receiver)
+        for m, i in zip(messages, items, strict=True)
+    ]
+    return [MethodOutput(t, m) for t, m in zip(_b_alone(b_prompts, receiver, cfg), messages, strict=True)]
+
+
+def _ac(f: str, use_map: bool) -> MethodFn:
+    def method(
+        items: Sequence[GameItem],
+        sender: Model,
+        receiver: Model,
+        cfg: MethodConfig,
+        map: LinearMap | None = None,
+    ) -> list[MethodOutput]:
+        if use_map and map is None:
+            raise CommlibError(f"ac-w-{f} needs a learned map: pass --map (fit one with `commlib fit-map`)")
+        out = communicate(
+            sender,
+            receiver,
+            [i.sender for i in items],
+            [i.receiver for i in items],
+            GraftConfig(k=cfg.k, j=cfg.j, f=f, position=cfg.position),
+            map=map if use_map else None,
+            backend=cfg.backend,
+            decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+        )
+        return [MethodOutput(t) for t in out.texts]
+
+    method.__doc__ = f"Activation communication, f = {f}{' through W' if use_map else ''}."
+    return method
+
+
+METHODS: dict[str, MethodFn] = {
+    "silent": silent,
+    "skyline": skyline,
+    "nl": nl,
+    **{f"ac-{f}": _ac(f, False) for f in ("sum", "mean", "replace")},
+    **{f"ac-w-{f}": _ac(f, True) for f in ("sum", "mean", "replace")},
+}
+"""Registered methods by name."""
+
+
+def run_method(
+    name: str,
+    items: Sequence[GameItem],
+    sender: Model,
+    receiver: Model,
+    cfg: MethodConfig,
+    map: LinearMap | None = None,
+) -> list[MethodOutput]:
+    """Run one registered method on a batch of items."""
+    if name not in METHODS:
+        raise CommlibError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
+    return METHODS[name](items, sender, receiver, cfg, map)

@@ -1,0 +1,133 @@
+"""Scoring, bootstrap confidence intervals, and a resumable per-item result store.
+
+A run writes one CSV row per (item, method) as soon as it is scored and
+flushes, so a crash loses no finished rows; re-running with the same output
+directory skips what is done.
+
+Example:
+    >>> first_answer_line("  Greece.\\nIt is in Europe.")
+    'Greece.'
+    >>> contains_answer("It is in greece, I think", "Greece"), exact_match("Greece.", "Greece")
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ITEM_FIELDS = ("item_id", "method", "answer", "output", "message", "correct", "exact")
+
+
+def first_answer_line(text: str) -> str:
+    """The first non-empty line of a generation, stripped."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^\w\s]", "", text).strip().lower()
+
+
+def contains_answer(text: str, answer: str) -> bool:
+    """The answer appears, case-insensitively, in the first answer line."""
+    return answer.lower() in first_answer_line(text).lower()
+
+
+def exact_match(text: str, answer: str) -> bool:
+    """The first answer line is the answer (case and punctuation ignored)."""
+    return _norm(first_answer_line(text)) == _norm(answer)
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean.
+
+    Example:
+        >>> lo, hi = bootstrap_ci([1, 0, 1, 1, 0, 1, 0, 1])
+        >>> 0.0 <= lo <= 0.625 <= hi <= 1.0
+        True
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def package_versions(
+    names: Iterable[str] = ("commlib", "torch", "transformers", "nnsight", "transformer-lens"),
+) -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class ItemStore:
+    """Per-item results in ``DIR/items.csv``, appended and flushed row by row."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "items.csv"
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            with self.path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+
+    def done(self, method: str) -> set[str]:
+        """Item ids already scored for ``method``."""
+        return {r["item_id"] for r in self.rows if r["method"] == method}
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append rows and flush them to disk."""
+        new_file = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=ITEM_FIELDS)
+            if new_file:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in ITEM_FIELDS})
+        self.rows.extend({k: str(row.get(k, "")) for k in ITEM_FIELDS} for row in rows)
+
+    def summary(self, methods: Sequence[str], seed: int = 0) -> dict[str, dict[str, float]]:
+        """Accuracy (answer in the first line) with a 95% bootstrap CI, and exact match, per method."""
+        out = {}
+        for method in methods:
+            rows = [r for r in self.rows if r["method"] == method]
+            correct = [float(r["correct"] in ("True", "1")) for r in rows]
+            exact = [float(r["exact"] in ("True", "1")) for r in rows]
+            lo, hi = bootstrap_ci(correct, seed=seed)
+            out[method] = {
+                "accuracy": float(np.mean(correct)) if rows else float("nan"),
+                "ci_low": lo,
+                "ci_high": hi,
+                "exact_match": float(np.mean(exact)) if rows else float("nan"),
+                "n": len(rows),
+            }
+        return out
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (a crash leaves the old file or the new one)."""
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(target)

@@ -1,0 +1,160 @@
+"""Games runs: scoring, bootstrap intervals, resuming, crash safety, the CLI contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from commlib import methods as methods_mod
+from commlib.cli import main
+from commlib.experiments import run_games
+from commlib.models import Model
+from commlib.results import bootstrap_ci, contains_answer, exact_match
+from commlib.tasks.games import countries
+
+
+def test_scoring_reads_only_the_first_answer_line() -> None:
+    assert contains_answer("\n  It is in GREECE.\nor Italy", "Greece")
+    assert not contains_answer("It is in Italy.\nGreece", "Greece")
+    assert exact_match("Greece!", "greece") and not exact_match("In Greece", "Greece")
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_n() -> None:
+    small = [1, 0] * 10
+    large = [1, 0] * 500
+    lo_s, hi_s = bootstrap_ci(small, seed=0)
+    lo_l, hi_l = bootstrap_ci(large, seed=0)
+    assert lo_s <= 0.5 <= hi_s and lo_l <= 0.5 <= hi_l
+    assert hi_l - lo_l < hi_s - lo_s
+    assert bootstrap_ci(small, seed=3) == bootstrap_ci(small, seed=3)
+
+
+def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypatch) -> None:
+    seen: dict[str, list[str]] = {}
+
+    def spy(name):
+        def fake(prompts, receiver, cfg):
+            seen[name] = list(prompts)
+            return ["x"] * len(prompts)
+
+        return fake
+
+    item = countries(1)[0]
+    cfg = methods_mod.MethodConfig(k=1, j=1, max_new_tokens=2)
+    for name in ("silent", "skyline", "nl"):
+        monkeypatch.setattr(methods_mod, "_b_alone", spy(name))
+        methods_mod.run_method(name, [item], tiny, tiny, cfg)
+        assert seen[name][0].endswith(item.receiver)
+    assert item.sender in seen["skyline"][0]
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "items.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    real = methods_mod.run_method
+    calls = {"n": 0}
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("commlib.experiments.run_method", crash_on_second_batch)
+    with pytest.raises(RuntimeError):
+        run_games(
+            "countries",
+            tiny,
+            tiny,
+            ["silent"],
+            k=1,
+            j=1,
+            n=6,
+            out_dir=out,
+            batch_size=3,
+            max_new_tokens=2,
+            progress=False,
+        )
+    assert len(_rows(out)) == 3  # the finished batch is on disk
+    monkeypatch.setattr("commlib.experiments.run_method", real)
+    res = run_games(
+        "countries",
+        tiny,
+        tiny,
+        ["silent"],
+        k=1,
+        j=1,
+        n=6,
+        out_dir=out,
+        batch_size=3,
+        max_new_tokens=2,
+        progress=False,
+    )
+    rows = _rows(out)
+    assert len(rows) == 6 and len({r["item_id"] for r in rows}) == 6
+    assert res["methods"]["silent"]["n"] == 6
+    run_games(
+        "countries",
+        tiny,
+        tiny,
+        ["silent"],
+        k=1,
+        j=1,
+        n=6,
+        out_dir=out,
+        batch_size=3,
+        max_new_tokens=2,
+        progress=False,
+    )
+    assert len(_rows(out)) == 6  # nothing recomputed
+
+
+def test_games_cli_on_a_custom_jsonl(tmp_path: Path, capsys) -> None:
+    game = tmp_path / "colours.jsonl"
+    game.write_text(
+        "".join(
+            json.dumps({"sender": f"The box is {c}.", "receiver": "What colour is the box?", "answer": c})
+            + "\n"
+            for c in ("red", "blue", "green")
+        )
+    )
+    out = tmp_path / "out"
+    args = [
+        "games",
+        "--game",
+        str(game),
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-random",
+        "--methods",
+        "silent,skyline,nl,ac-mean",
+        "--k",
+        "1",
+        "--j",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    for method in ("silent", "skyline", "nl", "ac-mean"):
+        r = result["methods"][method]
+        assert r["n"] == 3 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+    assert (
+        result["config"]["k"] == 1
+        and result["config"]["seed"] == 0
+        and "torch" in result["config"]["versions"]
+    )
+    assert len(_rows(out)) == 12
+    assert main([*args[:-2], "--methods", "ac-w-sum", "--out", str(out)]) == 2
+    assert "needs a learned map" in capsys.readouterr().err
