@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from commlib.errors import LayerOutOfRangeError, NonFiniteActivationError
+from commlib.errors import CommlibError, LayerOutOfRangeError, NonFiniteActivationError
 from commlib.models import Model
 from commlib.prompts import Batch
 
@@ -41,9 +41,13 @@ EditFn = Callable[[Float[Tensor, "batch n d"]], Float[Tensor, "batch n d"]]
 class Edit:
     """Replace the residual after block ``layer`` at ``positions`` by ``fn`` of itself.
 
+    Positions are absolute (into the padded prompt), so an edit is applied in
+    whichever forward pass holds them: the prefill, or the first pass after a
+    cached prefix; passes that hold none of them are left alone.
+
     Attributes:
         layer: Decoder block index (0-based); the edit acts on its output.
-        positions: ``[batch, n]`` absolute indices into the padded prompt.
+        positions: ``[batch, n]`` absolute indices into the padded sequence.
         fn: Maps the ``[batch, n, d]`` residual slice to its replacement.
     """
 
@@ -51,10 +55,15 @@ class Edit:
     positions: Int[Tensor, "batch n"]
     fn: EditFn
 
-    def apply(self, hidden: Float[Tensor, "batch seq d"]) -> Float[Tensor, "batch seq d"]:
-        """Return ``hidden`` with the edit applied (a new tensor)."""
+    def apply(self, hidden: Float[Tensor, "batch seq d"], offset: int = 0) -> Float[Tensor, "batch seq d"]:
+        """Return ``hidden`` (a pass over positions ``offset ..``) with the edit applied."""
+        pos = self.positions.to(hidden.device) - offset
+        inside = (pos >= 0) & (pos < hidden.shape[1])
+        if not bool(inside.any()):
+            return hidden
+        if not bool(inside.all()):
+            raise CommlibError("an edit's positions straddle a cached prefix: run the prefix without them")
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-        pos = self.positions.to(hidden.device)
         new = self.fn(hidden[rows, pos])
         check_finite(new, f"edited residual at layer {self.layer}")
         out = hidden.clone()
@@ -181,17 +190,21 @@ class Backend(ABC):
         return self.forward(batch, edit)[0]
 
     @torch.no_grad()
-    def generate(self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding()) -> Generation:
+    def generate(
+        self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding(), past: Any = None
+    ) -> Generation:
         """Decode from ``batch``; ``edit`` is applied in the prefill only.
 
-        The KV cache carries the edited state into every later step.
+        The KV cache carries the edited state into every later step. With
+        ``past`` (a cache of a prompt prefix), ``batch`` holds the remaining
+        prompt tokens and the full attention mask; ``past`` is extended in place.
         """
         if edit is not None:
             check_layer(self.model, edit.layer)
         eos = torch.tensor(self.model.eos_token_ids(), device=batch.input_ids.device)
         pad_id = self.model.tokenizer.pad_token_id
         gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
-        logits, past = self.forward(batch, edit, last_only=True)
+        logits, past = self.forward(batch, edit, past, last_only=True)
         step_logits = logits[:, -1].float()
         first_logits = step_logits
         mask = batch.attention_mask

@@ -81,7 +81,7 @@ class LensBackend(Backend):
         if edit is not None:
 
             def hook(x: Tensor, hook: Any) -> Tensor:
-                return edit.apply(x) if past_len == 0 else x
+                return edit.apply(x, past_len)
 
             fwd.append((resid_post(edit.layer), hook))
         with self.bridge.hooks(fwd_hooks=fwd):

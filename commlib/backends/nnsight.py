@@ -68,9 +68,10 @@ class NnsightBackend(Backend):
     def forward(
         self, batch: Batch, edit: Edit | None = None, past: Any = None, last_only: bool = False
     ) -> tuple[Tensor, Any]:
+        offset = cache_length(past)
         kwargs = dict(
             attention_mask=batch.attention_mask,
-            position_ids=position_ids_for(batch, cache_length(past)),
+            position_ids=position_ids_for(batch, offset),
             past_key_values=past,
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
@@ -78,6 +79,6 @@ class NnsightBackend(Backend):
         with self.lm.trace(batch.input_ids, remote=self.remote, **kwargs):
             if edit is not None:
                 block = self._layers[edit.layer]
-                block.output = edit.apply(block.output)
+                block.output = edit.apply(block.output, offset)
             out = self.lm.output.save()
         return out.logits, out.past_key_values
