@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from commlib.errors import CommlibError
 
@@ -151,6 +152,56 @@ def _cmd_games(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_range(text: str | None, n_layers: int) -> list[int]:
+    """``"a:b"`` (inclusive, optional ``:step``) or comma-separated layers; ``None`` = all."""
+    if not text:
+        return list(range(n_layers))
+    if ":" in text:
+        parts = [int(p) for p in text.split(":")]
+        return list(range(parts[0], parts[1] + 1, parts[2] if len(parts) > 2 else 1))
+    return [int(p) for p in text.split(",")]
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from commlib.experiments import run_sweep
+    from commlib.models import load_model
+    from commlib.plots import save_figure, sweep_heatmap
+
+    sender = load_model(args.sender)
+    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    ks = _layer_range(args.k_range, sender.info.n_layers)
+    js = _layer_range(args.j_range, receiver.info.n_layers)
+    df = run_sweep(
+        args.game,
+        sender,
+        receiver,
+        out_dir=args.out,
+        ks=ks,
+        js=js,
+        f=args.f,
+        n=args.n,
+        seed=args.seed,
+        backend=args.backend,
+        max_new_tokens=args.max_new_tokens,
+    )
+    game = Path(args.game).stem
+    for value in ("correct", "answer_logprob"):
+        fig = sweep_heatmap(
+            df,
+            n_layers_sender=sender.info.n_layers,
+            n_layers_receiver=receiver.info.n_layers,
+            value=value,
+            title=f"{game}: {sender.name} -> {receiver.name}, f={args.f}",
+        )
+        save_figure(
+            fig, f"sweep_{game}_{sender.name}_{receiver.name}_{value}", directory=args.out, config=vars(args)
+        )
+    best = df.groupby(["k", "j"])["correct"].mean().idxmax()
+    print(f"{df['item_id'].nunique()} items x {len(ks)} k x {len(js)} j; best (k, j) by accuracy: {best}")
+    print(f"wrote {args.out}/sweep.csv and heatmaps")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commlib.backends import Decoding
     from commlib.graft import GraftConfig, communicate
@@ -237,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=24)
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("sweep", help="the full (k, j) grid on a game (fast engine), resumable")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--f", default="replace", choices=("sum", "mean", "replace"))
+    s.add_argument("--k-range", help="e.g. 0:29, 0:29:2 or 10,20 (default: all layers)")
+    s.add_argument("--j-range", help="as --k-range")
+    s.add_argument("--n", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--max-new-tokens", type=int, default=8)
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("demo", help="one exchange per f on a toy Countries item")
     s.add_argument("--model", default="smollm2-135m")
     return p
@@ -248,6 +312,7 @@ COMMANDS = {
     "graft": _cmd_graft,
     "fit-map": _cmd_fit_map,
     "games": _cmd_games,
+    "sweep": _cmd_sweep,
     "demo": _cmd_demo,
 }
 

@@ -18,6 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.methods import METHODS, MethodConfig, run_method
@@ -105,3 +107,83 @@ def run_games(
     }
     write_json(Path(out_dir) / "results.json", result)
     return result
+
+
+SWEEP_FIELDS = ("item_id", "k", "j", "answer", "answer_logprob", "text", "correct")
+
+
+def run_sweep(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    *,
+    out_dir: str | Path,
+    ks: Sequence[int] | None = None,
+    js: Sequence[int] | None = None,
+    f: str = "replace",
+    n: int | None = None,
+    seed: int = 0,
+    backend: str = "nnsight",
+    max_new_tokens: int = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The full (k, j) grid on a game, one item at a time, resumable.
+
+    Rows go to ``out_dir/sweep.csv`` (one per item, k, j) as each item
+    finishes; items already there are skipped on a re-run.
+
+    Returns:
+        The tidy table: item_id, k, j, answer, answer_logprob, text, correct.
+    """
+    import csv
+
+    from tqdm.auto import tqdm
+
+    from commlib.sweep import sweep_item
+
+    ks = list(range(sender.info.n_layers)) if ks is None else list(ks)
+    js = list(range(receiver.info.n_layers)) if js is None else list(js)
+    items = load_game(game, n=n, seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.csv"
+    done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
+    write_json(
+        out / "sweep_config.json",
+        {
+            "game": game,
+            "sender": sender.info.to_dict(),
+            "receiver": receiver.info.to_dict(),
+            "ks": ks,
+            "js": js,
+            "f": f,
+            "n": len(items),
+            "seed": seed,
+            "backend": backend,
+            "max_new_tokens": max_new_tokens,
+            "position": "last",
+            "versions": package_versions(),
+        },
+    )
+    for item in tqdm([it for it in items if it.id not in done], desc="sweep", disable=not progress):
+        cells = sweep_item(
+            sender, receiver, item, ks, js, f=f, backend=backend, max_new_tokens=max_new_tokens
+        )
+        new_file = not path.exists()
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SWEEP_FIELDS)
+            if new_file:
+                writer.writeheader()
+            for c in cells:
+                writer.writerow(
+                    {
+                        "item_id": item.id,
+                        "k": c["k"],
+                        "j": c["j"],
+                        "answer": item.answer,
+                        "answer_logprob": c["answer_logprob"],
+                        "text": c["text"],
+                        "correct": contains_answer(c["text"], item.answer),
+                    }
+                )
+    return pd.read_csv(path)

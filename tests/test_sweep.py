@@ -30,3 +30,37 @@ def test_fast_sweep_equals_naive_on_smollm2(smol: Model) -> None:
         assert cell["token_ids"] == ref["token_ids"]
     # the sweep is not a no-op: different k give different answer log-probs
     assert len({round(c["answer_logprob"], 4) for c in fast}) > 1
+
+
+def test_sweep_cli_writes_table_and_figures_and_resumes(tmp_path) -> None:
+    import pandas as pd
+
+    from commlib.cli import main
+
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "--game",
+        "countries",
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-random",
+        "--k-range",
+        "0:3:2",
+        "--j-range",
+        "1,3",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 2 * 2 * 2 and set(df["k"]) == {0, 2} and set(df["j"]) == {1, 3}
+    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_correct.png").exists()
+    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_correct.pdf").exists()
+    assert main(args) == 0
+    assert len(pd.read_csv(out / "sweep.csv")) == 8  # resumed, nothing appended
