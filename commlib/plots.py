@@ -60,6 +60,41 @@ def sweep_heatmap(
     return fig
 
 
+def method_bars(table: pd.DataFrame, *, panel: str = "game") -> Figure:
+    """Accuracy per method and model with bootstrap intervals, one panel per ``panel`` value.
+
+    ``table`` needs columns method, model, accuracy, ci_low, ci_high (percent) and ``panel``.
+    """
+    set_style()
+    panels = list(dict.fromkeys(table[panel]))
+    methods = list(dict.fromkeys(table["method"]))
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.8), squeeze=False, sharey=True
+    )
+    width = 0.8 / len(models)
+    colours = sns.color_palette("colorblind", len(models))
+    for ax, value in zip(axes[0], panels, strict=True):
+        sub = table[table[panel] == value].set_index(["model", "method"])
+        for m_i, model in enumerate(models):
+            xs, ys, lo, hi = [], [], [], []
+            for x, method in enumerate(methods):
+                if (model, method) in sub.index:
+                    r = sub.loc[(model, method)]
+                    xs.append(x + (m_i - (len(models) - 1) / 2) * width)
+                    ys.append(r["accuracy"])
+                    lo.append(r["accuracy"] - r["ci_low"])
+                    hi.append(r["ci_high"] - r["accuracy"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[m_i], label=model)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        ax.set_title(str(value))
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("accuracy (%), 95% bootstrap CI")
+    axes[0][-1].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(
     fig: Figure, name: str, *, config: dict[str, Any] | None = None, directory: str | Path | None = None
 ) -> list[Path]:
