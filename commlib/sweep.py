@@ -72,6 +72,7 @@ def sweep_item(
     """All (k, j) cells of one item: answer log-prob and greedy answer text.
 
     The message position is the last prompt token of both models.
+    ``max_new_tokens=0`` scores by log-probability only (no greedy answers).
     """
     for k in ks:
         check_layer(sender, k, "k")
@@ -94,20 +95,25 @@ def sweep_item(
         mask = torch.ones(n_k, last + ids.shape[1], dtype=b_batch.attention_mask.dtype)
         logits, _ = rb.forward(Batch(ids, mask), edit, _repeat_cache(prefix, n_k))
         logprob = _answer_logprob(logits, target)
-        gen = rb.generate(
-            Batch(b_batch.input_ids[:, last:].expand(n_k, -1), mask[:, : last + 1]),
-            edit,
-            Decoding(max_new_tokens=max_new_tokens),
-            past=_repeat_cache(prefix, n_k),
-        )
+        texts: list[str] = [""] * n_k
+        token_ids: list[list[int]] = [[] for _ in range(n_k)]
+        if max_new_tokens > 0:  # 0: score by log-probability only
+            gen = rb.generate(
+                Batch(b_batch.input_ids[:, last:].expand(n_k, -1), mask[:, : last + 1]),
+                edit,
+                Decoding(max_new_tokens=max_new_tokens),
+                past=_repeat_cache(prefix, n_k),
+            )
+            texts = gen.texts
+            token_ids = [_until_eos(row.tolist(), receiver) for row in gen.token_ids]
         for i, k in enumerate(ks):
             cells.append(
                 {
                     "k": k,
                     "j": j,
                     "answer_logprob": float(logprob[i]),
-                    "text": gen.texts[i],
-                    "token_ids": _until_eos(gen.token_ids[i].tolist(), receiver),
+                    "text": texts[i],
+                    "token_ids": token_ids[i],
                 }
             )
     return cells
@@ -153,19 +159,22 @@ def naive_cell(
     )
     edit = graft_edit(a, torch.tensor([b_batch.length - 1]), cfg)
     logits = rb.logits(full, edit)[:, b_batch.length - 1 :]
-    gen = communicate(
-        sender,
-        receiver,
-        [item.sender],
-        [item.receiver],
-        cfg,
-        backend=backend,
-        decoding=Decoding(max_new_tokens=max_new_tokens),
-    )
-    return {
+    cell: dict[str, Any] = {
         "k": k,
         "j": j,
         "answer_logprob": float(_answer_logprob(logits, target)[0]),
-        "text": gen.texts[0],
-        "token_ids": _until_eos(gen.token_ids[0].tolist(), receiver),
+        "text": "",
+        "token_ids": [],
     }
+    if max_new_tokens > 0:
+        gen = communicate(
+            sender,
+            receiver,
+            [item.sender],
+            [item.receiver],
+            cfg,
+            backend=backend,
+            decoding=Decoding(max_new_tokens=max_new_tokens),
+        )
+        cell.update(text=gen.texts[0], token_ids=_until_eos(gen.token_ids[0].tolist(), receiver))
+    return cell

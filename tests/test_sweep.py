@@ -64,3 +64,11 @@ def test_sweep_cli_writes_table_and_figures_and_resumes(tmp_path) -> None:
     assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_correct.pdf").exists()
     assert main(args) == 0
     assert len(pd.read_csv(out / "sweep.csv")) == 8  # resumed, nothing appended
+
+
+def test_logprob_only_sweep_matches_the_full_one(tiny: Model) -> None:
+    item = countries(1, seed=5)[0]
+    full = sweep_item(tiny, tiny, item, ks=[1, 2], js=[0, 2], max_new_tokens=3)
+    only = sweep_item(tiny, tiny, item, ks=[1, 2], js=[0, 2], max_new_tokens=0)
+    assert [c["answer_logprob"] for c in only] == pytest.approx([c["answer_logprob"] for c in full], abs=1e-5)
+    assert all(c["token_ids"] == [] for c in only)
