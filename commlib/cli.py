@@ -196,8 +196,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         save_figure(
             fig, f"sweep_{game}_{sender.name}_{receiver.name}_{value}", directory=args.out, config=vars(args)
         )
-    best = df.groupby(["k", "j"])["correct"].mean().idxmax()
-    print(f"{df['item_id'].nunique()} items x {len(ks)} k x {len(js)} j; best (k, j) by accuracy: {best}")
+    cells = df.groupby(["k", "j"]).agg(accuracy=("correct", "mean"), logprob=("answer_logprob", "mean"))
+    k_best, j_best = (int(x) for x in cells.sort_values(["accuracy", "logprob"], ascending=False).index[0])
+    top = cells.loc[(k_best, j_best)]
+    print(
+        f"{df['item_id'].nunique()} items x {len(ks)} k x {len(js)} j; best (k, j) = ({k_best}, {j_best}): "
+        f"accuracy {top['accuracy']:.2f}, mean answer log-prob {top['logprob']:.2f} "
+        "(accuracy first, ties by log-prob)"
+    )
     print(f"wrote {args.out}/sweep.csv and heatmaps")
     return 0
 
