@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from commlib.errors import CommlibError
 
@@ -50,11 +51,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Sender and receiver models of a command (one object when they are the same name)."""
+    from commlib.models import load_model
+
+    sender = load_model(args.sender)
+    return sender, sender if args.receiver == args.sender else load_model(args.receiver)
+
+
 def _cmd_graft(args: argparse.Namespace) -> int:
     from commlib.backends import Decoding
     from commlib.combine import LinearMap
     from commlib.graft import GraftConfig, communicate
-    from commlib.models import load_model
 
     config = GraftConfig(
         k=args.k,
@@ -65,8 +73,7 @@ def _cmd_graft(args: argparse.Namespace) -> int:
         position=args.position,
         raw=args.raw,
     )
-    sender = load_model(args.sender)
-    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    sender, receiver = _load_pair(args)
     lin = LinearMap.load(args.map) if args.map else None
     decoding = Decoding(
         max_new_tokens=args.max_new_tokens,
@@ -94,10 +101,8 @@ def _cmd_graft(args: argparse.Namespace) -> int:
 
 def _cmd_fit_map(args: argparse.Namespace) -> int:
     from commlib.graft import fit_map
-    from commlib.models import load_model
 
-    sender = load_model(args.sender)
-    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    sender, receiver = _load_pair(args)
     lin = fit_map(
         sender,
         receiver,
@@ -121,10 +126,8 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
 def _cmd_games(args: argparse.Namespace) -> int:
     from commlib.combine import LinearMap
     from commlib.experiments import run_games
-    from commlib.models import load_model
 
-    sender = load_model(args.sender)
-    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    sender, receiver = _load_pair(args)
     lin = LinearMap.load(args.map) if args.map else None
     if lin is not None:
         lin.check_pair(sender.name, receiver.name, args.k, args.j)
@@ -164,11 +167,9 @@ def _layer_range(text: str | None, n_layers: int) -> list[int]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from commlib.experiments import run_sweep
-    from commlib.models import load_model
     from commlib.plots import save_figure, sweep_heatmap
 
-    sender = load_model(args.sender)
-    receiver = sender if args.receiver == args.sender else load_model(args.receiver)
+    sender, receiver = _load_pair(args)
     ks = _layer_range(args.k_range, sender.info.n_layers)
     js = _layer_range(args.j_range, receiver.info.n_layers)
     df = run_sweep(

@@ -25,7 +25,7 @@ from commlib.errors import CommlibError
 from commlib.methods import METHODS, MethodConfig, run_method
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
-from commlib.results import ItemStore, contains_answer, exact_match, package_versions, write_json
+from commlib.results import ItemStore, append_rows, contains_answer, exact_match, package_versions, write_json
 from commlib.tasks.games import load_game
 
 
@@ -135,8 +135,6 @@ def run_sweep(
     Returns:
         The tidy table: item_id, k, j, answer, answer_logprob, text, correct.
     """
-    import csv
-
     from tqdm.auto import tqdm
 
     from commlib.sweep import sweep_item
@@ -169,21 +167,20 @@ def run_sweep(
         cells = sweep_item(
             sender, receiver, item, ks, js, f=f, backend=backend, max_new_tokens=max_new_tokens
         )
-        new_file = not path.exists()
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=SWEEP_FIELDS)
-            if new_file:
-                writer.writeheader()
-            for c in cells:
-                writer.writerow(
-                    {
-                        "item_id": item.id,
-                        "k": c["k"],
-                        "j": c["j"],
-                        "answer": item.answer,
-                        "answer_logprob": c["answer_logprob"],
-                        "text": c["text"],
-                        "correct": contains_answer(c["text"], item.answer),
-                    }
-                )
+        append_rows(
+            path,
+            SWEEP_FIELDS,
+            (
+                {
+                    "item_id": item.id,
+                    "k": c["k"],
+                    "j": c["j"],
+                    "answer": item.answer,
+                    "answer_logprob": c["answer_logprob"],
+                    "text": c["text"],
+                    "correct": contains_answer(c["text"], item.answer),
+                }
+                for c in cells
+            ),
+        )
     return pd.read_csv(path)

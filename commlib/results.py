@@ -80,6 +80,16 @@ def package_versions(
     return out
 
 
+def append_rows(path: Path, fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a CSV (header when new) and flush, so a crash keeps them."""
+    new_file = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields))
+        if new_file:
+            writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in fields} for row in rows)
+
+
 class ItemStore:
     """Per-item results in ``DIR/items.csv``, appended and flushed row by row."""
 
@@ -98,13 +108,7 @@ class ItemStore:
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append rows and flush them to disk."""
-        new_file = not self.path.exists()
-        with self.path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=ITEM_FIELDS)
-            if new_file:
-                writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k, "") for k in ITEM_FIELDS})
+        append_rows(self.path, ITEM_FIELDS, rows)
         self.rows.extend({k: str(row.get(k, "")) for k in ITEM_FIELDS} for row in rows)
 
     def summary(self, methods: Sequence[str], seed: int = 0) -> dict[str, dict[str, float]]:

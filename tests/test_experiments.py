@@ -36,7 +36,7 @@ def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypat
     seen: dict[str, list[str]] = {}
 
     def spy(name):
-        def fake(prompts, receiver, cfg):
+        def fake(model, prompts, cfg, max_new_tokens):
             seen[name] = list(prompts)
             return ["x"] * len(prompts)
 
@@ -45,7 +45,7 @@ def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypat
     item = countries(1)[0]
     cfg = methods_mod.MethodConfig(k=1, j=1, max_new_tokens=2)
     for name in ("silent", "skyline", "nl"):
-        monkeypatch.setattr(methods_mod, "_b_alone", spy(name))
+        monkeypatch.setattr(methods_mod, "_generate_alone", spy(name))
         methods_mod.run_method(name, [item], tiny, tiny, cfg)
         assert seen[name][0].endswith(item.receiver)
     assert item.sender in seen["skyline"][0]

@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from commlib.backends import Decoding
+from commlib.backends import Decoding, get_backend
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
 from commlib.models import Model
-from commlib.prompts import Position
+from commlib.prompts import Position, encode
 from commlib.tasks.games import GameItem
 
 NL_INSTRUCTION = "Write a short message to your partner that tells them the information above."
@@ -59,24 +59,20 @@ class MethodOutput:
 MethodFn = Callable[[Sequence[GameItem], Model, Model, MethodConfig, LinearMap | None], list[MethodOutput]]
 
 
-def _b_alone(prompts: list[str], receiver: Model, cfg: MethodConfig) -> list[str]:
-    out = communicate(
-        receiver,
-        receiver,
-        prompts,
-        prompts,
-        GraftConfig(k=0, j=0, f="none"),
-        backend=cfg.backend,
-        decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
-    )
-    return out.texts
+def _generate_alone(model: Model, prompts: list[str], cfg: MethodConfig, max_new_tokens: int) -> list[str]:
+    """One model answering its prompts on its own (no graft), greedy."""
+    backend = get_backend(model, cfg.backend)
+    return backend.generate(encode(model, prompts), None, Decoding(max_new_tokens=max_new_tokens)).texts
 
 
 def silent(
     items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
 ) -> list[MethodOutput]:
     """B alone."""
-    return [MethodOutput(t) for t in _b_alone([i.receiver for i in items], receiver, cfg)]
+    return [
+        MethodOutput(t)
+        for t in _generate_alone(receiver, [i.receiver for i in items], cfg, cfg.max_new_tokens)
+    ]
 
 
 def skyline(
@@ -84,7 +80,7 @@ def skyline(
 ) -> list[MethodOutput]:
     """B given both prompts."""
     prompts = [SKYLINE_TEMPLATE.format(sender=i.sender, receiver=i.receiver) for i in items]
-    return [MethodOutput(t) for t in _b_alone(prompts, receiver, cfg)]
+    return [MethodOutput(t) for t in _generate_alone(receiver, prompts, cfg, cfg.max_new_tokens)]
 
 
 def nl(
@@ -92,20 +88,15 @@ def nl(
 ) -> list[MethodOutput]:
     """A writes a message in natural language; B reads it before its own prompt."""
     a_prompts = [f"{i.sender}\n{NL_INSTRUCTION}" for i in items]
-    messages = communicate(
-        sender,
-        sender,
-        a_prompts,
-        a_prompts,
-        GraftConfig(k=0, j=0, f="none"),
-        backend=cfg.backend,
-        decoding=Decoding(max_new_tokens=cfg.message_tokens),
-    ).texts
+    messages = _generate_alone(sender, a_prompts, cfg, cfg.message_tokens)
     b_prompts = [
         NL_TEMPLATE.format(message=m.strip() or "(nothing)", receiver=i.receiver)
         for m, i in zip(messages, items, strict=True)
     ]
-    return [MethodOutput(t, m) for t, m in zip(_b_alone(b_prompts, receiver, cfg), messages, strict=True)]
+    return [
+        MethodOutput(t, m)
+        for t, m in zip(_generate_alone(receiver, b_prompts, cfg, cfg.max_new_tokens), messages, strict=True)
+    ]
 
 
 def _ac(f: str, use_map: bool) -> MethodFn:
