@@ -146,6 +146,7 @@ def _cmd_games(args: argparse.Namespace) -> int:
         backend=args.backend,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        reply=not args.no_reply,
     )
     print(f"{'method':<14}{'accuracy':>9}{'95% CI':>16}{'exact':>7}{'n':>5}")
     for method, r in result["methods"].items():
@@ -166,7 +167,7 @@ def _layer_range(text: str | None, n_layers: int) -> list[int]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from commlib.experiments import run_sweep
+    from commlib.experiments import best_layers, run_sweep
     from commlib.plots import save_figure, sweep_heatmap
 
     sender, receiver = _load_pair(args)
@@ -184,26 +185,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
         backend=args.backend,
         max_new_tokens=args.max_new_tokens,
+        position=args.position,
+        reply=not args.no_reply,
     )
     game = Path(args.game).stem
-    for value in ("correct", "answer_logprob"):
+    for value in ("greedy_answer", "logprob_gain"):
         fig = sweep_heatmap(
             df,
             n_layers_sender=sender.info.n_layers,
             n_layers_receiver=receiver.info.n_layers,
             value=value,
-            title=f"{game}: {sender.name} -> {receiver.name}, f={args.f}",
+            title=f"{game}: {sender.name} -> {receiver.name}, f={args.f}, {args.position}",
         )
         save_figure(
             fig, f"sweep_{game}_{sender.name}_{receiver.name}_{value}", directory=args.out, config=vars(args)
         )
-    cells = df.groupby(["k", "j"]).agg(accuracy=("correct", "mean"), logprob=("answer_logprob", "mean"))
-    k_best, j_best = (int(x) for x in cells.sort_values(["accuracy", "logprob"], ascending=False).index[0])
-    top = cells.loc[(k_best, j_best)]
+    top = best_layers(df)
     print(
-        f"{df['item_id'].nunique()} items x {len(ks)} k x {len(js)} j; best (k, j) = ({k_best}, {j_best}): "
-        f"accuracy {top['accuracy']:.2f}, mean answer log-prob {top['logprob']:.2f} "
-        "(accuracy first, ties by log-prob)"
+        f"{df['item_id'].nunique()} items x {len(ks)} k x {len(js)} j, position {args.position}; "
+        f"best (k, j) = ({int(top['k'])}, "
+        f"{int(top['j'])}): greedy accuracy {top['accuracy']:.2f} (B alone "
+        f"{df.groupby('item_id')['silent_greedy_answer'].first().mean():.2f}), mean answer log-prob gain "
+        f"over B alone {top['logprob_gain']:+.2f} (accuracy first, ties by log-prob gain)"
     )
     print(f"wrote {args.out}/sweep.csv and heatmaps")
     return 0
@@ -293,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-new-tokens", type=int, default=24)
+    s.add_argument(
+        "--no-reply", action="store_true", help="B answers from scratch (no 'Alice is located in' opening)"
+    )
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("sweep", help="the full (k, j) grid on a game (fast engine), resumable")
@@ -304,8 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--j-range", help="as --k-range")
     s.add_argument("--n", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--position", choices=("last", "content"), default="last")
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
-    s.add_argument("--max-new-tokens", type=int, default=8)
+    s.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per cell (0: log-prob only)")
+    s.add_argument(
+        "--no-reply", action="store_true", help="B answers from scratch (no 'Alice is located in' opening)"
+    )
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("demo", help="one exchange per f on a toy Countries item")

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,15 @@ from commlib.errors import CommlibError
 from commlib.methods import METHODS, MethodConfig, run_method
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
-from commlib.results import ItemStore, append_rows, contains_answer, exact_match, package_versions, write_json
+from commlib.results import (
+    ItemStore,
+    append_rows,
+    claim_run_dir,
+    contains_answer,
+    exact_match,
+    package_versions,
+    write_json,
+)
 from commlib.tasks.games import load_game
 
 
@@ -45,11 +54,13 @@ def run_games(
     backend: str = "nnsight",
     batch_size: int = 8,
     max_new_tokens: int = 24,
+    reply: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run methods on a game, append per-item rows to ``out_dir/items.csv``, summarise.
 
     Re-running with the same ``out_dir`` resumes: finished (item, method) rows are kept.
+    ``reply=False`` drops the items' answer openings (see :mod:`commlib.tasks.games`).
 
     Returns:
         The content written to ``out_dir/results.json``: per method accuracy,
@@ -60,8 +71,20 @@ def run_games(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
-    items = load_game(game, n=n, seed=seed)
+    items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
+    claim_run_dir(
+        out_dir,
+        {
+            "game": game,
+            "seed": seed,
+            "sender": sender.name,
+            "receiver": receiver.name,
+            **asdict(cfg),
+            "reply": reply,
+            "map": asdict(map.info) if map is not None else None,
+        },
+    )
     store = ItemStore(out_dir)
     for method in methods:
         todo = [it for it in items if it.id not in store.done(method)]
@@ -77,7 +100,7 @@ def run_games(
                         "answer": it.answer,
                         "output": o.text,
                         "message": o.message or "",
-                        "correct": contains_answer(o.text, it.answer),
+                        "correct": contains_answer(o.text, it.answer, it.choices),
                         "exact": exact_match(o.text, it.answer),
                     }
                     for it, o in zip(chunk, outs, strict=True)
@@ -97,8 +120,9 @@ def run_games(
             "prompt_formats": {"sender": sender.info.prompt_format, "receiver": receiver.info.prompt_format},
             "example_prompts": {
                 "sender": format_prompt(sender, example.sender),
-                "receiver": format_prompt(receiver, example.receiver),
+                "receiver": format_prompt(receiver, example.receiver, reply=example.reply),
             },
+            "reply": reply,
             "decoding": "greedy",
             "scoring": "answer in the first answer line, case-insensitive; exact_match strict",
             "ci": "95% percentile bootstrap, 1000 resamples",
@@ -109,7 +133,18 @@ def run_games(
     return result
 
 
-SWEEP_FIELDS = ("item_id", "k", "j", "answer", "answer_logprob", "text", "correct")
+SWEEP_FIELDS = (
+    "item_id",
+    "k",
+    "j",
+    "answer",
+    "answer_logprob",
+    "greedy_answer",
+    "silent_logprob",
+    "silent_greedy_answer",
+    "text",
+    "correct",
+)
 
 
 def run_sweep(
@@ -125,15 +160,23 @@ def run_sweep(
     seed: int = 0,
     backend: str = "nnsight",
     max_new_tokens: int = 8,
+    position: Position = "last",
+    reply: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The full (k, j) grid on a game, one item at a time, resumable.
+
+    ``position`` and ``reply`` as in :func:`run_games`.
 
     Rows go to ``out_dir/sweep.csv`` (one per item, k, j) as each item
     finishes; items already there are skipped on a re-run.
 
     Returns:
-        The tidy table: item_id, k, j, answer, answer_logprob, text, correct.
+        The tidy table: item_id, k, j, answer, answer_logprob, greedy_answer
+        (greedy decoding starts with the answer), silent_logprob and
+        silent_greedy_answer (B alone), text, correct (the answer in the first
+        line of the greedy text; empty with ``max_new_tokens=0``), and
+        logprob_gain (answer_logprob - silent_logprob).
     """
     from tqdm.auto import tqdm
 
@@ -141,9 +184,25 @@ def run_sweep(
 
     ks = list(range(sender.info.n_layers)) if ks is None else list(ks)
     js = list(range(receiver.info.n_layers)) if js is None else list(js)
-    items = load_game(game, n=n, seed=seed)
+    items = load_game(game, n=n, seed=seed, reply=reply)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(
+        out,
+        {
+            "game": game,
+            "seed": seed,
+            "sender": sender.name,
+            "receiver": receiver.name,
+            "ks": ks,
+            "js": js,
+            "f": f,
+            "backend": backend,
+            "max_new_tokens": max_new_tokens,
+            "position": position,
+            "reply": reply,
+        },
+    )
     path = out / "sweep.csv"
     done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
     write_json(
@@ -159,13 +218,26 @@ def run_sweep(
             "seed": seed,
             "backend": backend,
             "max_new_tokens": max_new_tokens,
-            "position": "last",
+            "position": position,
+            "reply": reply,
+            "example_prompts": {
+                "sender": format_prompt(sender, items[0].sender),
+                "receiver": format_prompt(receiver, items[0].receiver, reply=items[0].reply),
+            },
             "versions": package_versions(),
         },
     )
     for item in tqdm([it for it in items if it.id not in done], desc="sweep", disable=not progress):
         cells = sweep_item(
-            sender, receiver, item, ks, js, f=f, backend=backend, max_new_tokens=max_new_tokens
+            sender,
+            receiver,
+            item,
+            ks,
+            js,
+            f=f,
+            backend=backend,
+            max_new_tokens=max_new_tokens,
+            position=position,
         )
         append_rows(
             path,
@@ -177,10 +249,102 @@ def run_sweep(
                     "j": c["j"],
                     "answer": item.answer,
                     "answer_logprob": c["answer_logprob"],
+                    "greedy_answer": c["greedy_answer"],
+                    "silent_logprob": c["silent_logprob"],
+                    "silent_greedy_answer": c["silent_greedy_answer"],
                     "text": c["text"],
-                    "correct": contains_answer(c["text"], item.answer),
+                    "correct": contains_answer(c["text"], item.answer, item.choices)
+                    if max_new_tokens
+                    else "",
                 }
                 for c in cells
             ),
         )
-    return pd.read_csv(path)
+    return read_sweep(out)
+
+
+def read_sweep(out_dir: str | Path) -> pd.DataFrame:
+    """A sweep's table with ``logprob_gain`` and the run's ``position`` added."""
+    out = Path(out_dir)
+    df = pd.read_csv(out / "sweep.csv")
+    position = json.loads((out / "run.json").read_text()).get("position", "last")
+    return df.assign(logprob_gain=df["answer_logprob"] - df["silent_logprob"], position=position)
+
+
+def best_layers(df: pd.DataFrame) -> pd.Series:
+    """The (k, j, position) cell with the highest greedy accuracy, ties by mean log-prob gain.
+
+    Example:
+        >>> df = pd.DataFrame({"k": [0, 1], "j": [2, 2], "position": "last",
+        ...                    "greedy_answer": [True, True], "logprob_gain": [0.5, 1.5]})
+        >>> top = best_layers(df)
+        >>> int(top["k"]), int(top["j"]), top["position"]
+        (1, 2, 'last')
+    """
+    cells = (
+        df.groupby(["k", "j", "position"])
+        .agg(
+            accuracy=("greedy_answer", "mean"),
+            logprob_gain=("logprob_gain", "mean"),
+            n=("item_id", "nunique") if "item_id" in df else ("k", "size"),
+        )
+        .sort_values(["accuracy", "logprob_gain"], ascending=False)
+        .reset_index()
+    )
+    return cells.iloc[0]
+
+
+SELECTION_N = 6
+"""Items per game in the layer-selection sweeps (seed 0; results are reported on seed 1)."""
+
+
+def selection_step(model: Model) -> int:
+    """Layer stride of the selection sweeps: about ten layers per axis."""
+    return max(1, round(model.info.n_layers / 10))
+
+
+def sweep_dir(
+    root: str | Path, model: str, game: str, *, f: str, position: str, seed: int, n: int, step: int
+) -> Path:
+    """Where a sweep of ``model`` (A = B) on ``game`` lives under ``root`` (notebooks and scripts agree)."""
+    return Path(root) / model / Path(game).stem / f"{f}_{position}_seed{seed}_n{n}_step{step}"
+
+
+def choose_layers(
+    model: Model,
+    game: str,
+    *,
+    sweep_root: str | Path,
+    n: int = SELECTION_N,
+    seed: int = 0,
+    f: str = "replace",
+    positions: Sequence[Position] = ("last", "content"),
+    progress: bool = True,
+) -> pd.Series:
+    """Pick (k, j, position) for ``model`` (A = B) on ``game`` from selection sweeps.
+
+    Runs (or resumes from ``sweep_root``) a log-prob-only sweep per position
+    over every :func:`selection_step`-th layer on ``n`` items of ``seed``, and
+    returns :func:`best_layers` over all of them. Choose on a seed you do not
+    report.
+    """
+    step = selection_step(model)
+    layers = list(range(0, model.info.n_layers, step))
+    frames = [
+        run_sweep(
+            game,
+            model,
+            model,
+            out_dir=sweep_dir(sweep_root, model.name, game, f=f, position=p, seed=seed, n=n, step=step),
+            ks=layers,
+            js=layers,
+            f=f,
+            n=n,
+            seed=seed,
+            max_new_tokens=0,
+            position=p,
+            progress=progress,
+        )
+        for p in positions
+    ]
+    return best_layers(pd.concat(frames, ignore_index=True))

@@ -133,6 +133,7 @@ def communicate(
     map: LinearMap | None = None,
     backend: str = "nnsight",
     decoding: Decoding = Decoding(),
+    receiver_replies: Sequence[str] | None = None,
 ) -> Exchange:
     """Run one activation-communication exchange for a batch of prompt pairs.
 
@@ -145,6 +146,8 @@ def communicate(
         map: A learned ``W`` for this pair and layers (optional).
         backend: ``"nnsight"`` or ``"transformer-lens"``.
         decoding: Greedy by default.
+        receiver_replies: Optional start of each of B's answers, part of B's
+            prompt (``"last"`` is then the reply's last token).
 
     Returns:
         B's continuations under the graft.
@@ -159,7 +162,7 @@ def communicate(
             f"{len(sender_prompts)} sender prompts but {len(receiver_prompts)} receiver prompts: pair them up"
         )
     rb = get_backend(receiver, backend)
-    batch = encode(receiver, receiver_prompts, raw=config.raw)
+    batch = encode(receiver, receiver_prompts, raw=config.raw, replies=receiver_replies)
     edit = None
     if config.f != NO_GRAFT:
         check_layer(receiver, config.j, "j")
@@ -168,7 +171,9 @@ def communicate(
         a = capture_sender(
             get_backend(sender, backend), sender_prompts, config.k, config.position, config.raw
         )
-        positions = message_positions(receiver, receiver_prompts, batch, config.position, raw=config.raw)
+        positions = message_positions(
+            receiver, receiver_prompts, batch, config.position, raw=config.raw, replies=receiver_replies
+        )
         edit = graft_edit(a, positions, config, map)
     gen = rb.generate(batch, edit, decoding)
     return Exchange(

@@ -21,6 +21,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
@@ -32,6 +33,14 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=0.9)
 
 
+HEATMAP_LABELS = {
+    "correct": "accuracy (answer in first line)",
+    "greedy_answer": "accuracy (greedy starts with answer)",
+    "logprob_gain": "answer log-prob gain over B alone",
+    "answer_logprob": "answer log-prob",
+}
+
+
 def sweep_heatmap(
     df: pd.DataFrame,
     *,
@@ -39,19 +48,28 @@ def sweep_heatmap(
     n_layers_receiver: int,
     value: str = "correct",
     title: str = "",
+    ax: Axes | None = None,
 ) -> Figure:
-    """Mean ``value`` over items for each (k, j), axes in relative depth (paper Figure 2)."""
+    """Mean ``value`` over items for each (k, j), axes in relative depth (paper Figure 2).
+
+    Draws into ``ax`` when given (returning its figure), else into a new figure.
+    """
     set_style()
     grid = df.groupby(["j", "k"])[value].mean().unstack("k").sort_index()
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.85))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.85))
+    else:
+        fig = ax.get_figure()  # type: ignore[assignment]
+    step_k = (grid.columns[1] - grid.columns[0]) if len(grid.columns) > 1 else 1
+    step_j = (grid.index[1] - grid.index[0]) if len(grid.index) > 1 else 1
     extent = (
-        -0.5 / n_layers_sender,
-        (grid.columns.max() + 0.5) / n_layers_sender,
-        -0.5 / n_layers_receiver,
-        (grid.index.max() + 0.5) / n_layers_receiver,
+        (grid.columns.min() - step_k / 2) / n_layers_sender,
+        (grid.columns.max() + step_k / 2) / n_layers_sender,
+        (grid.index.min() - step_j / 2) / n_layers_receiver,
+        (grid.index.max() + step_j / 2) / n_layers_receiver,
     )
     img = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis", extent=extent)
-    fig.colorbar(img, ax=ax, label="accuracy" if value == "correct" else value)
+    fig.colorbar(img, ax=ax, label=HEATMAP_LABELS.get(value, value))
     ax.set_xlabel("sender layer k / depth")
     ax.set_ylabel("receiver layer j / depth")
     ax.set_title(title)

@@ -2,6 +2,8 @@
 
 Chat models get their chat template (one user turn, generation prompt added);
 base models get a plain question/answer format. ``raw=True`` skips formatting.
+An optional ``reply`` opens the model's answer (e.g. ``"Alice is located
+in"``): it is part of the prompt, so the next token is the answer itself.
 
 Two positions can carry a message (a parameter for capture and injection):
 
@@ -77,26 +79,53 @@ def _check_text(texts: Sequence[str]) -> None:
             raise EmptyPromptError(f"prompt {i} is empty: give it some text")
 
 
-def format_prompt(model: Model, text: str, *, raw: bool = False) -> str:
-    """Wrap ``text`` in the model's prompt format (chat template or plain Q/A)."""
+def format_prompt(model: Model, text: str, *, raw: bool = False, reply: str = "") -> str:
+    """Wrap ``text`` in the model's prompt format (chat template or plain Q/A).
+
+    Args:
+        model: Whose format to use.
+        text: The user's text.
+        raw: Return ``text + reply`` unformatted.
+        reply: Start of the model's answer, appended after the generation
+            prompt (after ``"Answer:"`` and a space in the plain format).
+    """
     if raw:
-        return text
+        return text + reply
     if model.info.prompt_format == "chat":
         out = model.tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
         )
-        return str(out)
-    return PLAIN_TEMPLATE.format(text=text)
+        return str(out) + reply
+    return PLAIN_TEMPLATE.format(text=text) + (f" {reply}" if reply else "")
 
 
-def encode(model: Model, texts: Sequence[str], *, raw: bool = False) -> Batch:
+def _replies(texts: Sequence[str], replies: Sequence[str] | None) -> list[str]:
+    if replies is None:
+        return [""] * len(texts)
+    if isinstance(replies, str) or len(replies) != len(texts):
+        raise CommlibError(f"pass one reply per prompt ({len(texts)} prompts); got {replies!r}")
+    return list(replies)
+
+
+def encode(
+    model: Model, texts: Sequence[str], *, raw: bool = False, replies: Sequence[str] | None = None
+) -> Batch:
     """Format and tokenise prompts into one left-padded batch.
+
+    Args:
+        model: Whose tokenizer and prompt format to use.
+        texts: The prompts.
+        raw: Skip the prompt format.
+        replies: Optional start of each answer (see :func:`format_prompt`).
 
     Raises:
         EmptyPromptError: a prompt is empty or the list is.
     """
     _check_text(texts)
-    formatted = [format_prompt(model, t, raw=raw) for t in texts]
+    formatted = [
+        format_prompt(model, t, raw=raw, reply=r)
+        for t, r in zip(texts, _replies(texts, replies), strict=True)
+    ]
     enc = model.tokenizer(
         formatted,
         return_tensors="pt",
@@ -106,9 +135,9 @@ def encode(model: Model, texts: Sequence[str], *, raw: bool = False) -> Batch:
     return Batch(enc["input_ids"], enc["attention_mask"]).to(model.device)
 
 
-def _content_suffix_length(model: Model, text: str, raw: bool) -> int:
-    """Number of template tokens after the last token of ``text``."""
-    full = format_prompt(model, text, raw=raw)
+def _content_suffix_length(model: Model, text: str, raw: bool, reply: str) -> int:
+    """Number of tokens (template and reply) after the last token of ``text``."""
+    full = format_prompt(model, text, raw=raw, reply=reply)
     end = full.rfind(text)
     if end < 0:  # pragma: no cover - a template that rewrites the content
         raise CommlibError("cannot locate the user text inside the formatted prompt; use position='last'")
@@ -119,7 +148,13 @@ def _content_suffix_length(model: Model, text: str, raw: bool) -> int:
 
 
 def message_positions(
-    model: Model, texts: Sequence[str], batch: Batch, position: Position = "last", *, raw: bool = False
+    model: Model,
+    texts: Sequence[str],
+    batch: Batch,
+    position: Position = "last",
+    *,
+    raw: bool = False,
+    replies: Sequence[str] | None = None,
 ) -> Int[Tensor, " batch"]:
     """Absolute index (into the padded batch) of the position that carries the message.
 
@@ -129,11 +164,15 @@ def message_positions(
         batch: Their left-padded encoding.
         position: ``"last"`` prompt token or last token of the user ``"content"``.
         raw: Whether ``batch`` was encoded with ``raw=True``.
+        replies: The replies ``batch`` was encoded with, if any.
     """
     last = batch.length - 1
     if position == "last":
         return torch.full((batch.size,), last, dtype=torch.long, device=batch.input_ids.device)
     if position == "content":
-        offsets = [_content_suffix_length(model, t, raw) for t in texts]
+        offsets = [
+            _content_suffix_length(model, t, raw, r)
+            for t, r in zip(texts, _replies(texts, replies), strict=True)
+        ]
         return torch.tensor([last - o for o in offsets], dtype=torch.long, device=batch.input_ids.device)
     raise CommlibError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")

@@ -38,9 +38,21 @@ def _norm(text: str) -> str:
     return re.sub(r"[^\w\s]", "", text).strip().lower()
 
 
-def contains_answer(text: str, answer: str) -> bool:
-    """The answer appears, case-insensitively, in the first answer line."""
-    return answer.lower() in first_answer_line(text).lower()
+def contains_answer(text: str, answer: str, choices: Sequence[str] = ()) -> bool:
+    """The answer appears, case-insensitively, in the first answer line.
+
+    With ``choices``, the answer must also be the first of them named there,
+    so listing every choice does not count as picking the right one.
+
+    Example:
+        >>> contains_answer("Zentech or Argocorp", "Argocorp", ["Zentech", "Argocorp"])
+        False
+    """
+    line = first_answer_line(text).lower()
+    if answer.lower() not in line:
+        return False
+    named = [(line.find(c.lower()), c.lower()) for c in choices if c.lower() in line]
+    return not named or min(named)[1] == answer.lower()
 
 
 def exact_match(text: str, answer: str) -> bool:
@@ -127,6 +139,32 @@ class ItemStore:
                 "n": len(rows),
             }
         return out
+
+
+def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Record the settings of a run in ``out_dir/run.json``, or check a resumed run matches them.
+
+    Resuming skips finished items, so a resumed run with other settings would
+    mix two experiments in one table.
+
+    Raises:
+        CommlibError: ``out_dir`` holds a run with different settings.
+    """
+    from commlib.errors import CommlibError
+
+    path = Path(out_dir) / "run.json"
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise CommlibError(
+                f"{out_dir} holds a run with other settings ({detail}); use a new --out or the same settings"
+            )
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:

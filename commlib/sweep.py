@@ -1,14 +1,19 @@
 """Fast (k, j) layer sweep for activation communication.
 
-Between configurations only B's last prompt position changes, so per item:
+Between configurations only B's positions from the message position on
+change, so per item:
 
 * A runs once; its residual at the message position is kept for every k.
-* B's prompt prefix (all but the last position) runs once; its KV cache is
-  kept. Positions before the last never see the edit (attention is causal).
-* For each j, one pass over the last prompt token plus the answer tokens,
-  batched over all k (the prefix cache repeated), gives the teacher-forced
-  log-probability of the answer for every k; a short greedy continuation from
-  the same cached prefix gives the answers scored for accuracy.
+* B's prompt prefix (every position before the message position) runs once;
+  its KV cache is kept. Those positions never see the edit (attention is
+  causal).
+* For each j, one pass over the rest of the prompt (one token for
+  ``position="last"``, the template's closing tokens and the reply for
+  ``"content"``) plus the answer tokens, batched over all k (the prefix cache
+  repeated), gives the teacher-forced log-probability of the answer for every
+  k, and whether greedy decoding would start with the answer (each answer
+  token the argmax: exact, and free); a short greedy continuation from the
+  same cached prefix gives answer texts, scored as the games are.
 
 :func:`naive_cell` recomputes one (k, j, item) cell from scratch; the tests
 check the fast path against it.
@@ -37,19 +42,39 @@ from commlib.backends.base import Backend, check_layer
 from commlib.combine import combine
 from commlib.graft import GraftConfig
 from commlib.models import Model
-from commlib.prompts import Batch, encode
+from commlib.prompts import Batch, Position, encode, format_prompt, message_positions
 from commlib.tasks.games import GameItem
 
 
-def answer_ids(model: Model, answer: str) -> Int[Tensor, " n"]:
-    """Token ids of the answer as it would start B's reply (no special tokens)."""
-    return torch.tensor(model.tokenizer(answer, add_special_tokens=False)["input_ids"], dtype=torch.long)
+def answer_ids(model: Model, answer: str, prompt: str = "") -> Int[Tensor, " n"]:
+    """Token ids of the answer as it would continue the formatted ``prompt``.
+
+    After a word (a reply such as "Alice is located in", or the plain format's
+    "Answer:") the answer is a new word and takes a leading space; after a
+    newline (a chat template's assistant header) it does not.
+    """
+    text = answer if not prompt or prompt[-1].isspace() else f" {answer}"
+    return torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def _item_answer_ids(model: Model, item: GameItem) -> Int[Tensor, " n"]:
+    return answer_ids(model, item.answer, format_prompt(model, item.receiver, reply=item.reply))
 
 
 def _answer_logprob(logits: Float[Tensor, "b s v"], targets: Int[Tensor, " n"]) -> Float[Tensor, " b"]:
     """Sum of log p(answer token i) where logits[:, i] predicts answer token i."""
     logp = torch.log_softmax(logits[:, : targets.numel()].float(), dim=-1)
     return logp.gather(-1, targets.to(logp.device)[None, :, None].expand(logp.shape[0], -1, 1)).sum((1, 2))
+
+
+def _greedy_starts_with_answer(logits: Float[Tensor, "b s v"], targets: Int[Tensor, " n"]) -> Tensor:
+    """Whether greedy decoding would emit the answer tokens first.
+
+    Teacher forcing feeds exactly the tokens greedy decoding would have fed
+    as long as each argmax equals the next answer token, so this needs no
+    generation.
+    """
+    return (logits[:, : targets.numel()].argmax(-1) == targets.to(logits.device)[None]).all(-1)
 
 
 def _repeat_cache(cache: Any, times: int) -> Any:
@@ -68,11 +93,16 @@ def sweep_item(
     f: str = "replace",
     backend: str = "nnsight",
     max_new_tokens: int = 8,
+    position: Position = "last",
 ) -> list[dict[str, Any]]:
     """All (k, j) cells of one item: answer log-prob and greedy answer text.
 
-    The message position is the last prompt token of both models.
-    ``max_new_tokens=0`` scores by log-probability only (no greedy answers).
+    ``position`` is the message position of both models (see
+    :func:`~commlib.prompts.message_positions`); B's prompt ends with the
+    item's ``reply``. ``max_new_tokens=0`` skips the greedy texts (the
+    log-probability and ``greedy_answer`` are still there). Every cell also
+    carries B's own score without the graft (``silent_logprob``,
+    ``silent_greedy_answer``), the baseline a layer pair must beat.
     """
     for k in ks:
         check_layer(sender, k, "k")
@@ -80,26 +110,38 @@ def sweep_item(
         check_layer(receiver, j, "j")
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
     a_batch = encode(sender, [item.sender])
+    a_pos = int(message_positions(sender, [item.sender], a_batch, position)[0])
     acts = sb.residuals(a_batch, ks)
-    a = torch.stack([acts[k][0, -1] for k in ks])  # [K, d_A]
-    b_batch = encode(receiver, [item.receiver])
-    last = b_batch.length - 1
-    _, prefix = rb.plain_forward(Batch(b_batch.input_ids[:, :last], b_batch.attention_mask[:, :last]))
-    target = answer_ids(receiver, item.answer)
-    suffix = torch.cat([b_batch.input_ids[0, last:], target[:-1].to(b_batch.input_ids.device)])
+    a = torch.stack([acts[k][0, a_pos] for k in ks])  # [K, d_A]
+    b_batch = encode(receiver, [item.receiver], replies=[item.reply])
+    pos = int(message_positions(receiver, [item.receiver], b_batch, position, replies=[item.reply])[0])
+    n_prompt = b_batch.length
+
+    def mask_for(rows: int, length: int) -> Tensor:
+        return torch.ones(rows, length, dtype=b_batch.attention_mask.dtype, device=b_batch.input_ids.device)
+
+    _, prefix = rb.plain_forward(Batch(b_batch.input_ids[:, :pos], b_batch.attention_mask[:, :pos]))
+    target = _item_answer_ids(receiver, item)
+    suffix = torch.cat([b_batch.input_ids[0, pos:], target[:-1].to(b_batch.input_ids.device)])
     n_k = len(ks)
+    alone, _ = rb.forward(
+        Batch(suffix[None], mask_for(1, pos + suffix.numel())), None, _repeat_cache(prefix, 1)
+    )
+    silent_logprob = float(_answer_logprob(alone[:, n_prompt - 1 - pos :], target)[0])
+    silent_greedy = bool(_greedy_starts_with_answer(alone[:, n_prompt - 1 - pos :], target)[0])
     cells = []
     for j in js:
-        edit = _sweep_edit(a, j, last, f)
+        edit = _sweep_edit(a, j, pos, f)
         ids = suffix[None].expand(n_k, -1)
-        mask = torch.ones(n_k, last + ids.shape[1], dtype=b_batch.attention_mask.dtype)
+        mask = mask_for(n_k, pos + ids.shape[1])
         logits, _ = rb.forward(Batch(ids, mask), edit, _repeat_cache(prefix, n_k))
-        logprob = _answer_logprob(logits, target)
+        logprob = _answer_logprob(logits[:, n_prompt - 1 - pos :], target)
+        greedy = _greedy_starts_with_answer(logits[:, n_prompt - 1 - pos :], target)
         texts: list[str] = [""] * n_k
         token_ids: list[list[int]] = [[] for _ in range(n_k)]
         if max_new_tokens > 0:  # 0: score by log-probability only
             gen = rb.generate(
-                Batch(b_batch.input_ids[:, last:].expand(n_k, -1), mask[:, : last + 1]),
+                Batch(b_batch.input_ids[:, pos:].expand(n_k, -1), mask[:, :n_prompt]),
                 edit,
                 Decoding(max_new_tokens=max_new_tokens),
                 past=_repeat_cache(prefix, n_k),
@@ -112,6 +154,9 @@ def sweep_item(
                     "k": k,
                     "j": j,
                     "answer_logprob": float(logprob[i]),
+                    "greedy_answer": bool(greedy[i]),
+                    "silent_logprob": silent_logprob,
+                    "silent_greedy_answer": silent_greedy,
                     "text": texts[i],
                     "token_ids": token_ids[i],
                 }
@@ -128,8 +173,8 @@ def _until_eos(ids: list[int], model: Model) -> list[int]:
     return ids
 
 
-def _sweep_edit(a: Float[Tensor, "K d_a"], j: int, last: int, f: str) -> Edit:
-    positions = torch.full((a.shape[0], 1), last, dtype=torch.long)
+def _sweep_edit(a: Float[Tensor, "K d_a"], j: int, pos: int, f: str) -> Edit:
+    positions = torch.full((a.shape[0], 1), pos, dtype=torch.long)
     return Edit(layer=j, positions=positions, fn=lambda b: combine(a[:, None, :], b, f))
 
 
@@ -143,26 +188,29 @@ def naive_cell(
     f: str = "replace",
     backend: str = "nnsight",
     max_new_tokens: int = 8,
+    position: Position = "last",
 ) -> dict[str, Any]:
     """One (k, j, item) cell computed from scratch (full passes, no shared work)."""
     from commlib.graft import capture_sender, communicate, graft_edit
 
     sb: Backend = get_backend(sender, backend)
     rb: Backend = get_backend(receiver, backend)
-    cfg = GraftConfig(k=k, j=j, f=f)
-    a = capture_sender(sb, [item.sender], k)
-    b_batch = encode(receiver, [item.receiver])
-    target = answer_ids(receiver, item.answer).to(b_batch.input_ids.device)
+    cfg = GraftConfig(k=k, j=j, f=f, position=position)
+    a = capture_sender(sb, [item.sender], k, position)
+    b_batch = encode(receiver, [item.receiver], replies=[item.reply])
+    target = _item_answer_ids(receiver, item).to(b_batch.input_ids.device)
     full = Batch(
         torch.cat([b_batch.input_ids, target[None, :-1]], dim=1),
         torch.ones(1, b_batch.length + target.numel() - 1, dtype=b_batch.attention_mask.dtype),
     )
-    edit = graft_edit(a, torch.tensor([b_batch.length - 1]), cfg)
+    pos = message_positions(receiver, [item.receiver], b_batch, position, replies=[item.reply])
+    edit = graft_edit(a, pos, cfg)
     logits = rb.logits(full, edit)[:, b_batch.length - 1 :]
     cell: dict[str, Any] = {
         "k": k,
         "j": j,
         "answer_logprob": float(_answer_logprob(logits, target)[0]),
+        "greedy_answer": bool(_greedy_starts_with_answer(logits, target)[0]),
         "text": "",
         "token_ids": [],
     }
@@ -175,6 +223,7 @@ def naive_cell(
             cfg,
             backend=backend,
             decoding=Decoding(max_new_tokens=max_new_tokens),
+            receiver_replies=[item.reply],
         )
         cell.update(text=gen.texts[0], token_ids=_until_eos(gen.token_ids[0].tolist(), receiver))
     return cell

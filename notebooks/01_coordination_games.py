@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,8 +19,15 @@
 # A reads one prompt, B another; B must answer using what A knows. Methods:
 # B alone (silent), one model given both prompts (skyline), a natural-language
 # message (nl), and activation communication with f = sum, mean, replace at
-# layers (k, j). Accuracy = the answer appears in B's first answer line, with
-# 95% bootstrap intervals; per-item outputs are kept in `items.csv`.
+# layers (k, j). Every method gives B the same prompt, ending with the same
+# opening of its answer ("Alice is located in", "I invest in"), and decodes
+# greedily. Accuracy = the answer appears in B's first answer line (for Tip
+# Sheets, as the first of the three companies named), with 95% bootstrap
+# intervals; per-item outputs are kept in `items.csv`.
+#
+# (k, j) and the message position are chosen per model and game by the
+# selection sweeps of notebook 02 (seed 0, cached in `SWEEP_DIR`; run here if
+# missing). The table is reported on seed 1: other names and landmarks.
 #
 # Runs are cached in `RUNS_DIR` and resume; re-running the notebook recomputes
 # nothing that is done. Set `FAST = True` (the tests do) for a seconds-long run
@@ -29,17 +38,17 @@ FAST = False
 MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]
 GAMES = ["countries", "tipsheets"]
 METHODS = ["silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"]
-LAYER_FRACTION = 2 / 3  # k = j = this fraction of depth unless LAYERS gives them
-LAYERS: dict[str, int] = {}
 N: int | None = None  # None: the paper's 100 / 70 items
-SEED = 1  # seed 0 is kept for choosing layers (notebook 02)
+SEED = 1  # seed 0 is kept for choosing layers
+MAX_NEW_TOKENS = 12
 RUNS_DIR = "../runs/games"
+SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
 import pandas as pd
 
-from commlib.experiments import run_games
+from commlib.experiments import choose_layers, run_games
 from commlib.models import load_model
 from commlib.paper import TABLE2
 from commlib.plots import method_bars, save_figure
@@ -51,22 +60,23 @@ if FAST:
 rows, outputs = [], {}
 for name in MODELS:
     model = load_model(name)
-    layer = LAYERS.get(name, round(LAYER_FRACTION * (model.info.n_layers - 1)))
     for game in GAMES:
-        out_dir = f"{RUNS_DIR}/{name}/{game}/seed{SEED}_k{layer}_j{layer}"
-        res = run_games(game, model, model, METHODS, k=layer, j=layer, n=N, seed=SEED, out_dir=out_dir,
-                        max_new_tokens=8 if FAST else 24)
+        pick = choose_layers(model, game, sweep_root=SWEEP_DIR, n=2 if FAST else 6)
+        k, j, pos = int(pick["k"]), int(pick["j"]), str(pick["position"])
+        out_dir = f"{RUNS_DIR}/{name}/{game}/seed{SEED}_k{k}_j{j}_{pos}"
+        res = run_games(game, model, model, METHODS, k=k, j=j, position=pos, n=N, seed=SEED, out_dir=out_dir,
+                        max_new_tokens=MAX_NEW_TOKENS)
         outputs[name, game] = pd.read_csv(f"{out_dir}/items.csv")
         for method, r in res["methods"].items():
-            rows.append({"model": name, "game": game, "method": method, "k=j": layer, "n": r["n"],
-                         "accuracy": 100 * r["accuracy"], "ci_low": 100 * r["ci_low"],
+            rows.append({"model": name, "game": game, "method": method, "k": k, "j": j, "position": pos,
+                         "n": r["n"], "accuracy": 100 * r["accuracy"], "ci_low": 100 * r["ci_low"],
                          "ci_high": 100 * r["ci_high"], "exact": 100 * r["exact_match"]})
     del model
 table = pd.DataFrame(rows)
 table
 
 # %% [markdown]
-# ## Side by side with the paper (accuracy %, paper models are 10-50x larger)
+# ## Side by side with the paper (accuracy %; the paper's models are 2-50x larger)
 
 # %%
 paper = pd.DataFrame([{"model": f"paper: {m}", "game": g, "method": meth, "accuracy": acc}
@@ -79,7 +89,9 @@ wide[[m for m in ["silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"] 
 # %%
 fig = method_bars(table, panel="game")
 save_figure(fig, "table2_coordination_games" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
-            config={"models": MODELS, "games": GAMES, "methods": METHODS, "n": N, "seed": SEED})
+            config={"models": MODELS, "games": GAMES, "methods": METHODS, "n": N, "seed": SEED,
+                    "layers": table[["model", "game", "k", "j", "position"]].drop_duplicates().to_dict("records"),
+                    "notebook": "01_coordination_games"})
 
 # %% [markdown]
 # ## A few items per method

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,55 +14,91 @@
 # ---
 
 # %% [markdown]
-# # Which layers carry the message: the full (k, j) sweep (paper Figure 2)
+# # Which layers carry the message: the (k, j) sweep (paper Figure 2)
 #
-# For each game and model (A = B), every sender layer k and receiver layer j,
-# f = replace at the last prompt position. The fast engine runs A once per
-# item, B's prompt prefix once, and one pass per j batched over all k.
-# Axes are relative depth so that models of different depth compare. Layers
-# are chosen here on seed 0; notebook 01 reports on seed 1.
+# For each game and model (A = B), sender layers k and receiver layers j on a
+# grid, f = replace, at both message positions: the last prompt token (with
+# the reply opening "Alice is located in", the token that predicts the answer)
+# and the last token of the user's text. The fast engine runs A once per item,
+# B's prompt prefix once, and one pass per j batched over all k; it scores
+# the answer by teacher-forced log-probability and by whether greedy decoding
+# starts with it (exact, no generation needed).
+#
+# These are the selection sweeps: seed 0, a few items, about ten layers per
+# axis. Notebook 01 takes the best (k, j, position) from them and reports on
+# seed 1. Axes are relative depth so that models of different depth compare.
 
 # %% tags=["parameters"]
 FAST = False
-MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"]
+MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]
 GAMES = ["countries", "tipsheets"]
+POSITIONS = ["last", "content"]
 F = "replace"
-N = 20
-STEP = 1  # every STEP-th layer on both axes
+N = 6
 SEED = 0
 RUNS_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from commlib.experiments import run_sweep
+from commlib.experiments import best_layers, run_sweep, selection_step, sweep_dir
 from commlib.models import load_model
-from commlib.plots import save_figure, sweep_heatmap
+from commlib.plots import COLUMN_WIDTH, save_figure, sweep_heatmap
 
 if FAST:
-    MODELS, N, STEP = ["tiny-llama-random"], 2, 2
+    MODELS, N = ["tiny-llama-random"], 2
 
 # %%
-best = []
+tables: dict[tuple[str, str, str], pd.DataFrame] = {}
+depth = {}
 for name in MODELS:
     model = load_model(name)
-    layers = list(range(0, model.info.n_layers, STEP))
+    depth[name] = model.info.n_layers
+    step = selection_step(model)
+    layers = list(range(0, model.info.n_layers, step))
     for game in GAMES:
-        df = run_sweep(game, model, model, out_dir=f"{RUNS_DIR}/{name}/{game}/{F}_seed{SEED}_n{N}_step{STEP}",
-                       ks=layers, js=layers, f=F, n=N, seed=SEED, max_new_tokens=4 if FAST else 8)
-        for value in ("correct", "answer_logprob"):
-            fig = sweep_heatmap(df, n_layers_sender=model.info.n_layers, n_layers_receiver=model.info.n_layers,
-                                value=value, title=f"{game}: {name}, f={F}, n={N}")
-            save_figure(fig, f"sweep_{game}_{name}_{value}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
-                        config={"model": name, "game": game, "f": F, "n": N, "seed": SEED, "step": STEP})
-        cell = df.groupby(["k", "j"]).agg(accuracy=("correct", "mean"), logprob=("answer_logprob", "mean"))
-        top = cell.sort_values(["accuracy", "logprob"], ascending=False).head(1).reset_index()
-        best.append({"model": name, "game": game, **top.iloc[0].to_dict()})
+        for pos in POSITIONS:
+            out = sweep_dir(RUNS_DIR, name, game, f=F, position=pos, seed=SEED, n=N, step=step)
+            tables[name, game, pos] = run_sweep(game, model, model, out_dir=out, ks=layers, js=layers, f=F,
+                                                n=N, seed=SEED, max_new_tokens=0, position=pos)
     del model
 
 # %% [markdown]
-# Best (k, j) per model and game on this split (ties broken by the answer's log-probability):
+# ## Heatmaps: answer log-probability gain over B alone, and greedy accuracy
+#
+# One figure per model: rows are games, columns position x score.
 
 # %%
-pd.DataFrame(best)
+for name in MODELS:
+    fig, axes = plt.subplots(len(GAMES), 2 * len(POSITIONS), squeeze=False,
+                             figsize=(COLUMN_WIDTH * len(POSITIONS) * 2, COLUMN_WIDTH * 0.8 * len(GAMES)))
+    for r, game in enumerate(GAMES):
+        for c, (pos, value) in enumerate((p, v) for p in POSITIONS for v in ("logprob_gain", "greedy_answer")):
+            sweep_heatmap(tables[name, game, pos], n_layers_sender=depth[name], n_layers_receiver=depth[name],
+                          value=value, title=f"{game}, {pos}", ax=axes[r][c])
+    fig.suptitle(f"{name} -> {name}, f={F}, n={N} items (seed {SEED})")
+    fig.tight_layout()
+    save_figure(fig, f"sweep_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
+                config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
+                        "notebook": "02_layer_sweep"})
+
+# %% [markdown]
+# ## The chosen cell per model and game
+#
+# Greedy accuracy first, ties broken by the mean log-probability gain; both
+# positions compete. `silent` is B alone on the same items.
+
+# %%
+chosen = []
+for name in MODELS:
+    for game in GAMES:
+        df = pd.concat([tables[name, game, p] for p in POSITIONS], ignore_index=True)
+        top = best_layers(df)
+        silent = df.groupby("item_id")["silent_greedy_answer"].first().mean()
+        chosen.append({"model": name, "game": game, "k": int(top["k"]), "j": int(top["j"]),
+                       "position": top["position"], "k/depth": round(top["k"] / depth[name], 2),
+                       "j/depth": round(top["j"] / depth[name], 2), "accuracy": top["accuracy"],
+                       "silent": silent, "logprob_gain": round(top["logprob_gain"], 2), "n": int(top["n"])})
+pd.DataFrame(chosen)

@@ -10,6 +10,7 @@ import pytest
 
 from commlib import methods as methods_mod
 from commlib.cli import main
+from commlib.errors import CommlibError
 from commlib.experiments import run_games
 from commlib.models import Model
 from commlib.results import bootstrap_ci, contains_answer, exact_match
@@ -19,6 +20,9 @@ from commlib.tasks.games import countries
 def test_scoring_reads_only_the_first_answer_line() -> None:
     assert contains_answer("\n  It is in GREECE.\nor Italy", "Greece")
     assert not contains_answer("It is in Italy.\nGreece", "Greece")
+    choices = ("Zentech", "Argocorp", "Novaworks")
+    assert contains_answer(" Argocorp, not Zentech.", "Argocorp", choices)
+    assert not contains_answer(" Zentech or Argocorp.", "Argocorp", choices)
     assert exact_match("Greece!", "greece") and not exact_match("In Greece", "Greece")
 
 
@@ -36,8 +40,9 @@ def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypat
     seen: dict[str, list[str]] = {}
 
     def spy(name):
-        def fake(model, prompts, cfg, max_new_tokens):
+        def fake(model, prompts, cfg, max_new_tokens, replies=None):
             seen[name] = list(prompts)
+            seen[name + "-replies"] = list(replies or [])
             return ["x"] * len(prompts)
 
         return fake
@@ -48,6 +53,7 @@ def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypat
         monkeypatch.setattr(methods_mod, "_generate_alone", spy(name))
         methods_mod.run_method(name, [item], tiny, tiny, cfg)
         assert seen[name][0].endswith(item.receiver)
+        assert seen[name + "-replies"] == [item.reply]
     assert item.sender in seen["skyline"][0]
 
 
@@ -114,6 +120,34 @@ def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path
         progress=False,
     )
     assert len(_rows(out)) == 6  # nothing recomputed
+    with pytest.raises(CommlibError, match=r"other settings.*j: 1 -> 2"):
+        run_games("countries", tiny, tiny, ["silent"], k=1, j=2, n=6, out_dir=out, progress=False)
+    assert len(_rows(out)) == 6  # a mismatched resume writes nothing
+
+
+def test_reply_opens_the_answer_in_every_method_and_can_be_dropped(tiny: Model, tmp_path: Path) -> None:
+    from commlib.prompts import encode, format_prompt
+
+    item = countries(2)[0]
+    assert item.reply and format_prompt(tiny, item.receiver, reply=item.reply).endswith(item.reply)
+    with_reply = encode(tiny, [item.receiver], replies=[item.reply])
+    without = encode(tiny, [item.receiver])
+    assert with_reply.length > without.length
+    res = run_games(
+        "countries",
+        tiny,
+        tiny,
+        ["silent"],
+        k=1,
+        j=1,
+        n=2,
+        out_dir=tmp_path / "r",
+        reply=False,
+        max_new_tokens=2,
+        progress=False,
+    )
+    assert res["config"]["reply"] is False
+    assert res["config"]["example_prompts"]["receiver"] == format_prompt(tiny, item.receiver)
 
 
 def test_games_cli_on_a_custom_jsonl(tmp_path: Path, capsys) -> None:

@@ -21,7 +21,12 @@ def test_notebook_runs_in_fast_mode(path: Path, tmp_path: Path) -> None:
         str(tmp_path / "out.ipynb"),
         cwd=str(path.parent),
         kernel_name="python3",
-        parameters={"FAST": True, "RUNS_DIR": str(tmp_path / "runs"), "FIGURES_DIR": str(tmp_path / "fig")},
+        parameters={
+            "FAST": True,
+            "RUNS_DIR": str(tmp_path / "runs"),
+            "SWEEP_DIR": str(tmp_path / "sweep"),
+            "FIGURES_DIR": str(tmp_path / "fig"),
+        },
         progress_bar=False,
     )
     assert list((tmp_path / "fig").glob("*_fast.png")), "the notebook saved no figure"

@@ -5,31 +5,57 @@ from __future__ import annotations
 import pytest
 
 from commlib.models import Model
-from commlib.sweep import naive_cell, sweep_item
-from commlib.tasks.games import countries, tipsheets
+from commlib.sweep import answer_ids, naive_cell, sweep_item
+from commlib.tasks.games import countries, load_game
 
 
 @pytest.mark.parametrize("backend", ["nnsight", "transformer-lens"])
-def test_fast_sweep_equals_naive_on_a_small_grid(tiny: Model, backend: str) -> None:
-    for item in (countries(1, seed=3)[0], tipsheets(1, seed=3)[0]):
+@pytest.mark.parametrize("reply", [True, False])
+def test_fast_sweep_equals_naive_on_a_small_grid(tiny: Model, backend: str, reply: bool) -> None:
+    for item in load_game("countries", 1, seed=3, reply=reply) + load_game(
+        "tipsheets", 1, seed=3, reply=reply
+    ):
         fast = sweep_item(tiny, tiny, item, ks=[0, 2, 3], js=[1, 3], backend=backend, max_new_tokens=5)
         assert len(fast) == 6
         for cell in fast:
             ref = naive_cell(tiny, tiny, item, cell["k"], cell["j"], backend=backend, max_new_tokens=5)
             assert cell["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-4)
             assert cell["token_ids"] == ref["token_ids"]
+            assert cell["greedy_answer"] == ref["greedy_answer"]
 
 
 @pytest.mark.integration
-def test_fast_sweep_equals_naive_on_smollm2(smol: Model) -> None:
+@pytest.mark.parametrize("position", ["last", "content"])
+def test_fast_sweep_equals_naive_on_smollm2(smol: Model, position: str) -> None:
     item = countries(1, seed=0)[0]
-    fast = sweep_item(smol, smol, item, ks=[10, 20], js=[15, 25], f="sum", max_new_tokens=4)
+    fast = sweep_item(
+        smol, smol, item, ks=[10, 20], js=[15, 25], f="sum", max_new_tokens=4, position=position
+    )
     for cell in fast:
-        ref = naive_cell(smol, smol, item, cell["k"], cell["j"], f="sum", max_new_tokens=4)
+        ref = naive_cell(smol, smol, item, cell["k"], cell["j"], f="sum", max_new_tokens=4, position=position)
         assert cell["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-4)
         assert cell["token_ids"] == ref["token_ids"]
     # the sweep is not a no-op: different k give different answer log-probs
     assert len({round(c["answer_logprob"], 4) for c in fast}) > 1
+
+
+def test_the_two_positions_give_different_cells(smol: Model) -> None:
+    item = countries(1, seed=0)[0]
+    last, content = (
+        sweep_item(smol, smol, item, ks=[20], js=[20], max_new_tokens=0, position=p)
+        for p in ("last", "content")
+    )
+    assert last[0]["answer_logprob"] != pytest.approx(content[0]["answer_logprob"], abs=1e-3)
+
+
+def test_answer_tokens_follow_the_prompt_as_a_new_word(smol: Model) -> None:
+    from commlib.prompts import format_prompt
+
+    item = countries(1, seed=0)[0]
+    prompt = format_prompt(smol, item.receiver, reply=item.reply)
+    ids = answer_ids(smol, item.answer, prompt).tolist()
+    joint = smol.tokenizer(prompt + " " + item.answer, add_special_tokens=False)["input_ids"]
+    assert joint[-len(ids) :] == ids  # the same tokens as in the joint text
 
 
 def test_sweep_cli_writes_table_and_figures_and_resumes(tmp_path) -> None:
@@ -60,8 +86,8 @@ def test_sweep_cli_writes_table_and_figures_and_resumes(tmp_path) -> None:
     assert main(args) == 0
     df = pd.read_csv(out / "sweep.csv")
     assert len(df) == 2 * 2 * 2 and set(df["k"]) == {0, 2} and set(df["j"]) == {1, 3}
-    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_correct.png").exists()
-    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_correct.pdf").exists()
+    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_greedy_answer.png").exists()
+    assert (out / "sweep_countries_tiny-llama-random_tiny-llama-random_logprob_gain.pdf").exists()
     assert main(args) == 0
     assert len(pd.read_csv(out / "sweep.csv")) == 8  # resumed, nothing appended
 
@@ -72,3 +98,25 @@ def test_logprob_only_sweep_matches_the_full_one(tiny: Model) -> None:
     only = sweep_item(tiny, tiny, item, ks=[1, 2], js=[0, 2], max_new_tokens=0)
     assert [c["answer_logprob"] for c in only] == pytest.approx([c["answer_logprob"] for c in full], abs=1e-5)
     assert all(c["token_ids"] == [] for c in only)
+
+
+def test_greedy_answer_flag_agrees_with_generation(smol: Model) -> None:
+    """The free teacher-forced flag says exactly whether greedy decoding emits the answer first."""
+    from commlib.prompts import format_prompt
+
+    item = load_game("countries", 1, seed=0)[0]
+    cells = sweep_item(smol, smol, item, ks=[0, 10, 20, 29], js=[5, 20, 29], max_new_tokens=6)
+    target = answer_ids(smol, item.answer, format_prompt(smol, item.receiver, reply=item.reply)).tolist()
+    for c in cells:
+        assert c["greedy_answer"] == (c["token_ids"][: len(target)] == target)
+
+
+def test_silent_baseline_equals_an_identity_graft(tiny: Model) -> None:
+    """B alone scores the same as grafting B's own state back (f=mean with A = B, k = j, same prompt)."""
+    from dataclasses import replace
+
+    item = countries(1, seed=2)[0]
+    same = replace(item, sender=item.receiver)  # A reads B's prompt: a == b at k == j, mean(a, a) == a
+    # (the reply is on B's side only, so "content" is the position both prompts share)
+    cells = sweep_item(tiny, tiny, same, ks=[1], js=[1], f="mean", max_new_tokens=0, position="content")
+    assert cells[0]["answer_logprob"] == pytest.approx(cells[0]["silent_logprob"], abs=1e-5)

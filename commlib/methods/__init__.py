@@ -1,7 +1,8 @@
 """Communication methods for the coordination games, one registry.
 
 Every method maps a batch of :class:`~commlib.tasks.games.GameItem` and the
-two models to B's answers, with identical prompts and decoding across methods:
+two models to B's answers, with identical prompts and decoding across methods
+(B's answer opens with the item's ``reply`` in every method):
 
 * ``silent``: B alone, reading only its own prompt.
 * ``skyline``: B given both prompts (A's, then B's) in one user turn.
@@ -59,10 +60,21 @@ class MethodOutput:
 MethodFn = Callable[[Sequence[GameItem], Model, Model, MethodConfig, LinearMap | None], list[MethodOutput]]
 
 
-def _generate_alone(model: Model, prompts: list[str], cfg: MethodConfig, max_new_tokens: int) -> list[str]:
+def _generate_alone(
+    model: Model,
+    prompts: list[str],
+    cfg: MethodConfig,
+    max_new_tokens: int,
+    replies: Sequence[str] | None = None,
+) -> list[str]:
     """One model answering its prompts on its own (no graft), greedy."""
     backend = get_backend(model, cfg.backend)
-    return backend.generate(encode(model, prompts), None, Decoding(max_new_tokens=max_new_tokens)).texts
+    batch = encode(model, prompts, replies=replies)
+    return backend.generate(batch, None, Decoding(max_new_tokens=max_new_tokens)).texts
+
+
+def _replies(items: Sequence[GameItem]) -> list[str]:
+    return [i.reply for i in items]
 
 
 def silent(
@@ -71,7 +83,9 @@ def silent(
     """B alone."""
     return [
         MethodOutput(t)
-        for t in _generate_alone(receiver, [i.receiver for i in items], cfg, cfg.max_new_tokens)
+        for t in _generate_alone(
+            receiver, [i.receiver for i in items], cfg, cfg.max_new_tokens, _replies(items)
+        )
     ]
 
 
@@ -80,7 +94,9 @@ def skyline(
 ) -> list[MethodOutput]:
     """B given both prompts."""
     prompts = [SKYLINE_TEMPLATE.format(sender=i.sender, receiver=i.receiver) for i in items]
-    return [MethodOutput(t) for t in _generate_alone(receiver, prompts, cfg, cfg.max_new_tokens)]
+    return [
+        MethodOutput(t) for t in _generate_alone(receiver, prompts, cfg, cfg.max_new_tokens, _replies(items))
+    ]
 
 
 def nl(
@@ -95,7 +111,11 @@ def nl(
     ]
     return [
         MethodOutput(t, m)
-        for t, m in zip(_generate_alone(receiver, b_prompts, cfg, cfg.max_new_tokens), messages, strict=True)
+        for t, m in zip(
+            _generate_alone(receiver, b_prompts, cfg, cfg.max_new_tokens, _replies(items)),
+            messages,
+            strict=True,
+        )
     ]
 
 
@@ -118,6 +138,7 @@ def _ac(f: str, use_map: bool) -> MethodFn:
             map=map if use_map else None,
             backend=cfg.backend,
             decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+            receiver_replies=_replies(items),
         )
         return [MethodOutput(t) for t in out.texts]
 

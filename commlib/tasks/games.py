@@ -10,7 +10,13 @@
   names and their order vary with the seed, so neither position nor name
   carries the answer.
 * Custom: JSONL with one object per line, fields ``sender``, ``receiver``,
-  ``answer`` (optional ``choices``).
+  ``answer`` (optional ``choices``, ``reply``, ``id``).
+
+Each item may carry a ``reply``: the opening words of B's answer ("Alice is
+located in"), the same for every method. B's prompt ends with it, so the last
+prompt position is the one that predicts the answer, the teacher-forced
+log-probability scores the answer where it naturally comes, and a few greedy
+tokens suffice. ``load_game(..., reply=False)`` drops it.
 
 Example:
     >>> items = countries(n=2, seed=0)
@@ -23,7 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from commlib.errors import CommlibError
@@ -62,13 +68,17 @@ NAMES = (
 
 @dataclass(frozen=True)
 class GameItem:
-    """One item: what A reads, what B is asked, the answer, and optional choices."""
+    """One item: what A reads, what B is asked, the answer, optional choices.
+
+    ``reply`` is the start of B's answer, appended to B's prompt by every method.
+    """
 
     sender: str
     receiver: str
     answer: str
     choices: tuple[str, ...] = field(default=())
     id: str = ""
+    reply: str = ""
 
 
 def landmarks() -> list[tuple[str, str]]:
@@ -98,6 +108,7 @@ def countries(n: int = 100, seed: int = 0) -> list[GameItem]:
             receiver=f"Which country is {name} located in?",
             answer=country,
             id=f"countries-{seed}-{i}",
+            reply=f"{name} is located in",
         )
         for i, ((landmark, country), name) in enumerate(zip(picks, names, strict=True))
     ]
@@ -167,13 +178,17 @@ def tipsheets(n: int = 70, seed: int = 0) -> list[GameItem]:
                 answer=record,
                 choices=tuple(choices),
                 id=f"tipsheets-{seed}-{i}",
+                reply="I invest in",
             )
         )
     return items
 
 
 def load_jsonl(path: str | Path) -> list[GameItem]:
-    """Custom game items from JSONL (``sender``, ``receiver``, ``answer``, optional ``choices``)."""
+    """Custom game items from JSONL.
+
+    Fields: ``sender``, ``receiver``, ``answer``; optional ``choices``, ``reply``, ``id``.
+    """
     items = []
     for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -189,18 +204,24 @@ def load_jsonl(path: str | Path) -> list[GameItem]:
                 str(row["answer"]),
                 tuple(row.get("choices", ())),
                 row.get("id", f"{Path(path).stem}-{lineno}"),
+                row.get("reply", ""),
             )
         )
     return items
 
 
-def load_game(game: str, n: int | None = None, seed: int = 0) -> list[GameItem]:
-    """``countries``, ``tipsheets`` or a path to a JSONL file; ``n`` items (default: the paper's)."""
+def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = True) -> list[GameItem]:
+    """``countries``, ``tipsheets`` or a path to a JSONL file; ``n`` items (default: the paper's).
+
+    ``reply=False`` drops the items' answer openings (B answers from scratch).
+    """
     if game == "countries":
-        return countries(100 if n is None else n, seed)
-    if game == "tipsheets":
-        return tipsheets(70 if n is None else n, seed)
-    if game.endswith(".jsonl"):
+        items = countries(100 if n is None else n, seed)
+    elif game == "tipsheets":
+        items = tipsheets(70 if n is None else n, seed)
+    elif game.endswith(".jsonl"):
         items = load_jsonl(game)
-        return items if n is None else items[:n]
-    raise CommlibError(f"unknown game {game!r}; use countries, tipsheets, or a .jsonl path")
+        items = items if n is None else items[:n]
+    else:
+        raise CommlibError(f"unknown game {game!r}; use countries, tipsheets, or a .jsonl path")
+    return items if reply else [replace(it, reply="") for it in items]
