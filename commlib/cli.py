@@ -212,6 +212,46 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distance(args: argparse.Namespace) -> int:
+    from commlib.combine import LinearMap
+    from commlib.experiments import run_distance
+
+    fs, use_map = [], False
+    for method in (m.strip() for m in args.methods.split(",") if m.strip()):
+        if not method.startswith("ac-"):
+            raise CommlibError(f"distance measures grafted states: use ac-* methods, not {method!r}")
+        use_map = use_map or method.startswith("ac-w-")
+        fs.append(method.removeprefix("ac-w-").removeprefix("ac-"))
+    if use_map and not args.map:
+        raise CommlibError("ac-w-* methods need --map (fit one with `commlib fit-map`)")
+    sender, receiver = _load_pair(args)
+    df = run_distance(
+        args.game,
+        sender,
+        receiver,
+        k=args.k,
+        j=args.j,
+        out_dir=args.out,
+        fs=list(dict.fromkeys(fs)),
+        alphas=[float(a) for a in args.alphas.split(",")],
+        match_norm={"off": [False], "on": [True], "both": [False, True]}[args.match_norm],
+        controls=[c for c in args.controls.split(",") if c],
+        n=args.n,
+        seed=args.seed,
+        position=args.position,
+        map=LinearMap.load(args.map) if use_map else None,
+        n_reference=args.n_reference,
+        backend=args.backend,
+    )
+    summary = df.groupby(["source", "f", "alpha", "match_norm"])[
+        ["norm_ratio", "mahalanobis_pct", "knn_cosine_pct", "next_token_kl"]
+    ].median()
+    print(f"median over {df['item_id'].nunique()} items (percentiles against B's own held-out activations):")
+    print(summary.round(2).to_string())
+    print(f"wrote {args.out}/distances.csv")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commlib.backends import Decoding
     from commlib.graft import GraftConfig, communicate
@@ -318,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("distance", help="distances of grafted states from the receiver's manifold")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--j", type=int, required=True)
+    s.add_argument("--methods", default="ac-sum,ac-mean,ac-replace", help="ac-* (and ac-w-* with --map)")
+    s.add_argument("--alphas", default="1.0", help="comma-separated, e.g. 0,0.5,1,1.5,2")
+    s.add_argument("--match-norm", choices=("off", "on", "both"), default="off")
+    s.add_argument("--controls", default="random,gaussian,unrelated", help="comma-separated; '' for none")
+    s.add_argument("--n", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--position", choices=("last", "content"), default="last")
+    s.add_argument("--map", help="learned W for ac-w-* methods")
+    s.add_argument("--n-reference", type=int, default=3072, help="corpus sentences for B's reference set")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("demo", help="one exchange per f on a toy Countries item")
     s.add_argument("--model", default="smollm2-135m")
     return p
@@ -330,6 +388,7 @@ COMMANDS = {
     "fit-map": _cmd_fit_map,
     "games": _cmd_games,
     "sweep": _cmd_sweep,
+    "distance": _cmd_distance,
     "demo": _cmd_demo,
 }
 

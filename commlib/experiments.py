@@ -14,12 +14,13 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import Tensor
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
@@ -348,3 +349,143 @@ def choose_layers(
         for p in positions
     ]
     return best_layers(pd.concat(frames, ignore_index=True))
+
+
+CONTROLS = ("random", "gaussian", "unrelated")
+"""Control sources for the distance runs, in place of A's message:
+
+* ``random``: an isotropic random direction at the norm of A's activation.
+* ``gaussian``: a sample of a Gaussian with the mean and covariance of A's own
+  activations at layer k (LAMBADA reference), at the norm of A's activation.
+* ``unrelated``: A's real activation on another item's prompt (right
+  statistics, wrong content).
+"""
+
+
+def _control_sources(
+    a: Tensor, sender: Model, k: int, *, corpus: str, n_reference: int, seed: int, backend: str
+) -> dict[str, Tensor]:
+    import torch
+
+    from commlib.distance import reference_activations
+
+    g = torch.Generator().manual_seed(seed)
+    norms = a.norm(dim=-1, keepdim=True)
+    rand = torch.randn(a.shape, generator=g)
+    ref = reference_activations(sender, k, corpus=corpus, n=n_reference, seed=seed, backend=backend).fit
+    centred = ref - ref.mean(0)
+    gauss = ref.mean(0) + torch.randn(len(a), len(ref), generator=g) @ centred / (len(ref) - 1) ** 0.5
+    return {
+        "a": a,
+        "random": rand / rand.norm(dim=-1, keepdim=True) * norms,
+        "gaussian": gauss / gauss.norm(dim=-1, keepdim=True) * norms,
+        "unrelated": a.roll(1, dims=0),
+    }
+
+
+def _writes(x: Tensor) -> Callable[[Tensor], Tensor]:
+    """An edit function that puts ``x`` (one row per batch row) at the edited position."""
+    return lambda b: x[:, None, :].to(b)
+
+
+def run_distance(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    *,
+    k: int,
+    j: int,
+    out_dir: str | Path,
+    fs: Sequence[str] = ("sum", "mean", "replace"),
+    alphas: Sequence[float] = (1.0,),
+    match_norm: Sequence[bool] = (False,),
+    controls: Sequence[str] = CONTROLS,
+    n: int | None = None,
+    seed: int = 0,
+    position: Position = "last",
+    map: LinearMap | None = None,
+    corpus: str = "lambada",
+    n_reference: int = 3072,
+    backend: str = "nnsight",
+) -> pd.DataFrame:
+    """Distances of injected states from B's manifold at layer ``j``, per item and configuration.
+
+    For every source (A's message and the :data:`CONTROLS`), f, alpha and
+    norm control, the state the graft would write, ``b + alpha (f(s, b) - b)``,
+    is measured against B's own activations (raw metrics and percentiles, see
+    :class:`commlib.distance.Manifold`), with its displacement from ``b`` and
+    the KL divergence it causes in B's next-token distribution. Vectorised
+    over items; one receiver pass per configuration for the KL.
+
+    Writes ``out_dir/distances.csv`` (one group appended at a time, so a crash
+    keeps finished groups) and ``out_dir/run.json``.
+
+    Returns:
+        The tidy table.
+    """
+
+    from commlib.backends import Edit, get_backend
+    from commlib.combine import combine
+    from commlib.distance import manifold_for, next_token_kl
+    from commlib.graft import GraftConfig, capture_sender
+    from commlib.prompts import encode, message_positions
+
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise CommlibError(f"unknown control(s) {', '.join(unknown)}; use {', '.join(CONTROLS)}")
+    items = load_game(game, n=n, seed=seed)
+    out = Path(out_dir)
+    claim_run_dir(
+        out,
+        {
+            "game": game,
+            "sender": sender.name,
+            "receiver": receiver.name,
+            "k": k,
+            "j": j,
+            "fs": list(fs),
+            "alphas": list(alphas),
+            "match_norm": list(match_norm),
+            "controls": list(controls),
+            "n": len(items),
+            "seed": seed,
+            "position": position,
+            "map": asdict(map.info) if map is not None else None,
+            "corpus": corpus,
+            "n_reference": n_reference,
+            "backend": backend,
+        },
+    )
+    path = out / "distances.csv"
+    if path.exists():
+        path.unlink()  # cheap to redo; one table per settings (run.json guards them)
+    manifold = manifold_for(receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend)
+    sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
+    s_prompts = [it.sender for it in items]
+    r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
+    a = capture_sender(sb, s_prompts, k, position).float().cpu()
+    batch = encode(receiver, r_prompts, replies=replies)
+    pos = message_positions(receiver, r_prompts, batch, position, replies=replies)
+    b = rb.capture(batch, j, pos).float().cpu()
+    plain = rb.logits(batch, None)[:, -1]
+    sources = _control_sources(
+        a, sender, k, corpus=corpus, n_reference=n_reference, seed=seed, backend=backend
+    )
+    for source in ("a", *controls):
+        for f in fs:
+            for alpha in alphas:
+                for norm in match_norm:
+                    GraftConfig(k=k, j=j, f=f, alpha=alpha, match_norm=norm)  # validates f
+                    x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
+                    edit = Edit(layer=j, positions=pos[:, None], fn=_writes(x))
+                    kl = next_token_kl(plain, rb.logits(batch, edit)[:, -1])
+                    table = manifold.table(x, b).assign(
+                        item_id=[it.id for it in items],
+                        source=source,
+                        f=f,
+                        alpha=alpha,
+                        match_norm=norm,
+                        next_token_kl=kl.float().cpu().numpy(),
+                    )
+                    table.to_csv(path, mode="a", header=not path.exists(), index=False)
+    return pd.read_csv(path)

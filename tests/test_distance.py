@@ -1,0 +1,130 @@
+"""Distances from the receiver's manifold: calibration checks that could fail."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from commlib.backends import get_backend
+from commlib.distance import (
+    METRICS,
+    Manifold,
+    ReferenceSet,
+    linear_cka,
+    manifold_for,
+    next_token_kl,
+    paper_similarity,
+    reference_activations,
+)
+from commlib.errors import CommlibError
+from commlib.graft import GraftConfig, capture_sender, graft_edit
+from commlib.models import Model
+from commlib.prompts import encode, message_positions
+
+DIRECTIONAL = ("mahalanobis", "mahalanobis_pca", "knn_cosine")
+
+
+def _split_three(model: Model, layer: int, n: int) -> tuple[Manifold, torch.Tensor]:
+    """Fit on half, calibrate on a quarter, and return the last quarter as fresh own activations."""
+    ref = reference_activations(model, layer, n=n, held_out=0.5, cache=False)
+    half = len(ref.held_out) // 2
+    manifold = Manifold.fit(replace(ref, held_out=ref.held_out[:half]))
+    return manifold, ref.held_out[half:]
+
+
+@pytest.mark.integration
+def test_own_activations_sit_mid_distribution_and_random_ones_far_out(smol: Model) -> None:
+    manifold, fresh = _split_three(smol, 20, 800)
+    own = manifold.percentiles(fresh)
+    for m in METRICS:
+        assert 35 <= float(own[m].mean()) <= 65, f"{m}: B's own unseen activations at {own[m].mean():.0f}"
+    # isotropic directions at B's typical norm: right size, wrong place
+    rand = torch.randn(64, fresh.shape[1], generator=torch.Generator().manual_seed(0))
+    rand = rand / rand.norm(dim=-1, keepdim=True) * manifold.median_norm
+    far = manifold.percentiles(rand)
+    for m in DIRECTIONAL:
+        assert float(far[m].median()) >= 95, f"{m}: random directions only at {far[m].median():.0f}"
+    assert 0.9 < float(manifold.distances(rand)["norm_ratio"].median()) < 1.1
+
+
+def test_sum_of_a_state_with_itself_doubles_the_norm_ratio(tiny: Model) -> None:
+    manifold, fresh = _split_three(tiny, 2, 240)
+    ratio = manifold.distances(fresh)["norm_ratio"]
+    doubled = manifold.distances(fresh + fresh)["norm_ratio"]  # f = sum with A = B on the same prompt
+    assert torch.allclose(doubled, 2 * ratio)
+    assert 1.5 < float(doubled.median()) < 2.5
+
+
+@pytest.mark.parametrize("f", ["replace", "sum"])
+def test_identity_graft_has_zero_displacement_and_zero_kl_and_sum_does_not(tiny: Model, f: str) -> None:
+    prompts = ["Which country is Alice located in?", "Pick one: red or blue?"]
+    layer = 2
+    backend = get_backend(tiny, "nnsight")
+    b = capture_sender(backend, prompts, layer)  # B's own state at the message position
+    batch = encode(tiny, prompts)
+    edit = graft_edit(b, message_positions(tiny, prompts, batch), GraftConfig(k=layer, j=layer, f=f))
+    kl = next_token_kl(backend.logits(batch, None)[:, -1], backend.logits(batch, edit)[:, -1])
+    ref = reference_activations(tiny, layer, n=120, cache=False)
+    x = b if f == "replace" else b + b
+    displacement = Manifold.fit(ref).distances(x, b)["displacement"]
+    if f == "replace":
+        assert float(kl.max()) < 1e-6 and float(displacement.max()) == 0.0
+    else:
+        assert float(kl.min()) > 1e-6 and torch.allclose(displacement, torch.ones(2))
+
+
+def test_manifold_is_cached_and_reloads_identically(tiny: Model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path))
+    first = manifold_for(tiny, 1, n=100)
+    assert list((tmp_path / "reference" / tiny.name).glob("*_manifold_*.safetensors"))
+    again = manifold_for(tiny, 1, n=100)
+    x = torch.randn(5, tiny.info.d_model)
+    for m, v in first.distances(x).items():
+        assert torch.allclose(v, again.distances(x)[m]), m
+    assert first.info == again.info
+
+
+def test_bad_states_get_clear_errors(tiny: Model) -> None:
+    ref = ReferenceSet(torch.randn(50, 8), torch.randn(10, 8), "toy", 0, "random", 0)
+    manifold = Manifold.fit(ref)
+    with pytest.raises(CommlibError, match=r"\[n, 8\]"):
+        manifold.distances(torch.randn(3, 9))
+    with pytest.raises(CommlibError, match="NaN"):
+        manifold.distances(torch.full((2, 8), float("nan")))
+
+
+def test_activation_space_similarities() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    rotated = x @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    unrelated = torch.randn(200, 16, generator=g)
+    assert linear_cka(x, rotated) == pytest.approx(1.0, abs=1e-6)
+    assert linear_cka(x, unrelated) < 0.3
+    assert paper_similarity(x, x) > 2 * paper_similarity(x, unrelated)
+    assert 0 <= paper_similarity(x, unrelated) <= 1
+    with pytest.raises(CommlibError, match="same n"):
+        linear_cka(x, x[:10])
+
+
+def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    from commlib.cli import main
+
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "dist"
+    args = ["distance", "--game", "countries", "--sender", "tiny-llama-random", "--receiver",
+            "tiny-llama-random", "--k", "2", "--j", "2", "--methods", "ac-sum,ac-replace", "--alphas", "0,1",
+            "--n", "6", "--n-reference", "120", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    df = pd.read_csv(out / "distances.csv")
+    assert len(df) == 6 * 4 * 2 * 2  # items x sources x f x alpha
+    assert set(df["source"]) == {"a", "random", "gaussian", "unrelated"}
+    unchanged = df[df["alpha"] == 0]
+    assert (unchanged["displacement"] == 0).all() and (unchanged["next_token_kl"] < 1e-6).all()
+    moved = df[(df["alpha"] == 1) & (df["f"] == "sum")]
+    assert (moved["next_token_kl"] > 0).all()
+    assert moved["norm_ratio"].median() > unchanged["norm_ratio"].median()
+    assert main([*args[:-2], "--seed", "1", "--out", str(out)]) == 2  # other settings, same dir: refused
