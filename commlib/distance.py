@@ -4,9 +4,10 @@ The thesis commlib tests: how far a transmitted signal moves the receiver off
 its own activations decides whether it works zero-shot. This module measures
 that distance, in one place:
 
-* :func:`reference_activations`: B's own final-token residuals after block
-  ``layer`` on a general-text corpus, split into a fit set and a held-out
-  calibration set; cached per (model, layer, corpus, n, seed).
+* :func:`corpus_activations`: a model's final-token residuals after block
+  ``layer`` on general-text sentences, cached per (model, layer, corpus, n,
+  seed); :func:`reference_activations` splits B's into a fit set and a
+  held-out calibration set.
 * :class:`Manifold`: statistics fitted once on the fit set (mean, Ledoit-Wolf
   shrinkage precision, PCA, the fit set itself for nearest neighbours) and
   the held-out set's own distances, so that every metric is also reported as
@@ -86,6 +87,47 @@ def _reference_path(model: str, key: str) -> Path:
     return cache_dir() / "reference" / model / f"{key}.safetensors"
 
 
+def corpus_activations(
+    model: Model,
+    layer: int,
+    *,
+    corpus: str = "lambada",
+    n: int = 3072,
+    seed: int = 0,
+    backend: str = "nnsight",
+    cache: bool = True,
+) -> Float[Tensor, "n d"]:
+    """Final-token residuals after block ``layer`` on ``n`` corpus sentences, in sentence order.
+
+    Sentences (``load_sentences(corpus, n, seed)``) are fed raw (no prompt
+    format), so rows of two models with the same arguments are the same
+    sentences. Cached under the commlib cache directory (set
+    ``COMMLIB_CACHE_DIR`` to move it); ``cache=False`` neither reads nor writes.
+
+    Raises:
+        CommlibError: a bad layer, or NaN activations.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from commlib.backends.base import check_layer
+    from commlib.corpora import load_sentences
+    from commlib.graft import capture_corpus
+
+    check_layer(model, layer)
+    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
+    path = _reference_path(model.name, key)
+    if cache and path.exists():
+        return load_file(path)["activations"]
+    sentences = load_sentences(corpus, n=n, seed=seed)
+    acts = capture_corpus(model, sentences, layer, backend=backend, desc=f"{model.name} L{layer} {corpus}")
+    if not torch.isfinite(acts).all():
+        raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"activations": acts.contiguous()}, path, metadata={"model": model.name, "key": key})
+    return acts
+
+
 def reference_activations(
     model: Model,
     layer: int,
@@ -97,38 +139,14 @@ def reference_activations(
     backend: str = "nnsight",
     cache: bool = True,
 ) -> ReferenceSet:
-    """B's final-token residuals after block ``layer`` on ``n`` corpus sentences.
-
-    Sentences are fed raw (no prompt format). A seeded ``held_out`` fraction is
-    kept for calibration. Cached under the commlib cache directory (set
-    ``COMMLIB_CACHE_DIR`` to move it); ``cache=False`` neither reads nor writes.
+    """B's own :func:`corpus_activations`, with a seeded ``held_out`` fraction kept for calibration.
 
     Raises:
         CommlibError: a bad layer or split, or NaN activations.
     """
-    from safetensors.torch import load_file, save_file
-
-    from commlib.backends.base import check_layer
-    from commlib.corpora import load_sentences
-    from commlib.graft import capture_corpus
-
-    check_layer(model, layer)
     if not 0 < held_out < 1:
         raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
-    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
-    path = _reference_path(model.name, key)
-    if cache and path.exists():
-        acts = load_file(path)["activations"]
-    else:
-        sentences = load_sentences(corpus, n=n, seed=seed)
-        acts = capture_corpus(
-            model, sentences, layer, backend=backend, desc=f"reference {model.name} L{layer}"
-        )
-        if not torch.isfinite(acts).all():
-            raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"activations": acts.contiguous()}, path, metadata={"model": model.name, "key": key})
+    acts = corpus_activations(model, layer, corpus=corpus, n=n, seed=seed, backend=backend, cache=cache)
     order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
     n_held = max(1, round(held_out * len(acts)))
     return ReferenceSet(

@@ -126,3 +126,33 @@ def save_figure(
         json.dumps({"made_by": " ".join(sys.argv), "config": config or {}}, indent=2, default=str)
     )
     return paths
+
+
+def percentile_boxes(
+    df: pd.DataFrame, *, y: str, x: str = "source", hue: str | None = "f", title: str = ""
+) -> Figure:
+    """Distribution of a distance percentile per ``x`` (and ``hue``); dashed line at B's own median (50)."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.4, COLUMN_WIDTH * 0.8))
+    sns.boxplot(data=df, x=x, y=y, hue=hue, ax=ax, fliersize=1.5, linewidth=0.8)
+    ax.axhline(50, ls="--", lw=0.8, color="0.4")
+    ax.set_ylim(0, 101)
+    ax.set_ylabel(f"{y.removesuffix('_pct')} percentile\n(vs B's held-out own activations)")
+    ax.set_title(title)
+    if hue is not None:
+        ax.legend(fontsize="x-small", title=hue, title_fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def pair_heatmap(table: pd.DataFrame, *, value: str, title: str = "") -> Figure:
+    """One value per ordered model pair (``a`` rows, ``b`` columns), annotated."""
+    set_style()
+    grid = table.pivot(index="a", columns="b", values=value)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.2, COLUMN_WIDTH))
+    sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax, cbar_kws={"label": value})
+    ax.set_xlabel("B")
+    ax.set_ylabel("A")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
