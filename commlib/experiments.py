@@ -407,28 +407,34 @@ def run_distance(
     corpus: str = "lambada",
     n_reference: int = 3072,
     backend: str = "nnsight",
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Distances of injected states from B's manifold at layer ``j``, per item and configuration.
 
     For every source (A's message and the :data:`CONTROLS`), f, alpha and
     norm control, the state the graft would write, ``b + alpha (f(s, b) - b)``,
     is measured against B's own activations (raw metrics and percentiles, see
-    :class:`commlib.distance.Manifold`), with its displacement from ``b`` and
-    the KL divergence it causes in B's next-token distribution. Vectorised
-    over items; one receiver pass per configuration for the KL.
+    :class:`commlib.distance.Manifold`; vectorised over items), with its
+    displacement from ``b``, the KL divergence it causes in B's next-token
+    distribution, and what it does to the answer (teacher-forced log-prob
+    and greedy-answer flag, next to B alone; one batched receiver pass per
+    item for all configurations).
 
-    Writes ``out_dir/distances.csv`` (one group appended at a time, so a crash
-    keeps finished groups) and ``out_dir/run.json``.
+    Writes ``out_dir/distances.csv`` (an item's rows appended as it finishes;
+    a re-run resumes) and ``out_dir/run.json``.
 
     Returns:
         The tidy table.
     """
+    import torch
+    from tqdm.auto import tqdm
 
-    from commlib.backends import Edit, get_backend
+    from commlib.backends import get_backend
     from commlib.combine import combine
     from commlib.distance import manifold_for, next_token_kl
     from commlib.graft import GraftConfig, capture_sender
     from commlib.prompts import encode, message_positions
+    from commlib.sweep import ReceiverItem
 
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
@@ -457,35 +463,49 @@ def run_distance(
         },
     )
     path = out / "distances.csv"
-    if path.exists():
-        path.unlink()  # cheap to redo; one table per settings (run.json guards them)
+    done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
     manifold = manifold_for(receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend)
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
     s_prompts = [it.sender for it in items]
     r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
     a = capture_sender(sb, s_prompts, k, position).float().cpu()
     batch = encode(receiver, r_prompts, replies=replies)
-    pos = message_positions(receiver, r_prompts, batch, position, replies=replies)
-    b = rb.capture(batch, j, pos).float().cpu()
-    plain = rb.logits(batch, None)[:, -1]
+    b = rb.capture(batch, j, message_positions(receiver, r_prompts, batch, position, replies=replies))
+    b = b.float().cpu()
     sources = _control_sources(
         a, sender, k, corpus=corpus, n_reference=n_reference, seed=seed, backend=backend
     )
+    configs, states, tables = [], [], []
     for source in ("a", *controls):
         for f in fs:
             for alpha in alphas:
                 for norm in match_norm:
                     GraftConfig(k=k, j=j, f=f, alpha=alpha, match_norm=norm)  # validates f
                     x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
-                    edit = Edit(layer=j, positions=pos[:, None], fn=_writes(x))
-                    kl = next_token_kl(plain, rb.logits(batch, edit)[:, -1])
-                    table = manifold.table(x, b).assign(
-                        item_id=[it.id for it in items],
-                        source=source,
-                        f=f,
-                        alpha=alpha,
-                        match_norm=norm,
-                        next_token_kl=kl.float().cpu().numpy(),
-                    )
-                    table.to_csv(path, mode="a", header=not path.exists(), index=False)
+                    configs.append({"source": source, "f": f, "alpha": alpha, "match_norm": norm})
+                    states.append(x)
+                    tables.append(manifold.table(x, b))  # vectorised over items
+    x_all = torch.stack(states, dim=1)  # [items, configs, d_B]
+    for i, item in enumerate(tqdm(items, desc="distance", disable=not progress)):
+        if item.id in done:
+            continue
+        rx = ReceiverItem(receiver, item, position=position, backend=backend)
+        scores = rx.score(j, _writes(x_all[i]), len(configs))
+        kl = next_token_kl(rx.silent_next_logits.expand_as(scores.next_logits), scores.next_logits)
+        rows = [
+            {
+                "item_id": item.id,
+                **cfg,
+                **tables[c].iloc[i].to_dict(),
+                "next_token_kl": float(kl[c]),
+                "answer_logprob": float(scores.answer_logprob[c]),
+                "greedy_answer": bool(scores.greedy_answer[c]),
+                "silent_logprob": rx.silent_logprob,
+                "silent_greedy_answer": rx.silent_greedy_answer,
+                "logprob_gain": float(scores.answer_logprob[c]) - rx.silent_logprob,
+            }
+            for c, cfg in enumerate(configs)
+        ]
+        frame = pd.DataFrame(rows)
+        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
     return pd.read_csv(path)

@@ -30,11 +30,12 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from commlib.backends import Decoding, Edit, get_backend
@@ -83,6 +84,88 @@ def _repeat_cache(cache: Any, times: int) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Teacher-forced scores of the answer for a batch of edits (one row each)."""
+
+    answer_logprob: Float[Tensor, " m"]
+    greedy_answer: Bool[Tensor, " m"]  # greedy decoding starts with the answer
+    next_logits: Float[Tensor, "m vocab"]  # at the last prompt position
+
+
+class ReceiverItem:
+    """B's side of one item, prepared once: its prompt, the KV cache of the
+    positions before the message position, the answer tokens, and B's own
+    scores without any edit.
+
+    :meth:`score` and :meth:`generate` then run only the positions from the
+    message position on, for a whole batch of edits at once.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> from commlib.tasks.games import countries
+        >>> m = load_model("tiny-llama-random")
+        >>> rx = ReceiverItem(m, countries(1)[0])
+        >>> rx.score(1, lambda b: 2 * b, rows=3).answer_logprob.shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self, receiver: Model, item: GameItem, *, position: Position = "last", backend: str = "nnsight"
+    ) -> None:
+        self.model, self.item = receiver, item
+        self.backend = get_backend(receiver, backend)
+        self.batch = encode(receiver, [item.receiver], replies=[item.reply])
+        self.pos = int(
+            message_positions(receiver, [item.receiver], self.batch, position, replies=[item.reply])[0]
+        )
+        ids, mask = self.batch.input_ids, self.batch.attention_mask
+        _, self.prefix = self.backend.plain_forward(Batch(ids[:, : self.pos], mask[:, : self.pos]))
+        self.target = _item_answer_ids(receiver, item).to(ids.device)
+        self.suffix = torch.cat([ids[0, self.pos :], self.target[:-1]])
+        alone = self._score(None, 1)
+        self.silent_logprob = float(alone.answer_logprob[0])
+        self.silent_greedy_answer = bool(alone.greedy_answer[0])
+        self.silent_next_logits = alone.next_logits
+
+    def _mask(self, rows: int, length: int) -> Tensor:
+        return torch.ones(
+            rows, length, dtype=self.batch.attention_mask.dtype, device=self.batch.input_ids.device
+        )
+
+    def edit(self, j: int, fn: Callable[[Tensor], Tensor], rows: int) -> Edit:
+        """Edit B's state after block ``j`` at the message position (``fn``: ``[rows, 1, d]`` -> same)."""
+        check_layer(self.model, j, "j")
+        return Edit(layer=j, positions=torch.full((rows, 1), self.pos, dtype=torch.long), fn=fn)
+
+    def _score(self, edit: Edit | None, rows: int) -> Scores:
+        ids = self.suffix[None].expand(rows, -1)
+        batch = Batch(ids, self._mask(rows, self.pos + ids.shape[1]))
+        logits, _ = self.backend.forward(batch, edit, _repeat_cache(self.prefix, rows))
+        answer = logits[:, self.batch.length - 1 - self.pos :]
+        return Scores(
+            _answer_logprob(answer, self.target),
+            _greedy_starts_with_answer(answer, self.target),
+            answer[:, 0].float(),
+        )
+
+    def score(self, j: int, fn: Callable[[Tensor], Tensor], rows: int) -> Scores:
+        """Answer log-prob and greedy-answer flag for ``rows`` edits at block ``j`` in one batched pass."""
+        return self._score(self.edit(j, fn, rows), rows)
+
+    def generate(
+        self, j: int, fn: Callable[[Tensor], Tensor], rows: int, max_new_tokens: int
+    ) -> tuple[list[str], list[list[int]]]:
+        """Greedy answers under the same edits: texts and token ids (up to EOS)."""
+        gen = self.backend.generate(
+            Batch(self.batch.input_ids[:, self.pos :].expand(rows, -1), self._mask(rows, self.batch.length)),
+            self.edit(j, fn, rows),
+            Decoding(max_new_tokens=max_new_tokens),
+            past=_repeat_cache(self.prefix, rows),
+        )
+        return gen.texts, [_until_eos(row.tolist(), self.model) for row in gen.token_ids]
+
+
 def sweep_item(
     sender: Model,
     receiver: Model,
@@ -108,55 +191,33 @@ def sweep_item(
         check_layer(sender, k, "k")
     for j in js:
         check_layer(receiver, j, "j")
-    sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
+    sb = get_backend(sender, backend)
     a_batch = encode(sender, [item.sender])
     a_pos = int(message_positions(sender, [item.sender], a_batch, position)[0])
     acts = sb.residuals(a_batch, ks)
-    a = torch.stack([acts[k][0, a_pos] for k in ks])  # [K, d_A]
-    b_batch = encode(receiver, [item.receiver], replies=[item.reply])
-    pos = int(message_positions(receiver, [item.receiver], b_batch, position, replies=[item.reply])[0])
-    n_prompt = b_batch.length
-
-    def mask_for(rows: int, length: int) -> Tensor:
-        return torch.ones(rows, length, dtype=b_batch.attention_mask.dtype, device=b_batch.input_ids.device)
-
-    _, prefix = rb.plain_forward(Batch(b_batch.input_ids[:, :pos], b_batch.attention_mask[:, :pos]))
-    target = _item_answer_ids(receiver, item)
-    suffix = torch.cat([b_batch.input_ids[0, pos:], target[:-1].to(b_batch.input_ids.device)])
+    a = torch.stack([acts[k][0, a_pos] for k in ks])[:, None, :]  # [K, 1, d_A]
+    rx = ReceiverItem(receiver, item, position=position, backend=backend)
     n_k = len(ks)
-    alone, _ = rb.forward(
-        Batch(suffix[None], mask_for(1, pos + suffix.numel())), None, _repeat_cache(prefix, 1)
-    )
-    silent_logprob = float(_answer_logprob(alone[:, n_prompt - 1 - pos :], target)[0])
-    silent_greedy = bool(_greedy_starts_with_answer(alone[:, n_prompt - 1 - pos :], target)[0])
+
+    def graft(b: Tensor) -> Tensor:
+        return combine(a, b, f)
+
     cells = []
     for j in js:
-        edit = _sweep_edit(a, j, pos, f)
-        ids = suffix[None].expand(n_k, -1)
-        mask = mask_for(n_k, pos + ids.shape[1])
-        logits, _ = rb.forward(Batch(ids, mask), edit, _repeat_cache(prefix, n_k))
-        logprob = _answer_logprob(logits[:, n_prompt - 1 - pos :], target)
-        greedy = _greedy_starts_with_answer(logits[:, n_prompt - 1 - pos :], target)
+        scores = rx.score(j, graft, n_k)
         texts: list[str] = [""] * n_k
         token_ids: list[list[int]] = [[] for _ in range(n_k)]
         if max_new_tokens > 0:  # 0: score by log-probability only
-            gen = rb.generate(
-                Batch(b_batch.input_ids[:, pos:].expand(n_k, -1), mask[:, :n_prompt]),
-                edit,
-                Decoding(max_new_tokens=max_new_tokens),
-                past=_repeat_cache(prefix, n_k),
-            )
-            texts = gen.texts
-            token_ids = [_until_eos(row.tolist(), receiver) for row in gen.token_ids]
+            texts, token_ids = rx.generate(j, graft, n_k, max_new_tokens)
         for i, k in enumerate(ks):
             cells.append(
                 {
                     "k": k,
                     "j": j,
-                    "answer_logprob": float(logprob[i]),
-                    "greedy_answer": bool(greedy[i]),
-                    "silent_logprob": silent_logprob,
-                    "silent_greedy_answer": silent_greedy,
+                    "answer_logprob": float(scores.answer_logprob[i]),
+                    "greedy_answer": bool(scores.greedy_answer[i]),
+                    "silent_logprob": rx.silent_logprob,
+                    "silent_greedy_answer": rx.silent_greedy_answer,
                     "text": texts[i],
                     "token_ids": token_ids[i],
                 }
@@ -171,11 +232,6 @@ def _until_eos(ids: list[int], model: Model) -> list[int]:
         if tok in eos:
             return ids[: i + 1]
     return ids
-
-
-def _sweep_edit(a: Float[Tensor, "K d_a"], j: int, pos: int, f: str) -> Edit:
-    positions = torch.full((a.shape[0], 1), pos, dtype=torch.long)
-    return Edit(layer=j, positions=positions, fn=lambda b: combine(a[:, None, :], b, f))
 
 
 def naive_cell(

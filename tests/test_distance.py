@@ -124,7 +124,9 @@ def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_pa
     assert set(df["source"]) == {"a", "random", "gaussian", "unrelated"}
     unchanged = df[df["alpha"] == 0]
     assert (unchanged["displacement"] == 0).all() and (unchanged["next_token_kl"] < 1e-6).all()
+    assert unchanged["logprob_gain"].abs().max() < 1e-4  # writing b back is B alone
     moved = df[(df["alpha"] == 1) & (df["f"] == "sum")]
     assert (moved["next_token_kl"] > 0).all()
     assert moved["norm_ratio"].median() > unchanged["norm_ratio"].median()
+    assert moved["logprob_gain"].abs().max() > 1e-3
     assert main([*args[:-2], "--seed", "1", "--out", str(out)]) == 2  # other settings, same dir: refused
