@@ -156,3 +156,38 @@ def pair_heatmap(table: pd.DataFrame, *, value: str, title: str = "") -> Figure:
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def gain_vs_distance(
+    points: pd.DataFrame, *, x: str, y: str = "logprob_gain", panel: str = "pair", title: str = ""
+) -> Figure:
+    """The headline figure: effect on the answer against distance from B's manifold.
+
+    ``points`` has one row per configuration: ``x`` (e.g. median distance
+    percentile), ``mean``, ``ci_low``, ``ci_high`` of ``y``, and columns
+    ``f``, ``source`` and ``panel``. Colour is f, marker the source.
+    """
+    set_style()
+    panels = list(dict.fromkeys(points[panel]))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.85), squeeze=False, sharey=True
+    )
+    fs = list(dict.fromkeys(points["f"]))
+    colours = dict(zip(fs, sns.color_palette("colorblind", len(fs)), strict=True))
+    markers = dict(zip(dict.fromkeys(points["source"]), "osD^vP*Xh<>p8", strict=False))
+    for ax, value in zip(axes[0], panels, strict=True):
+        sub = points[points[panel] == value]
+        for (f, source), grp in sub.groupby(["f", "source"], sort=False):
+            ax.errorbar(
+                grp[x], grp["mean"], yerr=[grp["mean"] - grp["ci_low"], grp["ci_high"] - grp["mean"]],
+                fmt=markers[source], color=colours[f], ms=4, lw=0.8, capsize=1.5, label=f"{source}, {f}",
+            )  # fmt: skip
+        ax.axhline(0, ls="--", lw=0.8, color="0.4")
+        ax.set_xlabel(f"{x} (B's own: 50)")
+        ax.set_title(str(value))
+    axes[0][0].set_ylabel(f"{y} (mean, 95% CI)")
+    axes[0][-1].legend(fontsize="xx-small", ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -79,6 +79,27 @@ def bootstrap_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def summarise(df: Any, by: Sequence[str], value: str, seed: int = 0) -> Any:
+    """Mean of ``value`` per group with a 95% bootstrap interval: columns mean, ci_low, ci_high, n.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"g": ["a", "a", "b", "b"], "v": [1.0, 3.0, 0.0, 0.0]})
+        >>> summarise(df, ["g"], "v")[["g", "mean", "n"]].to_dict("list")
+        {'g': ['a', 'b'], 'mean': [2.0, 0.0], 'n': [2, 2]}
+    """
+    import pandas as pd
+
+    rows = []
+    for key, group in df.groupby(list(by), sort=False):
+        values = group[value].astype(float).to_numpy()
+        lo, hi = bootstrap_ci(values, seed=seed)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key, strict=True)), "mean": float(values.mean()), "ci_low": lo,
+                     "ci_high": hi, "n": len(values)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def package_versions(
     names: Iterable[str] = ("commlib", "torch", "transformers", "nnsight", "transformer-lens"),
 ) -> dict[str, str]:
