@@ -24,7 +24,7 @@ Example:
     >>> m = load_model("tiny-llama-random")
     >>> cells = sweep_item(m, m, countries(1)[0], ks=[0, 1], js=[1, 2], max_new_tokens=2)
     >>> len(cells), sorted(cells[0])[:3]
-    (4, ['answer_logprob', 'j', 'k'])
+    (4, ['answer_logprob', 'greedy_answer', 'j'])
 """
 
 from __future__ import annotations
