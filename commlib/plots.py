@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
@@ -68,7 +70,15 @@ def sweep_heatmap(
         (grid.index.min() - step_j / 2) / n_layers_receiver,
         (grid.index.max() + step_j / 2) / n_layers_receiver,
     )
-    img = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis", extent=extent)
+    values = grid.to_numpy()
+    if value in ("correct", "greedy_answer"):  # accuracies: one fixed scale, so 0 everywhere reads as 0
+        style: dict[str, Any] = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
+    elif value.endswith("gain"):  # diverging around "no change"
+        low, high = min(float(np.nanmin(values)), -1e-6), max(float(np.nanmax(values)), 1e-6)
+        style = {"cmap": "RdBu", "norm": TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high)}
+    else:
+        style = {"cmap": "viridis"}
+    img = ax.imshow(values, origin="lower", aspect="auto", extent=extent, **style)
     fig.colorbar(img, ax=ax, label=HEATMAP_LABELS.get(value, value))
     ax.set_xlabel("sender layer k / depth")
     ax.set_ylabel("receiver layer j / depth")
@@ -122,8 +132,12 @@ def save_figure(
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
         fig.savefig(path, dpi=200, bbox_inches="tight", metadata=None)
+    config = config or {}
+    made_by = " ".join(sys.argv)
+    if "ipykernel" in sys.argv[0]:  # a notebook: the kernel's command line says nothing
+        made_by = f"notebooks/{config.get('notebook', '(unnamed notebook)')}"
     (out / f"{name}.json").write_text(
-        json.dumps({"made_by": " ".join(sys.argv), "config": config or {}}, indent=2, default=str)
+        json.dumps({"made_by": made_by, "config": config}, indent=2, default=str)
     )
     return paths
 
