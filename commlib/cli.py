@@ -241,6 +241,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
         position=args.position,
         map=LinearMap.load(args.map) if use_map else None,
         n_reference=args.n_reference,
+        reference=args.reference,
         backend=args.backend,
     )
     summary = df.groupby(["source", "f", "alpha", "match_norm"])[
@@ -373,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--position", choices=("last", "content"), default="last")
     s.add_argument("--map", help="learned W for ac-w-* methods")
     s.add_argument("--n-reference", type=int, default=3072, help="corpus sentences for B's reference set")
+    s.add_argument(
+        "--reference",
+        choices=("corpus", "prompt"),
+        default="corpus",
+        help="B's states on raw sentences, or on sentences in B's prompt format at the graft's position",
+    )
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--out", required=True)
 

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from commlib.errors import CommlibError
 from commlib.models import Model, cache_dir
+from commlib.prompts import Position
 
 METRICS = (
     "log_norm_ratio",
@@ -78,9 +79,14 @@ class ReferenceSet:
     corpus: str
     seed: int
 
-    @property
-    def key(self) -> str:
-        return f"{self.corpus}_L{self.layer}_n{len(self.fit) + len(self.held_out)}_seed{self.seed}"
+
+def _key(corpus: str, layer: int, n: int, seed: int, formatted: bool, position: str, reply: str) -> str:
+    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
+    if formatted:
+        import hashlib
+
+        key += f"_fmt-{position}-{hashlib.sha1(reply.encode()).hexdigest()[:8]}"
+    return key
 
 
 def _reference_path(model: str, key: str) -> Path:
@@ -96,13 +102,20 @@ def corpus_activations(
     seed: int = 0,
     backend: str = "nnsight",
     cache: bool = True,
+    formatted: bool = False,
+    position: Position = "last",
+    reply: str = "",
 ) -> Float[Tensor, "n d"]:
-    """Final-token residuals after block ``layer`` on ``n`` corpus sentences, in sentence order.
+    """Residuals after block ``layer`` on ``n`` corpus sentences, in sentence order.
 
-    Sentences (``load_sentences(corpus, n, seed)``) are fed raw (no prompt
-    format), so rows of two models with the same arguments are the same
-    sentences. Cached under the commlib cache directory (set
-    ``COMMLIB_CACHE_DIR`` to move it); ``cache=False`` neither reads nor writes.
+    Sentences (``load_sentences(corpus, n, seed)``) are fed raw and read at
+    their final token, so rows of two models with the same arguments are the
+    same sentences. ``formatted=True`` instead wraps each sentence as the
+    user's text in the model's prompt format, followed by ``reply``, and reads
+    the state at ``position``: a reference at the positions a game's graft
+    uses (see :func:`commlib.graft.capture_corpus`). Cached under the commlib
+    cache directory (set ``COMMLIB_CACHE_DIR`` to move it); ``cache=False``
+    neither reads nor writes.
 
     Raises:
         CommlibError: a bad layer, or NaN activations.
@@ -114,12 +127,21 @@ def corpus_activations(
     from commlib.graft import capture_corpus
 
     check_layer(model, layer)
-    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
+    key = _key(corpus, layer, n, seed, formatted, position, reply)
     path = _reference_path(model.name, key)
     if cache and path.exists():
         return load_file(path)["activations"]
     sentences = load_sentences(corpus, n=n, seed=seed)
-    acts = capture_corpus(model, sentences, layer, backend=backend, desc=f"{model.name} L{layer} {corpus}")
+    acts = capture_corpus(
+        model,
+        sentences,
+        layer,
+        backend=backend,
+        desc=f"{model.name} L{layer} {corpus}",
+        formatted=formatted,
+        position=position,
+        reply=reply,
+    )
     if not torch.isfinite(acts).all():
         raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
     if cache:
@@ -138,6 +160,9 @@ def reference_activations(
     held_out: float = 0.25,
     backend: str = "nnsight",
     cache: bool = True,
+    formatted: bool = False,
+    position: Position = "last",
+    reply: str = "",
 ) -> ReferenceSet:
     """B's own :func:`corpus_activations`, with a seeded ``held_out`` fraction kept for calibration.
 
@@ -146,7 +171,18 @@ def reference_activations(
     """
     if not 0 < held_out < 1:
         raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
-    acts = corpus_activations(model, layer, corpus=corpus, n=n, seed=seed, backend=backend, cache=cache)
+    acts = corpus_activations(
+        model,
+        layer,
+        corpus=corpus,
+        n=n,
+        seed=seed,
+        backend=backend,
+        cache=cache,
+        formatted=formatted,
+        position=position,
+        reply=reply,
+    )
     order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
     n_held = max(1, round(held_out * len(acts)))
     return ReferenceSet(
@@ -154,7 +190,7 @@ def reference_activations(
         held_out=acts[order[:n_held]],
         model=model.name,
         layer=layer,
-        corpus=corpus,
+        corpus=corpus if not formatted else f"{corpus} in prompt format ({position}, reply {reply!r})",
         seed=seed,
     )
 
@@ -340,13 +376,22 @@ def manifold_for(
     n_components: int = 64,
     knn: int = 10,
     backend: str = "nnsight",
+    formatted: bool = False,
+    position: Position = "last",
+    reply: str = "",
 ) -> Manifold:
-    """The fitted :class:`Manifold` of ``model`` at ``layer``, computed once and cached."""
-    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
+    """The fitted :class:`Manifold` of ``model`` at ``layer``, computed once and cached.
+
+    ``formatted``, ``position`` and ``reply`` as in :func:`corpus_activations`.
+    """
+    key = _key(corpus, layer, n, seed, formatted, position, reply)
     path = _reference_path(model.name, key).with_name(f"{key}_manifold_c{n_components}_k{knn}.safetensors")
     if path.exists():
         return Manifold.load(path)
-    ref = reference_activations(model, layer, corpus=corpus, n=n, seed=seed, backend=backend)
+    ref = reference_activations(
+        model, layer, corpus=corpus, n=n, seed=seed, backend=backend, formatted=formatted, position=position,
+        reply=reply,
+    )  # fmt: skip
     manifold = Manifold.fit(ref, n_components=n_components, knn=knn)
     manifold.save(path)
     return manifold

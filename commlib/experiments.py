@@ -363,7 +363,7 @@ CONTROLS = ("random", "gaussian", "unrelated")
 
 
 def _control_sources(
-    a: Tensor, sender: Model, k: int, *, corpus: str, n_reference: int, seed: int, backend: str
+    a: Tensor, sender: Model, k: int, *, n_reference: int, seed: int, backend: str, **reference: Any
 ) -> dict[str, Tensor]:
     import torch
 
@@ -372,7 +372,7 @@ def _control_sources(
     g = torch.Generator().manual_seed(seed)
     norms = a.norm(dim=-1, keepdim=True)
     rand = torch.randn(a.shape, generator=g)
-    ref = reference_activations(sender, k, corpus=corpus, n=n_reference, seed=seed, backend=backend).fit
+    ref = reference_activations(sender, k, n=n_reference, seed=seed, backend=backend, **reference).fit
     centred = ref - ref.mean(0)
     gauss = ref.mean(0) + torch.randn(len(a), len(ref), generator=g) @ centred / (len(ref) - 1) ** 0.5
     return {
@@ -406,6 +406,7 @@ def run_distance(
     map: LinearMap | None = None,
     corpus: str = "lambada",
     n_reference: int = 3072,
+    reference: str = "corpus",
     backend: str = "nnsight",
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -419,6 +420,14 @@ def run_distance(
     distribution, and what it does to the answer (teacher-forced log-prob
     and greedy-answer flag, next to B alone; one batched receiver pass per
     item for all configurations).
+
+    ``reference="corpus"`` measures against B's final-token states on raw
+    corpus sentences; ``"prompt"`` against B's states at the same position of
+    the same prompt format, each corpus sentence as the user's text followed
+    by the first item's reply (B's states at a chat template's closing
+    tokens lie far from every raw-text state, so only this reference can
+    rank grafted states there). The Gaussian control follows the same choice
+    for A.
 
     Writes ``out_dir/distances.csv`` (an item's rows appended as it finishes;
     a re-run resumes) and ``out_dir/run.json``.
@@ -436,6 +445,8 @@ def run_distance(
     from commlib.prompts import encode, message_positions
     from commlib.sweep import ReceiverItem
 
+    if reference not in ("corpus", "prompt"):
+        raise CommlibError(f"unknown reference {reference!r}; use corpus or prompt")
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise CommlibError(f"unknown control(s) {', '.join(unknown)}; use {', '.join(CONTROLS)}")
@@ -459,12 +470,17 @@ def run_distance(
             "map": asdict(map.info) if map is not None else None,
             "corpus": corpus,
             "n_reference": n_reference,
+            "reference": reference,
             "backend": backend,
         },
     )
     path = out / "distances.csv"
     done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
-    manifold = manifold_for(receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend)
+    formatted = reference == "prompt"
+    manifold = manifold_for(
+        receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend, formatted=formatted,
+        position=position, reply=items[0].reply if formatted else "",
+    )  # fmt: skip
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
     s_prompts = [it.sender for it in items]
     r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]

@@ -197,8 +197,17 @@ def capture_corpus(
     backend: str = "nnsight",
     batch_size: int = 32,
     desc: str | None = None,
+    formatted: bool = False,
+    position: Position = "last",
+    reply: str = "",
 ) -> Float[Tensor, "n d"]:
-    """Final-token residuals after block ``layer`` for raw sentences (no template), in batches."""
+    """Residuals after block ``layer`` for sentences, in batches.
+
+    By default the sentences are fed raw and the final token is read. With
+    ``formatted=True`` each sentence is the user's text in the model's prompt
+    format (followed by ``reply``) and the state is read at ``position``, as
+    for a game prompt.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -209,7 +218,13 @@ def capture_corpus(
         range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False
     ):
         chunk = list(sentences[start : start + batch_size])
-        rows.append(be.capture(encode(model, chunk, raw=True), layer).float().cpu())
+        if not formatted:
+            rows.append(be.capture(encode(model, chunk, raw=True), layer).float().cpu())
+            continue
+        replies = [reply] * len(chunk)
+        batch = encode(model, chunk, replies=replies)
+        positions = message_positions(model, chunk, batch, position, replies=replies)
+        rows.append(be.capture(batch, layer, positions).float().cpu())
     return torch.cat(rows)
 
 

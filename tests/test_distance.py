@@ -12,6 +12,7 @@ from commlib.distance import (
     METRICS,
     Manifold,
     ReferenceSet,
+    corpus_activations,
     linear_cka,
     manifold_for,
     next_token_kl,
@@ -130,3 +131,16 @@ def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_pa
     assert moved["norm_ratio"].median() > unchanged["norm_ratio"].median()
     assert moved["logprob_gain"].abs().max() > 1e-3
     assert main([*args[:-2], "--seed", "1", "--out", str(out)]) == 2  # other settings, same dir: refused
+
+
+def test_prompt_format_reference_reads_the_graft_position(tiny: Model) -> None:
+    from commlib.corpora import load_sentences
+
+    reply = "Alice is located in"
+    acts = corpus_activations(tiny, 1, n=6, formatted=True, position="last", reply=reply, cache=False)
+    raw = corpus_activations(tiny, 1, n=6, cache=False)
+    sentences = load_sentences("lambada", n=6, seed=0)
+    batch = encode(tiny, sentences[:1], replies=[reply])
+    state = get_backend(tiny).capture(batch, 1)  # last token of the formatted prompt + reply
+    assert torch.allclose(acts[0], state[0], atol=1e-5)
+    assert not torch.allclose(acts, raw, atol=1e-3)
