@@ -397,6 +397,27 @@ def manifold_for(
     return manifold
 
 
+def random_directions(
+    norms: Float[Tensor, "n 1"], d: int, generator: torch.Generator
+) -> Float[Tensor, "n d"]:
+    """Isotropic random directions in ``d`` dimensions, row ``i`` scaled to ``norms[i]``."""
+    x = torch.randn(len(norms), d, generator=generator)
+    return x / x.norm(dim=-1, keepdim=True) * norms
+
+
+def covariance_matched(
+    reference: Float[Tensor, "m d"], n: int, generator: torch.Generator
+) -> Float[Tensor, "n d"]:
+    """``n`` Gaussian samples with the mean and covariance of ``reference``'s rows.
+
+    Mixes the centred rows with standard normal weights, so no ``d x d``
+    factorisation is needed and a rank-deficient covariance is fine.
+    """
+    centred = reference - reference.mean(0)
+    weights = torch.randn(n, len(reference), generator=generator)
+    return reference.mean(0) + weights @ centred / (len(reference) - 1) ** 0.5
+
+
 def next_token_kl(
     logits_plain: Float[Tensor, "n vocab"], logits_edited: Float[Tensor, "n vocab"]
 ) -> Float[Tensor, " n"]:

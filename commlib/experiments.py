@@ -363,24 +363,33 @@ CONTROLS = ("random", "gaussian", "unrelated")
 
 
 def _control_sources(
-    a: Tensor, sender: Model, k: int, *, n_reference: int, seed: int, backend: str, **reference: Any
+    a: Tensor,
+    sender: Model,
+    k: int,
+    controls: Sequence[str],
+    *,
+    n_reference: int,
+    seed: int,
+    backend: str,
+    **reference: Any,
 ) -> dict[str, Tensor]:
+    """A's states and the requested :data:`CONTROLS` in their place (A's reference only for ``gaussian``)."""
     import torch
 
-    from commlib.distance import reference_activations
+    from commlib.distance import covariance_matched, random_directions, reference_activations
 
     g = torch.Generator().manual_seed(seed)
     norms = a.norm(dim=-1, keepdim=True)
-    rand = torch.randn(a.shape, generator=g)
-    ref = reference_activations(sender, k, n=n_reference, seed=seed, backend=backend, **reference).fit
-    centred = ref - ref.mean(0)
-    gauss = ref.mean(0) + torch.randn(len(a), len(ref), generator=g) @ centred / (len(ref) - 1) ** 0.5
-    return {
-        "a": a,
-        "random": rand / rand.norm(dim=-1, keepdim=True) * norms,
-        "gaussian": gauss / gauss.norm(dim=-1, keepdim=True) * norms,
-        "unrelated": a.roll(1, dims=0),
-    }
+    sources = {"a": a}
+    if "random" in controls:
+        sources["random"] = random_directions(norms, a.shape[1], g)
+    if "gaussian" in controls:
+        ref = reference_activations(sender, k, n=n_reference, seed=seed, backend=backend, **reference).fit
+        gauss = covariance_matched(ref, len(a), g)
+        sources["gaussian"] = gauss / gauss.norm(dim=-1, keepdim=True) * norms
+    if "unrelated" in controls:
+        sources["unrelated"] = a.roll(1, dims=0)
+    return sources
 
 
 def _writes(x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -441,8 +450,7 @@ def run_distance(
     from commlib.backends import get_backend
     from commlib.combine import combine
     from commlib.distance import manifold_for, next_token_kl
-    from commlib.graft import GraftConfig, capture_sender
-    from commlib.prompts import encode, message_positions
+    from commlib.graft import capture_message, capture_sender
     from commlib.sweep import ReceiverItem
 
     if reference not in ("corpus", "prompt"):
@@ -485,18 +493,16 @@ def run_distance(
     s_prompts = [it.sender for it in items]
     r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
     a = capture_sender(sb, s_prompts, k, position).float().cpu()
-    batch = encode(receiver, r_prompts, replies=replies)
-    b = rb.capture(batch, j, message_positions(receiver, r_prompts, batch, position, replies=replies))
-    b = b.float().cpu()
+    b = capture_message(rb, r_prompts, j, position, replies=replies).float().cpu()
     sources = _control_sources(
-        a, sender, k, corpus=corpus, n_reference=n_reference, seed=seed, backend=backend
-    )
+        a, sender, k, controls, n_reference=n_reference, seed=seed, backend=backend, corpus=corpus,
+        formatted=formatted, position=position,
+    )  # fmt: skip
     configs, states, tables = [], [], []
     for source in ("a", *controls):
         for f in fs:
             for alpha in alphas:
                 for norm in match_norm:
-                    GraftConfig(k=k, j=j, f=f, alpha=alpha, match_norm=norm)  # validates f
                     x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
                     configs.append({"source": source, "f": f, "alpha": alpha, "match_norm": norm})
                     states.append(x)

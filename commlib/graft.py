@@ -93,13 +93,27 @@ class Exchange:
         }
 
 
+def capture_message(
+    backend: Backend,
+    prompts: Sequence[str],
+    layer: int,
+    position: Position = "last",
+    *,
+    raw: bool = False,
+    replies: Sequence[str] | None = None,
+) -> Float[Tensor, "batch d"]:
+    """A model's residual after block ``layer`` at the message position of each prompt (with ``replies``)."""
+    batch = encode(backend.model, prompts, raw=raw, replies=replies)
+    positions = message_positions(backend.model, prompts, batch, position, raw=raw, replies=replies)
+    return backend.capture(batch, layer, positions)
+
+
 def capture_sender(
     sender: Backend, prompts: Sequence[str], k: int, position: Position = "last", raw: bool = False
 ) -> Float[Tensor, "batch d_a"]:
     """Sender's residual after block ``k`` at the message position, one row per prompt."""
     check_layer(sender.model, k, "k")
-    batch = encode(sender.model, prompts, raw=raw)
-    return sender.capture(batch, k, message_positions(sender.model, prompts, batch, position, raw=raw))
+    return capture_message(sender, prompts, k, position, raw=raw)
 
 
 def graft_edit(
@@ -218,13 +232,11 @@ def capture_corpus(
         range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False
     ):
         chunk = list(sentences[start : start + batch_size])
-        if not formatted:
-            rows.append(be.capture(encode(model, chunk, raw=True), layer).float().cpu())
-            continue
-        replies = [reply] * len(chunk)
-        batch = encode(model, chunk, replies=replies)
-        positions = message_positions(model, chunk, batch, position, replies=replies)
-        rows.append(be.capture(batch, layer, positions).float().cpu())
+        if formatted:
+            acts = capture_message(be, chunk, layer, position, replies=[reply] * len(chunk))
+        else:
+            acts = be.capture(encode(model, chunk, raw=True), layer)
+        rows.append(acts.float().cpu())
     return torch.cat(rows)
 
 

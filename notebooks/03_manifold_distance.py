@@ -46,11 +46,12 @@ import pandas as pd
 import torch
 
 from commlib.backends import get_backend
-from commlib.distance import METRICS, corpus_activations, manifold_for, similarity_table
+from commlib.distance import (METRICS, corpus_activations, covariance_matched, manifold_for, random_directions,
+                              similarity_table)
 from commlib.experiments import run_distance
+from commlib.graft import capture_message
 from commlib.models import load_model
 from commlib.plots import pair_heatmap, percentile_boxes, save_figure
-from commlib.prompts import encode, message_positions
 from commlib.tasks.games import load_game
 
 if FAST:
@@ -73,17 +74,12 @@ for name in MODELS:
     model = load_model(name)
     j = layer_at(model)
     manifold = manifold_for(model, j, n=N_REFERENCE, seed=SEED)
-    prompts, replies = [it.receiver for it in items], [it.reply for it in items]
-    batch = encode(model, prompts, replies=replies)
-    own_task = get_backend(model).capture(batch, j, message_positions(model, prompts, batch, replies=replies))
-    d = own_task.shape[1]
-    rand = torch.randn(N, d, generator=g)
-    ref = manifold.reference
-    gauss = ref.mean(0) + torch.randn(N, len(ref), generator=g) @ (ref - ref.mean(0)) / (len(ref) - 1) ** 0.5
+    own_task = capture_message(get_backend(model), [it.receiver for it in items], j,
+                               replies=[it.reply for it in items])
     for source, x in {
         "B on game prompts": own_task,
-        "random direction": rand / rand.norm(dim=-1, keepdim=True) * manifold.median_norm,
-        "Gaussian (B's cov.)": gauss,
+        "random direction": random_directions(torch.full((N, 1), manifold.median_norm), own_task.shape[1], g),
+        "Gaussian (B's cov.)": covariance_matched(manifold.reference, N, g),
     }.items():
         pct = manifold.percentiles(x)
         rows += [{"model": name, "source": source, "metric": m, "percentile": float(v)}
