@@ -32,6 +32,16 @@ fi
 echo "[setup] fetching the offline default (SmolLM2-135M, LAMBADA sentences)"
 "$VENV/bin/commlib" fetch smollm2-135m lambada
 
+if [ "$job" = test ] && ! command -v chromium >/dev/null 2>&1; then
+    # The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
+    echo "[setup] installing Debian chromium for the browser test"
+    sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo -n"
+    if ! { $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium; } \
+        >/tmp/commlib-apt.log 2>&1; then
+        echo "[setup] could not install chromium (see /tmp/commlib-apt.log): the browser test will skip"
+    fi
+fi
+
 case "$job" in
     demo)
         "$VENV/bin/commlib" demo

@@ -115,38 +115,97 @@ def corpus_activations(
     the state at ``position``: a reference at the positions a game's graft
     uses (see :func:`commlib.graft.capture_corpus`). Cached under the commlib
     cache directory (set ``COMMLIB_CACHE_DIR`` to move it); ``cache=False``
-    neither reads nor writes.
+    neither reads nor writes. :func:`cache_corpus_activations` fills the
+    cache for many layers in one pass.
 
     Raises:
         CommlibError: a bad layer, or NaN activations.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from commlib.backends.base import check_layer
+
+    check_layer(model, layer)
+    options: dict[str, Any] = {
+        "corpus": corpus, "n": n, "seed": seed, "backend": backend, "formatted": formatted,
+        "position": position, "reply": reply,
+    }  # fmt: skip
+    if not cache:
+        return _capture_corpus(model, [layer], **options)[layer]
+    path = _reference_path(model.name, _key(corpus, layer, n, seed, formatted, position, reply))
+    if not path.exists():
+        cache_corpus_activations(model, [layer], **options)
+    return load_file(path)["activations"]
+
+
+def cache_corpus_activations(
+    model: Model,
+    layers: Sequence[int] | None = None,
+    *,
+    corpus: str = "lambada",
+    n: int = 3072,
+    seed: int = 0,
+    backend: str = "nnsight",
+    formatted: bool = False,
+    position: Position = "last",
+    reply: str = "",
+) -> list[int]:
+    """Fill :func:`corpus_activations`' cache for ``layers`` (default: all) in one pass over the sentences.
+
+    Layers already cached are skipped; returns the layers computed. One pass
+    costs about what one layer does, so a tool that will visit many layers
+    (the explorer's j slider) pays once.
+
+    Raises:
+        CommlibError: a bad layer, or NaN activations.
+    """
+    from safetensors.torch import save_file
+
+    keys = {
+        layer: _key(corpus, layer, n, seed, formatted, position, reply)
+        for layer in (range(model.info.n_layers) if layers is None else layers)
+    }
+    todo = [layer for layer, key in keys.items() if not _reference_path(model.name, key).exists()]
+    if todo:
+        acts = _capture_corpus(
+            model, todo, corpus=corpus, n=n, seed=seed, backend=backend, formatted=formatted,
+            position=position, reply=reply,
+        )  # fmt: skip
+        for layer in todo:
+            path = _reference_path(model.name, keys[layer])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {"activations": acts[layer].contiguous()},
+                path,
+                metadata={"model": model.name, "key": keys[layer]},
+            )
+    return todo
+
+
+def _capture_corpus(
+    model: Model,
+    layers: Sequence[int],
+    *,
+    corpus: str,
+    n: int,
+    seed: int,
+    backend: str,
+    formatted: bool,
+    position: Position,
+    reply: str,
+) -> dict[int, Tensor]:
     from commlib.corpora import load_sentences
     from commlib.graft import capture_corpus
 
-    check_layer(model, layer)
-    key = _key(corpus, layer, n, seed, formatted, position, reply)
-    path = _reference_path(model.name, key)
-    if cache and path.exists():
-        return load_file(path)["activations"]
     sentences = load_sentences(corpus, n=n, seed=seed)
+    label = f"L{layers[0]}" if len(layers) == 1 else f"{len(layers)} layers"
     acts = capture_corpus(
-        model,
-        sentences,
-        layer,
-        backend=backend,
-        desc=f"{model.name} L{layer} {corpus}",
-        formatted=formatted,
-        position=position,
-        reply=reply,
-    )
-    if not torch.isfinite(acts).all():
-        raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"activations": acts.contiguous()}, path, metadata={"model": model.name, "key": key})
+        model, sentences, layers, backend=backend, desc=f"{model.name} {label} {corpus}", formatted=formatted,
+        position=position, reply=reply,
+    )  # fmt: skip
+    for layer, x in acts.items():
+        if not torch.isfinite(x).all():
+            raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
     return acts
 
 

@@ -206,7 +206,7 @@ def communicate(
 def capture_corpus(
     model: Model,
     sentences: Sequence[str],
-    layer: int,
+    layers: Sequence[int],
     *,
     backend: str = "nnsight",
     batch_size: int = 32,
@@ -214,8 +214,8 @@ def capture_corpus(
     formatted: bool = False,
     position: Position = "last",
     reply: str = "",
-) -> Float[Tensor, "n d"]:
-    """Residuals after block ``layer`` for sentences, in batches.
+) -> dict[int, Float[Tensor, "n d"]]:
+    """Residuals after each of ``layers`` for sentences, in batches: one pass for all layers.
 
     By default the sentences are fed raw and the final token is read. With
     ``formatted=True`` each sentence is the user's text in the model's prompt
@@ -226,18 +226,21 @@ def capture_corpus(
     from tqdm.auto import tqdm
 
     be = get_backend(model, backend)
-    check_layer(model, layer)
-    rows = []
-    for start in tqdm(
-        range(0, len(sentences), batch_size), desc=desc or f"{model.name} L{layer}", leave=False
-    ):
+    for layer in layers:
+        check_layer(model, layer)
+    rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for start in tqdm(range(0, len(sentences), batch_size), desc=desc or f"{model.name} corpus", leave=False):
         chunk = list(sentences[start : start + batch_size])
         if formatted:
-            acts = capture_message(be, chunk, layer, position, replies=[reply] * len(chunk))
+            replies = [reply] * len(chunk)
+            batch = encode(model, chunk, replies=replies)
+            positions = message_positions(model, chunk, batch, position, replies=replies)
+            acts = be.capture_layers(batch, layers, positions)
         else:
-            acts = be.capture(encode(model, chunk, raw=True), layer)
-        rows.append(acts.float().cpu())
-    return torch.cat(rows)
+            acts = be.capture_layers(encode(model, chunk, raw=True), layers)
+        for layer in layers:
+            rows[layer].append(acts[layer].float().cpu())
+    return {layer: torch.cat(r) for layer, r in rows.items()}
 
 
 def fit_map(
@@ -272,8 +275,8 @@ def fit_map(
     check_layer(sender, k, "k")
     check_layer(receiver, j, "j")
     sentences = load_sentences(corpus, n=n, seed=seed)
-    a = capture_corpus(sender, sentences, k, backend=backend)
-    b = a if (sender is receiver and k == j) else capture_corpus(receiver, sentences, j, backend=backend)
+    a = capture_corpus(sender, sentences, [k], backend=backend)[k]
+    b = a if (sender is receiver and k == j) else capture_corpus(receiver, sentences, [j], backend=backend)[j]
     return fit_linear_map(
         a,
         b,

@@ -12,6 +12,7 @@ from commlib.distance import (
     METRICS,
     Manifold,
     ReferenceSet,
+    cache_corpus_activations,
     corpus_activations,
     linear_cka,
     manifold_for,
@@ -85,6 +86,16 @@ def test_manifold_is_cached_and_reloads_identically(tiny: Model, tmp_path, monke
     for m, v in first.distances(x).items():
         assert torch.allclose(v, again.distances(x)[m]), m
     assert first.info == again.info
+
+
+def test_all_layers_in_one_pass_equal_one_layer_at_a_time(tiny: Model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path))
+    assert cache_corpus_activations(tiny, [0, 2], n=40) == [0, 2]
+    assert cache_corpus_activations(tiny, n=40) == [1, 3]  # only what is not cached yet
+    assert cache_corpus_activations(tiny, n=40) == []
+    for layer in range(tiny.info.n_layers):
+        alone = corpus_activations(tiny, layer, n=40, cache=False)
+        assert torch.allclose(corpus_activations(tiny, layer, n=40), alone, atol=1e-5), layer
 
 
 def test_bad_states_get_clear_errors(tiny: Model) -> None:

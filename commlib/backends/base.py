@@ -175,12 +175,22 @@ class Backend(ABC):
     ) -> Float[Tensor, "batch d"]:
         """Residual after block ``layer`` at one position per row (default: last)."""
         check_layer(self.model, layer)
-        hidden = self.residuals(batch, [layer])[layer]
-        if positions is None:
-            out = hidden[:, -1]
-        else:
-            out = hidden[torch.arange(batch.size, device=hidden.device), positions.to(hidden.device)]
-        check_finite(out, f"{self.model.name} residual at layer {layer}")
+        return self.capture_layers(batch, [layer], positions)[layer]
+
+    def capture_layers(
+        self, batch: Batch, layers: Sequence[int], positions: Int[Tensor, " batch"] | None = None
+    ) -> dict[int, Float[Tensor, "batch d"]]:
+        """:meth:`capture` for several layers from one forward pass."""
+        for layer in layers:
+            check_layer(self.model, layer)
+        hidden = self.residuals(batch, layers)
+        out = {}
+        for layer, h in hidden.items():
+            if positions is None:
+                out[layer] = h[:, -1]
+            else:
+                out[layer] = h[torch.arange(batch.size, device=h.device), positions.to(h.device)]
+            check_finite(out[layer], f"{self.model.name} residual at layer {layer}")
         return out
 
     def logits(self, batch: Batch, edit: Edit | None = None) -> Float[Tensor, "batch seq vocab"]:
