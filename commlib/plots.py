@@ -35,6 +35,38 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=0.9)
 
 
+_PALETTE = sns.color_palette("colorblind", 10)
+METHOD_COLOURS: dict[str, tuple[float, float, float]] = {
+    "skyline": _PALETTE[0],
+    "nl": _PALETTE[1],
+    "ac-sum": _PALETTE[2],
+    "ac-mean": _PALETTE[3],
+    "ac-replace": _PALETTE[4],
+    "ac-w": _PALETTE[5],
+    "cipher": _PALETTE[6],
+    "silent": _PALETTE[7],
+    "interlat": _PALETTE[8],
+    "nld": _PALETTE[9],
+}
+"""One colour per method in every figure (colour-blind palette); f names map to their AC method."""
+
+
+def method_colour(name: str) -> tuple[float, float, float]:
+    """The colour of a method (``"ac-sum"``) or of an f (``"sum"``: the same), fixed across figures.
+
+    ``ac-w-*`` share one colour, as do the variants of a latent method
+    (``interlat-trained``); an unknown name gets a stable colour from its hash.
+    """
+    key = f"ac-{name}" if name in ("sum", "mean", "replace") else name
+    key = "ac-w" if key.startswith("ac-w") or key == "W" else key
+    for method in METHOD_COLOURS:
+        if key == method or key.startswith(f"{method}-"):
+            return METHOD_COLOURS[method]
+    import zlib
+
+    return _PALETTE[zlib.crc32(key.encode()) % len(_PALETTE)]
+
+
 HEATMAP_LABELS = {
     "correct": "accuracy (answer in first line)",
     "greedy_answer": "accuracy (greedy starts with answer)",
@@ -89,9 +121,11 @@ def sweep_heatmap(
 
 
 def method_bars(table: pd.DataFrame, *, panel: str = "game") -> Figure:
-    """Accuracy per method and model with bootstrap intervals, one panel per ``panel`` value.
+    """Accuracy per model and method with bootstrap intervals, one panel per ``panel`` value.
 
-    ``table`` needs columns method, model, accuracy, ci_low, ci_high (percent) and ``panel``.
+    ``table`` needs columns method, model, accuracy, ci_low, ci_high (percent)
+    and ``panel``. Bars are grouped by model and coloured by method
+    (:func:`method_colour`).
     """
     set_style()
     panels = list(dict.fromkeys(table[panel]))
@@ -100,21 +134,20 @@ def method_bars(table: pd.DataFrame, *, panel: str = "game") -> Figure:
     fig, axes = plt.subplots(
         1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.8), squeeze=False, sharey=True
     )
-    width = 0.8 / len(models)
-    colours = sns.color_palette("colorblind", len(models))
+    width = 0.8 / len(methods)
     for ax, value in zip(axes[0], panels, strict=True):
         sub = table[table[panel] == value].set_index(["model", "method"])
-        for m_i, model in enumerate(models):
+        for m_i, method in enumerate(methods):
             xs, ys, lo, hi = [], [], [], []
-            for x, method in enumerate(methods):
+            for x, model in enumerate(models):
                 if (model, method) in sub.index:
                     r = sub.loc[(model, method)]
-                    xs.append(x + (m_i - (len(models) - 1) / 2) * width)
+                    xs.append(x + (m_i - (len(methods) - 1) / 2) * width)
                     ys.append(r["accuracy"])
                     lo.append(r["accuracy"] - r["ci_low"])
                     hi.append(r["ci_high"] - r["accuracy"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[m_i], label=model)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=1.5, color=method_colour(method), label=method)
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
         ax.set_title(str(value))
         ax.set_ylim(0, 100)
     axes[0][0].set_ylabel("accuracy (%), 95% bootstrap CI")
@@ -148,7 +181,8 @@ def percentile_boxes(
     """Distribution of a distance percentile per ``x`` (and ``hue``); dashed line at B's own median (50)."""
     set_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.4, COLUMN_WIDTH * 0.8))
-    sns.boxplot(data=df, x=x, y=y, hue=hue, ax=ax, fliersize=1.5, linewidth=0.8)
+    palette = {v: method_colour(str(v)) for v in df[hue].unique()} if hue == "f" else None
+    sns.boxplot(data=df, x=x, y=y, hue=hue, ax=ax, fliersize=1.5, linewidth=0.8, palette=palette)
     ax.axhline(50, ls="--", lw=0.8, color="0.4")
     ax.set_ylim(0, 101)
     ax.set_ylabel(f"{y.removesuffix('_pct')} percentile\n(vs B's held-out own activations)")
@@ -186,8 +220,7 @@ def gain_vs_distance(
     fig, axes = plt.subplots(
         1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.85), squeeze=False, sharey=True
     )
-    fs = list(dict.fromkeys(points["f"]))
-    colours = dict(zip(fs, sns.color_palette("colorblind", len(fs)), strict=True))
+    colours = {f: method_colour(f) for f in dict.fromkeys(points["f"])}
     markers = dict(zip(dict.fromkeys(points["source"]), "osD^vP*Xh<>p8", strict=False))
     for ax, value in zip(axes[0], panels, strict=True):
         sub = points[points[panel] == value]
