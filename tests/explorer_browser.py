@@ -116,6 +116,12 @@ def chromium_page(profile: Path, width: int = 1280, height: int = 1100) -> Itera
             context.close()
 
 
+def open_explorer(page: Any, url: str, timeout_ms: float = 180_000) -> None:
+    """Open the served explorer and wait for its first answer (Voila runs the notebook meanwhile)."""
+    page.goto(url, wait_until="commit", timeout=timeout_ms)
+    page.locator(READY).wait_for(timeout=timeout_ms)
+
+
 def wait_ready(page: Any, config_text: str, timeout_ms: float = 180_000) -> None:
     """Wait until the explorer shows an answer for the settings in ``config_text`` (e.g. ``j=2``)."""
     page.locator(READY).wait_for(timeout=timeout_ms)
@@ -161,8 +167,8 @@ def main() -> None:
     params = {"SENDER": args.model, "RECEIVER": args.model, "K": args.k, "J": args.j}
     params["N_REFERENCE"] = args.n_reference
     with served_explorer(work, params) as url, chromium_page(work / "profile") as page:
-        page.goto(url)
-        wait_ready(page, f"j={args.j}", timeout_ms=900_000)
+        open_explorer(page, url, timeout_ms=900_000)
+        wait_ready(page, f"j={args.j}")
         page.screenshot(path=args.out, full_page=True)
     Path(f"{Path(args.out).with_suffix('')}.json").write_text(
         json.dumps({"made_by": "tests/explorer_browser.py", "arguments": vars(args)}, indent=2) + "\n"

@@ -16,6 +16,7 @@ from explorer_browser import (
     ROOT,
     browser_problem,
     chromium_page,
+    open_explorer,
     rendered_answer,
     served_explorer,
     set_dropdown,
@@ -52,7 +53,7 @@ def test_sliders_and_f_change_the_rendered_answer(smol: Model, tmp_path: Path) -
     artifacts = Path(os.environ.get("COMMLIB_ARTIFACTS", ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
     with served_explorer(tmp_path / "voila", PARAMS) as url, chromium_page(tmp_path / "profile") as page:
-        page.goto(url)
+        open_explorer(page, url)
         wait_ready(page, "replace, k=20, j=20")
         assert rendered_answer(page) == answers[0]
         set_slider(page, "j (B)", 10)
