@@ -36,6 +36,7 @@ import html
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +76,7 @@ class View:
         silent_logprob: log p(answer) for B alone.
         distance: Percentile of the grafted state per metric against B's own
             held-out activations at layer j (``None`` when switched off).
+        uses_map: Whether A's state went through the learned map W.
     """
 
     item: GameItem
@@ -87,6 +89,7 @@ class View:
     answer_logprob: float | None
     silent_logprob: float | None
     distance: dict[str, float] | None
+    uses_map: bool = False
 
 
 def _top(model: Model, logits: Tensor, top: int) -> list[tuple[str, float]]:
@@ -107,7 +110,8 @@ class Explorer:
         n_reference: Corpus sentences of B's reference per layer (fitted once
             and cached on disk, see :func:`~commlib.distance.manifold_for`);
             ``0`` switches the distance off.
-        map: A learned map W for this pair (offered as f = ``"W"`` at its k, j).
+        map: A learned map W for this pair, or the directory ``commlib fit-map``
+            wrote it to (offered as f = ``"W"``, at the k and j it was fitted for).
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class Explorer:
         max_new_tokens: int = 16,
         top: int = 5,
         n_reference: int = 512,
-        map: LinearMap | None = None,
+        map: LinearMap | str | Path | None = None,
     ) -> None:
+        if isinstance(map, str | Path):
+            map = LinearMap.load(map)
         self.sender = load_model(sender) if isinstance(sender, str) else sender
         self.receiver = (
             self.sender
@@ -248,6 +254,7 @@ class Explorer:
             answer_logprob=float(scores.answer_logprob[0]) if has_answer else None,
             silent_logprob=rx.silent_logprob if has_answer else None,
             distance=distance,
+            uses_map=use_map,
         )
 
 
@@ -268,7 +275,7 @@ def html_text(text: str) -> str:
 def answers_html(view: View) -> str:
     """B's three answers as an HTML table (the rendered answer has ``id``-like classes for tests)."""
     c = view.config
-    graft = f"AC ({c.f}{', W' if c.f == W_F else ''}, k={c.k}, j={c.j}, α={c.alpha:g}, {c.position})"
+    graft = f"AC ({'W, ' if view.uses_map else ''}{c.f}, k={c.k}, j={c.j}, α={c.alpha:g}, {c.position})"
     rows = [("silent (B alone)", view.silent, "silent"), ("skyline (both prompts)", view.skyline, "skyline")]
     rows.append((graft, view.grafted, "grafted"))
     body = "".join(

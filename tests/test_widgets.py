@@ -106,3 +106,26 @@ def test_layer_sliders_follow_the_models(ui: ExplorerUI, tiny: Model) -> None:
     with pytest.raises(Exception, match="out of range"):
         ui.explorer.view(ui.current_item(), k=0, j=tiny.info.n_layers, f="replace")
     assert torch.is_tensor(ui.explorer.sender_states(ui.current_item().sender, "last"))
+
+
+def test_w_is_offered_with_a_map_and_only_at_its_layers(tiny: Model, tiny_wide: Model, tmp_path) -> None:
+    from commlib.graft import fit_map
+
+    w = fit_map(tiny, tiny_wide, 1, 2, n=64, epochs=2)
+    w.save(tmp_path / "map")
+    ui = explore(
+        tiny.name, tiny_wide.name, n_reference=0, max_new_tokens=TOKENS, map=tmp_path / "map", k=1, j=2
+    )
+    assert "W" in ui.f.options
+    ui.f.value = "W"
+    view = ui.view
+    assert view is not None and ui.error is None
+    item = view.item
+    library = communicate(
+        tiny, tiny_wide, [item.sender], [item.receiver], view.config, map=w,
+        decoding=Decoding(max_new_tokens=TOKENS), receiver_replies=[item.reply],
+    )  # fmt: skip
+    assert view.grafted == library.texts[0] and view.uses_map and "AC (W, replace" in ui.answers.value
+    ui.j.value = 1
+    assert ui.error is not None and "map" in ui.status.value.lower()
+    assert "W" not in explore(tiny.name, n_reference=0, max_new_tokens=TOKENS).f.options
