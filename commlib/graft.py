@@ -29,7 +29,7 @@ from commlib.backends.base import check_layer
 from commlib.combine import COMBINE_FNS, LinearMap, combine
 from commlib.errors import CommlibError, UnknownCombineError
 from commlib.models import Model
-from commlib.prompts import Position, encode, message_positions
+from commlib.prompts import Position, encode, message_positions, message_span
 
 NO_GRAFT = "none"
 """The ``f`` that means B alone (no communication)."""
@@ -47,6 +47,9 @@ class GraftConfig:
         match_norm: Rescale the grafted state to ``b``'s norm.
         position: ``"last"`` prompt token or last token of the user ``"content"``,
             for both capture and injection.
+        n_positions: How many positions, ending at ``position``, are grafted
+            (A's last n onto B's last n, aligned from the end; 1 is the paper's
+            default, all of the shorter prompt its all-token ablation).
         raw: Feed prompts as given, without chat template or plain format.
     """
 
@@ -57,8 +60,11 @@ class GraftConfig:
     match_norm: bool = False
     position: Position = "last"
     raw: bool = False
+    n_positions: int = 1
 
     def __post_init__(self) -> None:
+        if self.n_positions < 1:
+            raise CommlibError(f"n_positions must be at least 1, got {self.n_positions}")
         if self.f != NO_GRAFT and self.f not in COMBINE_FNS:
             raise UnknownCombineError(
                 f"unknown f {self.f!r}; use one of {', '.join([NO_GRAFT, *COMBINE_FNS])}"
@@ -108,6 +114,22 @@ def capture_message(
     return backend.capture(batch, layer, positions)
 
 
+def capture_span(
+    backend: Backend,
+    prompts: Sequence[str],
+    layer: int,
+    position: Position = "last",
+    n_positions: int = 1,
+    *,
+    raw: bool = False,
+    replies: Sequence[str] | None = None,
+) -> Float[Tensor, "batch n d"]:
+    """A model's residuals after block ``layer`` at the ``n_positions`` ending at each message position."""
+    batch = encode(backend.model, prompts, raw=raw, replies=replies)
+    end = message_positions(backend.model, prompts, batch, position, raw=raw, replies=replies)
+    return backend.capture(batch, layer, message_span(batch, end, n_positions))
+
+
 def capture_sender(
     sender: Backend, prompts: Sequence[str], k: int, position: Position = "last", raw: bool = False
 ) -> Float[Tensor, "batch d_a"]:
@@ -117,24 +139,28 @@ def capture_sender(
 
 
 def graft_edit(
-    a: Float[Tensor, "batch d_a"],
-    positions: Int[Tensor, " batch"],
+    a: Float[Tensor, "batch ... d_a"],
+    positions: Int[Tensor, "batch ..."],
     config: GraftConfig,
     map: LinearMap | None = None,
 ) -> Edit:
     """The edit that puts ``f(a, b)`` into B's residual after block ``config.j``.
 
     Args:
-        a: Sender activations, one row per receiver prompt.
-        positions: Index of the message position in each row of B's batch.
+        a: Sender activations, one row per receiver prompt (``[batch, d_a]``),
+            or ``n`` per row (``[batch, n, d_a]``).
+        positions: Index of the message position in each row of B's batch
+            (``[batch]``), or of the ``n`` grafted positions (``[batch, n]``).
         config: Gives ``j``, ``f``, ``alpha``, ``match_norm``.
         map: Optional learned ``W``.
     """
+    a = a[:, None, :] if a.ndim == 2 else a
+    positions = positions[:, None] if positions.ndim == 1 else positions
 
-    def fn(b: Float[Tensor, "batch 1 d_b"]) -> Float[Tensor, "batch 1 d_b"]:
-        return combine(a[:, None, :], b, config.f, map=map, alpha=config.alpha, match_norm=config.match_norm)
+    def fn(b: Float[Tensor, "batch n d_b"]) -> Float[Tensor, "batch n d_b"]:
+        return combine(a, b, config.f, map=map, alpha=config.alpha, match_norm=config.match_norm)
 
-    return Edit(layer=config.j, positions=positions[:, None], fn=fn)
+    return Edit(layer=config.j, positions=positions, fn=fn)
 
 
 def communicate(
@@ -182,13 +208,15 @@ def communicate(
         check_layer(receiver, config.j, "j")
         if map is not None:
             map.check_pair(sender.name, receiver.name, config.k, config.j)
-        a = capture_sender(
-            get_backend(sender, backend), sender_prompts, config.k, config.position, config.raw
-        )
-        positions = message_positions(
+        check_layer(sender, config.k, "k")
+        a = capture_span(
+            get_backend(sender, backend), sender_prompts, config.k, config.position, config.n_positions,
+            raw=config.raw,
+        )  # fmt: skip
+        end = message_positions(
             receiver, receiver_prompts, batch, config.position, raw=config.raw, replies=receiver_replies
         )
-        edit = graft_edit(a, positions, config, map)
+        edit = graft_edit(a, message_span(batch, end, config.n_positions), config, map)
     gen = rb.generate(batch, edit, decoding)
     return Exchange(
         texts=gen.texts,

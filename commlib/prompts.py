@@ -12,6 +12,9 @@ Two positions can carry a message (a parameter for capture and injection):
 * ``"content"``: the last token of the user's own text, before the template's
   closing tokens.
 
+:func:`message_span` widens either to the ``n`` positions ending there (the
+paper's all-token ablation grafts every position, aligned from the end).
+
 Example:
     >>> from commlib.models import load_model
     >>> model = load_model("tiny-llama-random")
@@ -176,3 +179,26 @@ def message_positions(
         ]
         return torch.tensor([last - o for o in offsets], dtype=torch.long, device=batch.input_ids.device)
     raise CommlibError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
+
+
+def message_span(batch: Batch, positions: Int[Tensor, " batch"], n: int) -> Int[Tensor, "batch n"]:
+    """The ``n`` positions ending at each row's message position, in order (aligned from the end).
+
+    Raises:
+        CommlibError: ``n < 1``, or more positions than a row has real tokens up to its message position.
+    """
+    if n < 1:
+        raise CommlibError(f"n_positions must be at least 1, got {n}")
+    available = span_available(batch, positions)
+    if n > available:
+        raise CommlibError(
+            f"n_positions={n} is more than the {available} prompt tokens up to the message position; "
+            f"use n_positions <= {available}"
+        )
+    return positions[:, None] - torch.arange(n - 1, -1, -1, device=positions.device)[None, :]
+
+
+def span_available(batch: Batch, positions: Int[Tensor, " batch"]) -> int:
+    """How many positions :func:`message_span` can take here (the paper's "all tokens")."""
+    first_real = batch.attention_mask.long().argmax(dim=1).to(positions.device)  # left padding
+    return int((positions - first_real + 1).min())

@@ -43,7 +43,7 @@ from commlib.backends.base import Backend, check_layer
 from commlib.combine import combine
 from commlib.graft import GraftConfig
 from commlib.models import Model
-from commlib.prompts import Batch, Position, encode, format_prompt, message_positions
+from commlib.prompts import Batch, Position, encode, format_prompt, message_positions, message_span
 from commlib.tasks.games import GameItem
 
 
@@ -95,8 +95,9 @@ class Scores:
 
 class ReceiverItem:
     """B's side of one item, prepared once: its prompt, the KV cache of the
-    positions before the message position, the answer tokens, and B's own
-    scores without any edit.
+    positions before the message position (before the first of the
+    ``n_positions`` edited ones), the answer tokens, and B's own scores
+    without any edit.
 
     :meth:`score` and :meth:`generate` then run only the positions from the
     message position on, for a whole batch of edits at once.
@@ -111,14 +112,19 @@ class ReceiverItem:
     """
 
     def __init__(
-        self, receiver: Model, item: GameItem, *, position: Position = "last", backend: str = "nnsight"
+        self,
+        receiver: Model,
+        item: GameItem,
+        *,
+        position: Position = "last",
+        n_positions: int = 1,
+        backend: str = "nnsight",
     ) -> None:
-        self.model, self.item = receiver, item
+        self.model, self.item, self.n_positions = receiver, item, n_positions
         self.backend = get_backend(receiver, backend)
         self.batch = encode(receiver, [item.receiver], replies=[item.reply])
-        self.pos = int(
-            message_positions(receiver, [item.receiver], self.batch, position, replies=[item.reply])[0]
-        )
+        end = message_positions(receiver, [item.receiver], self.batch, position, replies=[item.reply])
+        self.pos = int(message_span(self.batch, end, n_positions)[0, 0])  # first edited position
         ids, mask = self.batch.input_ids, self.batch.attention_mask
         _, self.prefix = self.backend.plain_forward(Batch(ids[:, : self.pos], mask[:, : self.pos]))
         self.target = _item_answer_ids(receiver, item).to(ids.device)
@@ -134,9 +140,10 @@ class ReceiverItem:
         )
 
     def edit(self, j: int, fn: Callable[[Tensor], Tensor], rows: int) -> Edit:
-        """Edit B's state after block ``j`` at the message position (``fn``: ``[rows, 1, d]`` -> same)."""
+        """Edit B's states after block ``j`` at the edited positions (``fn``: ``[rows, n, d]`` -> same)."""
         check_layer(self.model, j, "j")
-        return Edit(layer=j, positions=torch.full((rows, 1), self.pos, dtype=torch.long), fn=fn)
+        span = torch.arange(self.pos, self.pos + self.n_positions, dtype=torch.long)
+        return Edit(layer=j, positions=span[None].expand(rows, -1), fn=fn)
 
     def _score(self, edit: Edit | None, rows: int) -> Scores:
         ids = self.suffix[None].expand(rows, -1)
@@ -177,12 +184,14 @@ def sweep_item(
     backend: str = "nnsight",
     max_new_tokens: int = 8,
     position: Position = "last",
+    n_positions: int = 1,
 ) -> list[dict[str, Any]]:
     """All (k, j) cells of one item: answer log-prob and greedy answer text.
 
     ``position`` is the message position of both models (see
-    :func:`~commlib.prompts.message_positions`); B's prompt ends with the
-    item's ``reply``. ``max_new_tokens=0`` skips the greedy texts (the
+    :func:`~commlib.prompts.message_positions`), ``n_positions`` how many
+    positions ending there are grafted (aligned from the end); B's prompt
+    ends with the item's ``reply``. ``max_new_tokens=0`` skips the greedy texts (the
     log-probability and ``greedy_answer`` are still there). Every cell also
     carries B's own score without the graft (``silent_logprob``,
     ``silent_greedy_answer``), the baseline a layer pair must beat.
@@ -193,10 +202,11 @@ def sweep_item(
         check_layer(receiver, j, "j")
     sb = get_backend(sender, backend)
     a_batch = encode(sender, [item.sender])
-    a_pos = int(message_positions(sender, [item.sender], a_batch, position)[0])
+    a_end = message_positions(sender, [item.sender], a_batch, position)
+    a_span = message_span(a_batch, a_end, n_positions)[0]
     acts = sb.residuals(a_batch, ks)
-    a = torch.stack([acts[k][0, a_pos] for k in ks])[:, None, :]  # [K, 1, d_A]
-    rx = ReceiverItem(receiver, item, position=position, backend=backend)
+    a = torch.stack([acts[k][0, a_span] for k in ks])  # [K, n, d_A]
+    rx = ReceiverItem(receiver, item, position=position, n_positions=n_positions, backend=backend)
     n_k = len(ks)
 
     def graft(b: Tensor) -> Tensor:
@@ -245,22 +255,23 @@ def naive_cell(
     backend: str = "nnsight",
     max_new_tokens: int = 8,
     position: Position = "last",
+    n_positions: int = 1,
 ) -> dict[str, Any]:
     """One (k, j, item) cell computed from scratch (full passes, no shared work)."""
-    from commlib.graft import capture_sender, communicate, graft_edit
+    from commlib.graft import capture_span, communicate, graft_edit
 
     sb: Backend = get_backend(sender, backend)
     rb: Backend = get_backend(receiver, backend)
-    cfg = GraftConfig(k=k, j=j, f=f, position=position)
-    a = capture_sender(sb, [item.sender], k, position)
+    cfg = GraftConfig(k=k, j=j, f=f, position=position, n_positions=n_positions)
+    a = capture_span(sb, [item.sender], k, position, n_positions)
     b_batch = encode(receiver, [item.receiver], replies=[item.reply])
     target = _item_answer_ids(receiver, item).to(b_batch.input_ids.device)
     full = Batch(
         torch.cat([b_batch.input_ids, target[None, :-1]], dim=1),
         torch.ones(1, b_batch.length + target.numel() - 1, dtype=b_batch.attention_mask.dtype),
     )
-    pos = message_positions(receiver, [item.receiver], b_batch, position, replies=[item.reply])
-    edit = graft_edit(a, pos, cfg)
+    end = message_positions(receiver, [item.receiver], b_batch, position, replies=[item.reply])
+    edit = graft_edit(a, message_span(b_batch, end, n_positions), cfg)
     logits = rb.logits(full, edit)[:, b_batch.length - 1 :]
     cell: dict[str, Any] = {
         "k": k,

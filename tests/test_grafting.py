@@ -21,7 +21,7 @@ from commlib.errors import (
 )
 from commlib.graft import GraftConfig, capture_sender, communicate, graft_edit
 from commlib.models import Model
-from commlib.prompts import Batch, encode, message_positions
+from commlib.prompts import Batch, encode, message_positions, span_available
 
 BACKENDS = ["nnsight", "transformer-lens"]
 SENDER = ["Alice is at the Eiffel Tower.", "Bob is at the Colosseum in Rome."]
@@ -116,6 +116,23 @@ def test_identity_graft_leaves_output_unchanged(any_model: Model, backend: str, 
     )
     assert torch.equal(graft.first_logits, plain.first_logits)
     assert torch.equal(graft.token_ids, plain.token_ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_token_replace_of_b_by_itself_leaves_output_unchanged(tiny: Model, backend: str) -> None:
+    """The all-token ablation with A = B on the same prompt writes B's own states back: nothing changes."""
+    batch = encode(tiny, RECEIVER)
+    n_all = span_available(batch, message_positions(tiny, RECEIVER, batch))
+    assert n_all > 3
+
+    def run(f: str, n: int) -> torch.Tensor:
+        cfg, dec = GraftConfig(k=1, j=1, f=f, n_positions=n), Decoding(max_new_tokens=4)
+        return communicate(tiny, tiny, RECEIVER, RECEIVER, cfg, backend=backend, decoding=dec).first_logits
+
+    assert torch.equal(run("replace", n_all), run("none", 1))
+    assert not torch.allclose(run("sum", 3), run("sum", 1))  # more grafted positions, another state
+    with pytest.raises(CommlibError, match=f"n_positions <= {n_all}"):
+        run("replace", n_all + 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

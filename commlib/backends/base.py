@@ -178,9 +178,13 @@ class Backend(ABC):
         return self.capture_layers(batch, [layer], positions)[layer]
 
     def capture_layers(
-        self, batch: Batch, layers: Sequence[int], positions: Int[Tensor, " batch"] | None = None
-    ) -> dict[int, Float[Tensor, "batch d"]]:
-        """:meth:`capture` for several layers from one forward pass."""
+        self, batch: Batch, layers: Sequence[int], positions: Int[Tensor, "batch ..."] | None = None
+    ) -> dict[int, Float[Tensor, "batch ... d"]]:
+        """:meth:`capture` for several layers from one forward pass.
+
+        ``positions`` is one index per row (``[batch]``, giving ``[batch, d]``)
+        or several (``[batch, n]``, giving ``[batch, n, d]``).
+        """
         for layer in layers:
             check_layer(self.model, layer)
         hidden = self.residuals(batch, layers)
@@ -189,7 +193,9 @@ class Backend(ABC):
             if positions is None:
                 out[layer] = h[:, -1]
             else:
-                out[layer] = h[torch.arange(batch.size, device=h.device), positions.to(h.device)]
+                rows = torch.arange(batch.size, device=h.device)
+                rows = rows[:, None] if positions.ndim == 2 else rows
+                out[layer] = h[rows, positions.to(h.device)]
             check_finite(out[layer], f"{self.model.name} residual at layer {layer}")
         return out
 
