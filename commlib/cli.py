@@ -72,6 +72,7 @@ def _cmd_graft(args: argparse.Namespace) -> int:
         match_norm=args.match_norm,
         position=args.position,
         raw=args.raw,
+        n_positions=args.n_positions,
     )
     sender, receiver = _load_pair(args)
     lin = LinearMap.load(args.map) if args.map else None
@@ -236,6 +237,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
         alphas=[float(a) for a in args.alphas.split(",")],
         match_norm={"off": [False], "on": [True], "both": [False, True]}[args.match_norm],
         controls=[c for c in args.controls.split(",") if c],
+        n_positions=[int(x) for x in args.n_positions.split(",")],
         n=args.n,
         seed=args.seed,
         position=args.position,
@@ -244,7 +246,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
         reference=args.reference,
         backend=args.backend,
     )
-    summary = df.groupby(["source", "f", "alpha", "match_norm"])[
+    summary = df.groupby(["n_positions", "source", "f", "alpha", "match_norm"])[
         ["norm_ratio", "mahalanobis_pct", "knn_cosine_pct", "next_token_kl"]
     ].median()
     print(f"median over {df['item_id'].nunique()} items (percentiles against B's own held-out activations):")
@@ -302,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=1.0)
     s.add_argument("--match-norm", action="store_true", help="rescale the grafted state to B's norm")
     s.add_argument("--position", choices=("last", "content"), default="last")
+    s.add_argument("--n-positions", type=int, default=1, help="graft the last n positions, from the end")
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--max-new-tokens", type=int, default=32)
     s.add_argument("--sample", action="store_true", help="sample instead of greedy")
@@ -369,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alphas", default="1.0", help="comma-separated, e.g. 0,0.5,1,1.5,2")
     s.add_argument("--match-norm", choices=("off", "on", "both"), default="off")
     s.add_argument("--controls", default="random,gaussian,unrelated", help="comma-separated; '' for none")
+    s.add_argument(
+        "--n-positions", default="1", help="grafted positions ending at --position, comma-separated: 1,2,4,8"
+    )
     s.add_argument("--n", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--position", choices=("last", "content"), default="last")

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch import Tensor
 
@@ -373,28 +374,33 @@ def _control_sources(
     backend: str,
     **reference: Any,
 ) -> dict[str, Tensor]:
-    """A's states and the requested :data:`CONTROLS` in their place (A's reference only for ``gaussian``)."""
+    """A's states ``[items, n, d]`` and the requested :data:`CONTROLS` in their place.
+
+    A's reference is captured only for ``gaussian``; ``unrelated`` takes the
+    states of the previous item (all n positions).
+    """
     import torch
 
     from commlib.distance import covariance_matched, random_directions, reference_activations
 
     g = torch.Generator().manual_seed(seed)
-    norms = a.norm(dim=-1, keepdim=True)
+    rows = a.reshape(-1, a.shape[-1])
+    norms = rows.norm(dim=-1, keepdim=True)
     sources = {"a": a}
     if "random" in controls:
-        sources["random"] = random_directions(norms, a.shape[1], g)
+        sources["random"] = random_directions(norms, a.shape[-1], g).reshape(a.shape)
     if "gaussian" in controls:
         ref = reference_activations(sender, k, n=n_reference, seed=seed, backend=backend, **reference).fit
-        gauss = covariance_matched(ref, len(a), g)
-        sources["gaussian"] = gauss / gauss.norm(dim=-1, keepdim=True) * norms
+        gauss = covariance_matched(ref, len(rows), g)
+        sources["gaussian"] = (gauss / gauss.norm(dim=-1, keepdim=True) * norms).reshape(a.shape)
     if "unrelated" in controls:
         sources["unrelated"] = a.roll(1, dims=0)
     return sources
 
 
 def _writes(x: Tensor) -> Callable[[Tensor], Tensor]:
-    """An edit function that puts ``x`` (one row per batch row) at the edited position."""
-    return lambda b: x[:, None, :].to(b)
+    """An edit function that puts ``x`` (``[rows, n, d]``) at the edited positions."""
+    return lambda b: x.to(b)
 
 
 def run_distance(
@@ -409,6 +415,7 @@ def run_distance(
     alphas: Sequence[float] = (1.0,),
     match_norm: Sequence[bool] = (False,),
     controls: Sequence[str] = CONTROLS,
+    n_positions: Sequence[int] = (1,),
     n: int | None = None,
     seed: int = 0,
     position: Position = "last",
@@ -430,6 +437,10 @@ def run_distance(
     and greedy-answer flag, next to B alone; one batched receiver pass per
     item for all configurations).
 
+    ``n_positions`` grafts the last n positions (aligned from the end, see
+    :func:`commlib.prompts.message_span`); every distance of a row is then
+    the mean over its n states, while the answer scores see all of them.
+
     ``reference="corpus"`` measures against B's final-token states on raw
     corpus sentences; ``"prompt"`` against B's states at the same position of
     the same prompt format, each corpus sentence as the user's text followed
@@ -450,7 +461,7 @@ def run_distance(
     from commlib.backends import get_backend
     from commlib.combine import combine
     from commlib.distance import manifold_for, next_token_kl
-    from commlib.graft import capture_message, capture_sender
+    from commlib.graft import capture_span
     from commlib.sweep import ReceiverItem
 
     if reference not in ("corpus", "prompt"):
@@ -472,6 +483,7 @@ def run_distance(
             "alphas": list(alphas),
             "match_norm": list(match_norm),
             "controls": list(controls),
+            "n_positions": list(n_positions),
             "n": len(items),
             "seed": seed,
             "position": position,
@@ -483,7 +495,10 @@ def run_distance(
         },
     )
     path = out / "distances.csv"
-    done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
+    done: set[tuple[str, int]] = set()
+    if path.exists():
+        finished = pd.read_csv(path)
+        done = set(zip(finished["item_id"].astype(str), finished["n_positions"].astype(int), strict=True))
     formatted = reference == "prompt"
     manifold = manifold_for(
         receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend, formatted=formatted,
@@ -492,42 +507,48 @@ def run_distance(
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
     s_prompts = [it.sender for it in items]
     r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
-    a = capture_sender(sb, s_prompts, k, position).float().cpu()
-    b = capture_message(rb, r_prompts, j, position, replies=replies).float().cpu()
-    sources = _control_sources(
-        a, sender, k, controls, n_reference=n_reference, seed=seed, backend=backend, corpus=corpus,
-        formatted=formatted, position=position,
-    )  # fmt: skip
-    configs, states, tables = [], [], []
-    for source in ("a", *controls):
-        for f in fs:
-            for alpha in alphas:
-                for norm in match_norm:
-                    x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
-                    configs.append({"source": source, "f": f, "alpha": alpha, "match_norm": norm})
-                    states.append(x)
-                    tables.append(manifold.table(x, b))  # vectorised over items
-    x_all = torch.stack(states, dim=1)  # [items, configs, d_B]
-    for i, item in enumerate(tqdm(items, desc="distance", disable=not progress)):
-        if item.id in done:
+    for n_pos in n_positions:
+        if all((it.id, n_pos) in done for it in items):
             continue
-        rx = ReceiverItem(receiver, item, position=position, backend=backend)
-        scores = rx.score(j, _writes(x_all[i]), len(configs))
-        kl = next_token_kl(rx.silent_next_logits.expand_as(scores.next_logits), scores.next_logits)
-        rows = [
-            {
-                "item_id": item.id,
-                **cfg,
-                **tables[c].iloc[i].to_dict(),
-                "next_token_kl": float(kl[c]),
-                "answer_logprob": float(scores.answer_logprob[c]),
-                "greedy_answer": bool(scores.greedy_answer[c]),
-                "silent_logprob": rx.silent_logprob,
-                "silent_greedy_answer": rx.silent_greedy_answer,
-                "logprob_gain": float(scores.answer_logprob[c]) - rx.silent_logprob,
-            }
-            for c, cfg in enumerate(configs)
-        ]
-        frame = pd.DataFrame(rows)
-        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+        a = capture_span(sb, s_prompts, k, position, n_pos).float().cpu()  # [items, n, d_A]
+        b = capture_span(rb, r_prompts, j, position, n_pos, replies=replies).float().cpu()
+        sources = _control_sources(
+            a, sender, k, controls, n_reference=n_reference, seed=seed, backend=backend, corpus=corpus,
+            formatted=formatted, position=position,
+        )  # fmt: skip
+        configs, states, tables = [], [], []
+        item_of_row = np.repeat(np.arange(len(items)), n_pos)
+        for source in ("a", *controls):
+            for f in fs:
+                for alpha in alphas:
+                    for norm in match_norm:
+                        x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
+                        configs.append({"source": source, "f": f, "alpha": alpha, "match_norm": norm})
+                        states.append(x)
+                        flat = manifold.table(x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1]))
+                        tables.append(flat.groupby(item_of_row).mean())  # vectorised; mean over positions
+        x_all = torch.stack(states, dim=1)  # [items, configs, n, d_B]
+        for i, item in enumerate(tqdm(items, desc=f"distance n={n_pos}", disable=not progress)):
+            if (item.id, n_pos) in done:
+                continue
+            rx = ReceiverItem(receiver, item, position=position, n_positions=n_pos, backend=backend)
+            scores = rx.score(j, _writes(x_all[i]), len(configs))
+            kl = next_token_kl(rx.silent_next_logits.expand_as(scores.next_logits), scores.next_logits)
+            rows = [
+                {
+                    "item_id": item.id,
+                    "n_positions": n_pos,
+                    **cfg,
+                    **tables[c].iloc[i].to_dict(),
+                    "next_token_kl": float(kl[c]),
+                    "answer_logprob": float(scores.answer_logprob[c]),
+                    "greedy_answer": bool(scores.greedy_answer[c]),
+                    "silent_logprob": rx.silent_logprob,
+                    "silent_greedy_answer": rx.silent_greedy_answer,
+                    "logprob_gain": float(scores.answer_logprob[c]) - rx.silent_logprob,
+                }
+                for c, cfg in enumerate(configs)
+            ]
+            frame = pd.DataFrame(rows)
+            frame.to_csv(path, mode="a", header=not path.exists(), index=False)
     return pd.read_csv(path)

@@ -207,13 +207,20 @@ def pair_heatmap(table: pd.DataFrame, *, value: str, title: str = "") -> Figure:
 
 
 def gain_vs_distance(
-    points: pd.DataFrame, *, x: str, y: str = "logprob_gain", panel: str = "pair", title: str = ""
+    points: pd.DataFrame,
+    *,
+    x: str,
+    y: str = "logprob_gain",
+    panel: str = "pair",
+    marker: str = "source",
+    title: str = "",
 ) -> Figure:
     """The headline figure: effect on the answer against distance from B's manifold.
 
     ``points`` has one row per configuration: ``x`` (e.g. median distance
     percentile), ``mean``, ``ci_low``, ``ci_high`` of ``y``, and columns
-    ``f``, ``source`` and ``panel``. Colour is f, marker the source.
+    ``f``, ``panel`` and ``marker`` (default ``source``; e.g. ``n_positions``).
+    Colour is f (:func:`method_colour`), the marker shape the ``marker`` column.
     """
     set_style()
     panels = list(dict.fromkeys(points[panel]))
@@ -221,13 +228,15 @@ def gain_vs_distance(
         1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.85), squeeze=False, sharey=True
     )
     colours = {f: method_colour(f) for f in dict.fromkeys(points["f"])}
-    markers = dict(zip(dict.fromkeys(points["source"]), "osD^vP*Xh<>p8", strict=False))
+    shapes = "osD^vP*Xh<>p8"
+    markers = {m: shapes[i % len(shapes)] for i, m in enumerate(dict.fromkeys(points[marker]))}
     for ax, value in zip(axes[0], panels, strict=True):
         sub = points[points[panel] == value]
-        for (f, source), grp in sub.groupby(["f", "source"], sort=False):
+        for (f, kind), grp in sub.groupby(["f", marker], sort=False):
+            label = f"{kind}, {f}" if marker == "source" else f"{marker}={kind}, {f}"
             ax.errorbar(
                 grp[x], grp["mean"], yerr=[grp["mean"] - grp["ci_low"], grp["ci_high"] - grp["mean"]],
-                fmt=markers[source], color=colours[f], ms=4, lw=0.8, capsize=1.5, label=f"{source}, {f}",
+                fmt=markers[kind], color=colours[f], ms=4, lw=0.8, capsize=1.5, label=label,
             )  # fmt: skip
         ax.axhline(0, ls="--", lw=0.8, color="0.4")
         ax.set_xlabel(f"{x} (B's own: 50)")

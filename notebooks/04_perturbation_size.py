@@ -29,7 +29,9 @@
 # log-probability gain against distance percentile. If distance decides,
 # the points fall on one curve whatever their source; if the message
 # matters, A's points sit above the controls at the same distance.
-# Not here yet: the number of grafted positions n (issue 3 asks for it).
+# A second figure adds the number of grafted positions n (A's last n states
+# onto B's last n, aligned from the end; the distance of a row is the mean
+# over its n states).
 
 # %% tags=["parameters"]
 FAST = False
@@ -41,6 +43,7 @@ N_REFERENCE = 3072
 DEPTH = 0.67
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 FS = ["sum", "mean", "replace"]
+N_POSITIONS = [1, 2, 4, 8]
 METRIC = "mahalanobis_pct"
 SEED = 0
 RUNS_DIR = "../runs/perturbation"
@@ -56,6 +59,7 @@ from commlib.results import summarise
 
 if FAST:
     PAIRS, N, N_REFERENCE, ALPHAS = [["tiny-llama-random", "tiny-llama-wide-random"]], 4, 120, [0.0, 1.0, 2.0]
+    N_POSITIONS = [1, 2]
 suffix = "_fast" if FAST else ""
 
 # %%
@@ -65,9 +69,10 @@ for a_name, b_name in PAIRS:
     receiver = sender if b_name == a_name else load_model(b_name)
     k = round(DEPTH * (sender.info.n_layers - 1))
     j = round(DEPTH * (receiver.info.n_layers - 1))
+    n_tag = "" if N_POSITIONS == [1] else "_pos" + "-".join(map(str, N_POSITIONS))
     df = run_distance(GAME, sender, receiver, k=k, j=j, fs=FS, alphas=ALPHAS, match_norm=[False, True], n=N,
-                      seed=SEED, n_reference=N_REFERENCE,
-                      out_dir=f"{RUNS_DIR}/{a_name}__{b_name}/{GAME}/k{k}_j{j}_seed{SEED}_n{N}")
+                      seed=SEED, n_reference=N_REFERENCE, n_positions=N_POSITIONS,
+                      out_dir=f"{RUNS_DIR}/{a_name}__{b_name}/{GAME}/k{k}_j{j}_seed{SEED}_n{N}{n_tag}")
     frames.append(df.assign(pair=f"{a_name} -> {b_name}", k=k, j=j))
     del sender, receiver
 results = pd.concat(frames, ignore_index=True)
@@ -77,18 +82,18 @@ results["config"] = results["source"] + ", " + results["f"] + (results["match_no
 # ## Distance and answer against alpha (A's message; rows: pairs)
 
 # %%
-by = ["pair", "source", "f", "match_norm", "alpha"]
+by = ["pair", "n_positions", "source", "f", "match_norm", "alpha"]
 gain = summarise(results, by, "logprob_gain")
 acc = summarise(results.assign(acc=results["greedy_answer"].astype(float)), by, "acc")
 dist = results.groupby(by, sort=False)[[METRIC, "norm_ratio", "next_token_kl"]].median().reset_index()
 table = gain.merge(dist, on=by).merge(acc[[*by, "mean"]].rename(columns={"mean": "accuracy"}), on=by)
-table[table["source"] == "a"].round(3)
+table[(table["source"] == "a") & (table["n_positions"] == 1)].round(3)
 
 # %% [markdown]
 # ## The headline figure: answer log-prob gain against distance from B's manifold
 
 # %%
-points = table.rename(columns={METRIC: "distance"})
+points = table[table["n_positions"] == 1].rename(columns={METRIC: "distance"})
 points["source"] = points["source"] + points["match_norm"].map({True: " |b|", False: ""})
 fig = gain_vs_distance(points, x="distance", panel="pair",
                        title=f"{GAME}, n={N}, alpha in {ALPHAS}; x: {METRIC}")
@@ -102,3 +107,19 @@ save_figure(fig, "perturbation_gain_vs_distance" + suffix, directory=FIGURES_DIR
 # %%
 spearman = points.groupby("pair")[["distance", "mean"]].corr(method="spearman").xs("distance", level=1)["mean"]
 spearman.rename("spearman(distance, mean log-prob gain)").to_frame()
+
+# %% [markdown]
+# ## How many positions: A's last n states onto B's last n (A's message, no norm control)
+#
+# n = 1 is the paper's graft; larger n moves more of B's prompt towards A's
+# states. Each point is one (f, alpha, n); the distance is the mean over the
+# n grafted states.
+
+# %%
+by_n = table[(table["source"] == "a") & ~table["match_norm"]].rename(columns={METRIC: "distance"})
+fig = gain_vs_distance(by_n, x="distance", panel="pair", marker="n_positions",
+                       title=f"{GAME}, n={N}, A's message; marker: grafted positions")
+save_figure(fig, "perturbation_positions" + suffix, directory=FIGURES_DIR,
+            config={"pairs": PAIRS, "game": GAME, "n": N, "alphas": ALPHAS, "fs": FS, "metric": METRIC,
+                    "n_positions": N_POSITIONS, "depth": DEPTH, "seed": SEED, "notebook": "04_perturbation_size"})
+by_n[by_n["alpha"] == 1.0][["pair", "f", "n_positions", "distance", "mean", "ci_low", "ci_high", "accuracy"]].round(3)

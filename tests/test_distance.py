@@ -121,6 +121,7 @@ def test_activation_space_similarities() -> None:
 
 
 def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_path, monkeypatch) -> None:
+    import numpy as np
     import pandas as pd
 
     from commlib.cli import main
@@ -129,10 +130,13 @@ def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_pa
     out = tmp_path / "dist"
     args = ["distance", "--game", "countries", "--sender", "tiny-llama-random", "--receiver",
             "tiny-llama-random", "--k", "2", "--j", "2", "--methods", "ac-sum,ac-replace", "--alphas", "0,1",
-            "--n", "6", "--n-reference", "120", "--out", str(out)]  # fmt: skip
+            "--n", "6", "--n-reference", "120", "--n-positions", "1,3", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     df = pd.read_csv(out / "distances.csv")
-    assert len(df) == 6 * 4 * 2 * 2  # items x sources x f x alpha
+    assert len(df) == 6 * 4 * 2 * 2 * 2  # items x sources x f x alpha x n_positions
+    three = df[(df["n_positions"] == 3) & (df["source"] == "a") & (df["f"] == "sum") & (df["alpha"] == 1)]
+    one = df[(df["n_positions"] == 1) & (df["source"] == "a") & (df["f"] == "sum") & (df["alpha"] == 1)]
+    assert not np.allclose(three["answer_logprob"], one["answer_logprob"])  # more positions, another answer
     assert set(df["source"]) == {"a", "random", "gaussian", "unrelated"}
     unchanged = df[df["alpha"] == 0]
     assert (unchanged["displacement"] == 0).all() and (unchanged["next_token_kl"] < 1e-6).all()
