@@ -157,6 +157,14 @@ def _cmd_games(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_latent(args: argparse.Namespace) -> int:
+    temps = [float(t) for t in args.temperature.split(",")]
+    methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    methods += [f"cipher-t{t:g}" for t in temps]
+    args.methods, args.k, args.j, args.map, args.position = ",".join(methods), None, None, None, "last"
+    return _cmd_games(args)
+
+
 def _layer_range(text: str | None, n_layers: int) -> list[int]:
     """``"a:b"`` (inclusive, optional ``:step``) or comma-separated layers; ``None`` = all."""
     if not text:
@@ -345,6 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("latent", help="latent channels (CIPHER) on a game next to baselines; games' layout")
+    s.add_argument("--method", choices=("cipher",), default="cipher")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True, help="must share the sender's tokenizer")
+    s.add_argument("--temperature", default="1.0", help="comma-separated, one cipher-t<T> method each")
+    s.add_argument("--baselines", default="silent,nl", help="games methods run alongside ('' for none)")
+    s.add_argument("--n", type=int, default=None, help="items (default: 100 countries, 70 tipsheets)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-new-tokens", type=int, default=24)
+    s.add_argument("--no-reply", action="store_true", help="B answers from scratch")
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("sweep", help="the full (k, j) grid on a game (fast engine), resumable")
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
@@ -400,6 +423,7 @@ COMMANDS = {
     "graft": _cmd_graft,
     "fit-map": _cmd_fit_map,
     "games": _cmd_games,
+    "latent": _cmd_latent,
     "sweep": _cmd_sweep,
     "distance": _cmd_distance,
     "demo": _cmd_demo,

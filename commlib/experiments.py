@@ -25,7 +25,7 @@ from torch import Tensor
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
-from commlib.methods import METHODS, MethodConfig, run_method
+from commlib.methods import MethodConfig, method_fn, run_method
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
 from commlib.results import (
@@ -46,8 +46,8 @@ def run_games(
     receiver: Model,
     methods: Sequence[str],
     *,
-    k: int,
-    j: int,
+    k: int | None,
+    j: int | None,
     out_dir: str | Path,
     n: int | None = None,
     seed: int = 0,
@@ -70,9 +70,8 @@ def run_games(
     """
     from tqdm.auto import tqdm
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+    for m in methods:
+        method_fn(m)  # an unknown name fails here, before any work
     items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     claim_run_dir(

@@ -9,6 +9,8 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``nl``: A writes a short message for its partner; B reads it before its prompt.
 * ``ac-sum``, ``ac-mean``, ``ac-replace``: activation communication at (k, j).
 * ``ac-w-sum``, ``ac-w-mean``, ``ac-w-replace``: the same through a learned map W.
+* ``cipher``: A's message as expected token embeddings (CIPHER, temperature 1;
+  ``cipher-t0.5`` for another temperature), read by B where ``nl`` puts text.
 
 Example:
     >>> from commlib.models import load_model
@@ -39,10 +41,13 @@ SKYLINE_TEMPLATE = "{sender}\n{receiver}"
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Settings shared by all methods of one run (recorded with the results)."""
+    """Settings shared by all methods of one run (recorded with the results).
 
-    k: int
-    j: int
+    ``k`` and ``j`` are the AC layers; ``None`` where a run has no AC method.
+    """
+
+    k: int | None
+    j: int | None
     position: Position = "last"
     max_new_tokens: int = 24
     message_tokens: int = 48
@@ -129,6 +134,8 @@ def _ac(f: str, use_map: bool) -> MethodFn:
     ) -> list[MethodOutput]:
         if use_map and map is None:
             raise CommlibError(f"ac-w-{f} needs a learned map: pass --map (fit one with `commlib fit-map`)")
+        if cfg.k is None or cfg.j is None:
+            raise CommlibError(f"ac-{f} needs the layers: pass k and j (--k, --j)")
         out = communicate(
             sender,
             receiver,
@@ -146,12 +153,45 @@ def _ac(f: str, use_map: bool) -> MethodFn:
     return method
 
 
+def _cipher(temperature: float) -> MethodFn:
+    def method(
+        items: Sequence[GameItem],
+        sender: Model,
+        receiver: Model,
+        cfg: MethodConfig,
+        map: LinearMap | None = None,
+    ) -> list[MethodOutput]:
+        from commlib.methods.cipher import receive, soft_message
+
+        outputs = []
+        for item in items:
+            message = soft_message(
+                sender, receiver, f"{item.sender}\n{NL_INSTRUCTION}", temperature=temperature,
+                max_tokens=cfg.message_tokens,
+            )  # fmt: skip
+            template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
+            text = receive(
+                receiver, template, vectors=message.vectors, reply=item.reply,
+                max_new_tokens=cfg.max_new_tokens,
+            )  # fmt: skip
+            outputs.append(MethodOutput(text, message.text))
+        return outputs
+
+    method.__doc__ = f"CIPHER at temperature {temperature:g}: A's message as expected token embeddings."
+    return method
+
+
+CIPHER_PREFIX = "cipher-t"
+"""``cipher-t<T>`` is CIPHER at temperature T (``cipher`` is T = 1)."""
+
+
 METHODS: dict[str, MethodFn] = {
     "silent": silent,
     "skyline": skyline,
     "nl": nl,
     **{f"ac-{f}": _ac(f, False) for f in ("sum", "mean", "replace")},
     **{f"ac-w-{f}": _ac(f, True) for f in ("sum", "mean", "replace")},
+    "cipher": _cipher(1.0),
 }
 """Registered methods by name."""
 
@@ -165,6 +205,20 @@ def run_method(
     map: LinearMap | None = None,
 ) -> list[MethodOutput]:
     """Run one registered method on a batch of items."""
-    if name not in METHODS:
-        raise CommlibError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
-    return METHODS[name](items, sender, receiver, cfg, map)
+    return method_fn(name)(items, sender, receiver, cfg, map)
+
+
+def method_fn(name: str) -> MethodFn:
+    """The registered method ``name`` (``cipher-t<T>`` for CIPHER at temperature T).
+
+    Raises:
+        CommlibError: an unknown name, listing the known ones.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith(CIPHER_PREFIX):
+        try:
+            return _cipher(float(name.removeprefix(CIPHER_PREFIX)))
+        except ValueError:
+            pass
+    raise CommlibError(f"unknown method {name!r}; use one of {', '.join(METHODS)}, or cipher-t<T>")

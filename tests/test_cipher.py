@@ -1,0 +1,104 @@
+"""CIPHER: at T -> 0 the message is the greedy text, and the receiver answers as with that text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from commlib.backends import Decoding, get_backend
+from commlib.errors import CommlibError
+from commlib.methods import NL_INSTRUCTION, NL_TEMPLATE, MethodConfig, run_method
+from commlib.methods.cipher import _prompt_parts, receive, soft_message
+from commlib.models import Model
+from commlib.prompts import Batch, encode
+from commlib.tasks.games import countries
+
+TOKENS = 6
+
+
+def greedy_ids(model: Model, prompt: str, n: int) -> list[int]:
+    """A's greedy message through the ordinary generation path, up to EOS."""
+    gen = get_backend(model).generate(encode(model, [prompt]), None, Decoding(max_new_tokens=n))
+    eos = set(model.eos_token_ids())
+    ids = []
+    for i in gen.token_ids[0].tolist():
+        if i in eos:
+            break
+        ids.append(i)
+    return ids
+
+
+def test_zero_temperature_message_is_the_greedy_text(tiny: Model) -> None:
+    prompt = f"{countries(1)[0].sender}\n{NL_INSTRUCTION}"
+    msg = soft_message(tiny, tiny, prompt, temperature=0.0, max_tokens=TOKENS)
+    assert msg.nearest_ids == greedy_ids(tiny, prompt, TOKENS)
+    table = tiny.hf.get_input_embeddings()(torch.tensor(msg.nearest_ids))
+    assert torch.equal(msg.vectors, table)
+
+
+def test_zero_temperature_receiver_answers_as_with_the_text(tiny: Model) -> None:
+    item = countries(2)[1]
+    msg = soft_message(tiny, tiny, f"{item.sender}\n{NL_INSTRUCTION}", temperature=0.0, max_tokens=TOKENS)
+    template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
+    soft = receive(tiny, template, vectors=msg.vectors, reply=item.reply, max_new_tokens=TOKENS)
+    # the ordinary token path: B's prompt ids with A's greedy message ids in the slot
+    pre, post = _prompt_parts(tiny, template, item.reply)
+    ids = torch.cat([pre, torch.tensor(msg.nearest_ids, dtype=torch.long), post])[None]
+    gen = get_backend(tiny).generate(Batch(ids, torch.ones_like(ids)), None, Decoding(max_new_tokens=TOKENS))
+    assert soft == receive(tiny, template, token_ids=msg.nearest_ids, reply=item.reply, max_new_tokens=TOKENS)
+    assert soft == tiny.tokenizer.decode(
+        [i for i in gen.token_ids[0].tolist() if i not in tiny.eos_token_ids()], skip_special_tokens=True
+    )
+
+
+def test_temperature_mixes_embeddings(tiny: Model) -> None:
+    prompt = "Alice is at the Eiffel Tower.\nTell your partner."
+    cold = soft_message(tiny, tiny, prompt, temperature=0.0, max_tokens=3)
+    warm = soft_message(tiny, tiny, prompt, temperature=1.0, max_tokens=3)
+    assert warm.vectors.shape[-1] == tiny.info.d_model
+    assert not torch.allclose(warm.vectors[:1], cold.vectors[:1])  # a mixture, not one row of E
+    assert torch.allclose(warm.probs.sum(-1), torch.ones(len(warm.probs)))
+
+
+def test_cipher_method_and_errors(tiny: Model, tiny_wide: Model) -> None:
+    items = countries(2)
+    cfg = MethodConfig(k=0, j=0, max_new_tokens=3, message_tokens=4)
+    outs = run_method("cipher-t0.5", items, tiny, tiny_wide, cfg)  # same tokenizer, other width: p @ E_B
+    assert len(outs) == 2 and all(o.message is not None for o in outs)
+    with pytest.raises(CommlibError, match="unknown method"):
+        run_method("cipher-tx", items, tiny, tiny, cfg)
+    with pytest.raises(CommlibError, match="not both"):
+        receive(tiny, "{message}", reply="")
+
+
+@pytest.mark.integration
+def test_cipher_refuses_a_pair_without_a_shared_vocabulary(tiny: Model, smol: Model) -> None:
+    with pytest.raises(CommlibError, match="shared vocabulary"):
+        soft_message(smol, tiny, "Hello", temperature=1.0, max_tokens=2)
+
+
+@pytest.mark.integration
+def test_zero_temperature_cipher_equals_nl_on_smollm2(smol: Model) -> None:
+    items = countries(3, seed=2)
+    cfg = MethodConfig(k=0, j=0, max_new_tokens=8, message_tokens=24)
+    nl = run_method("nl", items, smol, smol, cfg)
+    cipher = run_method("cipher-t0", items, smol, smol, cfg)
+    assert [o.message.strip() for o in cipher] == [o.message.strip() for o in nl]  # type: ignore[union-attr]
+    assert [o.text for o in cipher] == [o.text for o in nl]
+
+
+def test_latent_command_writes_the_games_layout(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from commlib.cli import main
+
+    out = tmp_path / "latent"
+    tiny = "tiny-llama-random"
+    args = ["latent", "--game", "countries", "--sender", tiny, "--receiver", tiny,
+            "--temperature", "0,1", "--n", "3", "--max-new-tokens", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert list(result["methods"]) == ["silent", "nl", "cipher-t0", "cipher-t1"]
+    assert result["config"]["k"] is None and all(r["n"] == 3 for r in result["methods"].values())
+    assert main([*args[:-2], "--baselines", "ac-sum", "--out", str(tmp_path / "ac")]) == 2  # AC needs layers
+    assert "--k" in capsys.readouterr().err
