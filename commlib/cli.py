@@ -158,9 +158,11 @@ def _cmd_games(args: argparse.Namespace) -> int:
 
 
 def _cmd_latent(args: argparse.Namespace) -> int:
-    temps = [float(t) for t in args.temperature.split(",")]
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
-    methods += [f"cipher-t{t:g}" for t in temps]
+    if args.method == "cipher":
+        methods += [f"cipher-t{float(t):g}" for t in args.temperature.split(",")]
+    else:
+        methods.append(args.method)
     args.methods, args.k, args.j, args.map, args.position = ",".join(methods), None, None, None, "last"
     return _cmd_games(args)
 
@@ -353,12 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True)
 
-    s = sub.add_parser("latent", help="latent channels (CIPHER) on a game next to baselines; games' layout")
-    s.add_argument("--method", choices=("cipher",), default="cipher")
+    s = sub.add_parser("latent", help="latent channels (CIPHER, Interlat) on a game next to baselines")
+    s.add_argument("--method", choices=("cipher", "interlat", "interlat-norm"), default="cipher")
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True, help="must share the sender's tokenizer")
-    s.add_argument("--temperature", default="1.0", help="comma-separated, one cipher-t<T> method each")
+    s.add_argument("--temperature", default="1.0", help="cipher: comma-separated, one cipher-t<T> each")
     s.add_argument("--baselines", default="silent,nl", help="games methods run alongside ('' for none)")
     s.add_argument("--n", type=int, default=None, help="items (default: 100 countries, 70 tipsheets)")
     s.add_argument("--seed", type=int, default=0)

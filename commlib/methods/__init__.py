@@ -11,6 +11,9 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``ac-w-sum``, ``ac-w-mean``, ``ac-w-replace``: the same through a learned map W.
 * ``cipher``: A's message as expected token embeddings (CIPHER, temperature 1;
   ``cipher-t0.5`` for another temperature), read by B where ``nl`` puts text.
+* ``interlat``, ``interlat-norm``: A's last-layer hidden states while it
+  writes its message, read by B in the same place (raw, or rescaled to B's
+  embedding norm); zero-shot Interlat.
 
 Example:
     >>> from commlib.models import load_model
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from torch import Tensor
 
 from commlib.backends import Decoding, get_backend
 from commlib.combine import LinearMap
@@ -82,6 +87,11 @@ def _replies(items: Sequence[GameItem]) -> list[str]:
     return [i.reply for i in items]
 
 
+def _message_prompt(item: GameItem) -> str:
+    """What A reads when it writes a message (``nl``, CIPHER and Interlat alike)."""
+    return f"{item.sender}\n{NL_INSTRUCTION}"
+
+
 def silent(
     items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
 ) -> list[MethodOutput]:
@@ -108,7 +118,7 @@ def nl(
     items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
 ) -> list[MethodOutput]:
     """A writes a message in natural language; B reads it before its own prompt."""
-    a_prompts = [f"{i.sender}\n{NL_INSTRUCTION}" for i in items]
+    a_prompts = [_message_prompt(i) for i in items]
     messages = _generate_alone(sender, a_prompts, cfg, cfg.message_tokens)
     b_prompts = [
         NL_TEMPLATE.format(message=m.strip() or "(nothing)", receiver=i.receiver)
@@ -153,7 +163,12 @@ def _ac(f: str, use_map: bool) -> MethodFn:
     return method
 
 
-def _cipher(temperature: float) -> MethodFn:
+SlotMessage = Callable[[GameItem, Model, Model, MethodConfig], tuple[Tensor, str]]
+
+
+def _slot_method(make: SlotMessage, doc: str) -> MethodFn:
+    """A method whose message is vectors that B reads in the ``nl`` template's slot."""
+
     def method(
         items: Sequence[GameItem],
         sender: Model,
@@ -161,24 +176,43 @@ def _cipher(temperature: float) -> MethodFn:
         cfg: MethodConfig,
         map: LinearMap | None = None,
     ) -> list[MethodOutput]:
-        from commlib.methods.cipher import receive, soft_message
+        from commlib.methods.cipher import receive
 
         outputs = []
         for item in items:
-            message = soft_message(
-                sender, receiver, f"{item.sender}\n{NL_INSTRUCTION}", temperature=temperature,
-                max_tokens=cfg.message_tokens,
-            )  # fmt: skip
+            vectors, message = make(item, sender, receiver, cfg)
             template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
             text = receive(
-                receiver, template, vectors=message.vectors, reply=item.reply,
-                max_new_tokens=cfg.max_new_tokens,
-            )  # fmt: skip
-            outputs.append(MethodOutput(text, message.text))
+                receiver, template, vectors=vectors, reply=item.reply, max_new_tokens=cfg.max_new_tokens
+            )
+            outputs.append(MethodOutput(text, message))
         return outputs
 
-    method.__doc__ = f"CIPHER at temperature {temperature:g}: A's message as expected token embeddings."
+    method.__doc__ = doc
     return method
+
+
+def _cipher(temperature: float) -> MethodFn:
+    def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
+        from commlib.methods.cipher import soft_message
+
+        msg = soft_message(
+            sender, receiver, _message_prompt(item), temperature=temperature, max_tokens=cfg.message_tokens
+        )
+        return msg.vectors, msg.text
+
+    return _slot_method(make, f"CIPHER at temperature {temperature:g}: A's message as expected embeddings.")
+
+
+def _interlat(rescale: bool) -> MethodFn:
+    def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
+        from commlib.methods.interlat import as_receiver_inputs, trajectory_message
+
+        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=cfg.message_tokens)
+        return as_receiver_inputs(trajectory, receiver, rescale=rescale), trajectory.text
+
+    scaled = ", each rescaled to B's embedding norm" if rescale else ""
+    return _slot_method(make, f"Interlat, zero-shot: A's last-layer hidden states as B's inputs{scaled}.")
 
 
 CIPHER_PREFIX = "cipher-t"
@@ -192,6 +226,8 @@ METHODS: dict[str, MethodFn] = {
     **{f"ac-{f}": _ac(f, False) for f in ("sum", "mean", "replace")},
     **{f"ac-w-{f}": _ac(f, True) for f in ("sum", "mean", "replace")},
     "cipher": _cipher(1.0),
+    "interlat": _interlat(rescale=False),
+    "interlat-norm": _interlat(rescale=True),
 }
 """Registered methods by name."""
 

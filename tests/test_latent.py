@@ -1,4 +1,4 @@
-"""CIPHER: at T -> 0 the message is the greedy text, and the receiver answers as with that text."""
+"""Latent channels: CIPHER (T -> 0 is the greedy text, B answers as with it) and zero-shot Interlat."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from commlib.backends import Decoding, get_backend
 from commlib.errors import CommlibError
 from commlib.methods import NL_INSTRUCTION, NL_TEMPLATE, MethodConfig, run_method
 from commlib.methods.cipher import _prompt_parts, receive, soft_message
+from commlib.methods.interlat import as_receiver_inputs, embedding_norm, trajectory_message
 from commlib.models import Model
 from commlib.prompts import Batch, encode
 from commlib.tasks.games import countries
@@ -102,3 +103,28 @@ def test_latent_command_writes_the_games_layout(tmp_path, capsys: pytest.Capture
     assert result["config"]["k"] is None and all(r["n"] == 3 for r in result["methods"].values())
     assert main([*args[:-2], "--baselines", "ac-sum", "--out", str(tmp_path / "ac")]) == 2  # AC needs layers
     assert "--k" in capsys.readouterr().err
+
+
+def test_trajectory_is_the_greedy_message_and_its_final_states(tiny: Model) -> None:
+    prompt = f"{countries(1)[0].sender}\n{NL_INSTRUCTION}"
+    t = trajectory_message(tiny, prompt, max_tokens=TOKENS)
+    assert t.token_ids == greedy_ids(tiny, prompt, TOKENS)
+    # cached generation equals one uncached pass over prompt + message
+    ids = encode(tiny, [prompt]).input_ids
+    full = torch.cat([ids, torch.tensor([t.token_ids])], dim=1)
+    states = tiny.hf(input_ids=full, output_hidden_states=True).hidden_states[-1][0]
+    start = ids.shape[1] - 1  # the state that chose the first message token
+    assert torch.allclose(t.hidden, states[start : start + len(t.token_ids)], atol=1e-4)
+
+
+def test_interlat_inputs_rescaled_and_widths_checked(tiny: Model, tiny_wide: Model) -> None:
+    t = trajectory_message(tiny, "Alice is at the Eiffel Tower.", max_tokens=3)
+    raw = as_receiver_inputs(t, tiny, rescale=False)
+    scaled = as_receiver_inputs(t, tiny, rescale=True)
+    assert torch.equal(raw, t.hidden)
+    assert torch.allclose(scaled.norm(dim=-1), torch.full((len(raw),), embedding_norm(tiny)), rtol=1e-5)
+    with pytest.raises(CommlibError, match="same width"):
+        as_receiver_inputs(t, tiny_wide, rescale=True)
+    cfg = MethodConfig(k=None, j=None, max_new_tokens=3)
+    outs = run_method("interlat-norm", countries(2), tiny, tiny, cfg)
+    assert len(outs) == 2 and all(o.message is not None for o in outs)
