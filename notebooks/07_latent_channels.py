@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Latent channels: CIPHER and Interlat next to text and activation communication
+#
+# One game, one pair that shares a tokenizer. Every method gives B the same
+# prompt: the text message (nl), the CIPHER message (A's expected token
+# embeddings at temperature T, fed back step by step) and the Interlat
+# message (A's last-layer hidden states while it writes, raw or rescaled to
+# B's embedding norm) all sit in the same slot, "Your partner says: ...",
+# before B's question and the shared opening of its answer. AC grafts at the
+# (k, j, position) the seed-0 selection sweep chose (notebook 02). Reported on
+# seed 1 with 95% bootstrap intervals; messages are shown by nearest-token
+# decoding (CIPHER) or as the text A wrote (Interlat).
+#
+# The trained Interlat adapter and the sweep over the amount of state sent
+# (notebook 08) are not here yet.
+
+# %% tags=["parameters"]
+FAST = False
+GAME = "countries"
+SENDER = "smollm2-135m"
+RECEIVER = "smollm2-135m"  # must share the sender's tokenizer (qwen2.5-coder-0.5b -> -1.5b works too)
+TEMPERATURES = [0.0, 0.5, 1.0]
+N: int | None = 40
+SEED = 1
+MAX_NEW_TOKENS = 12
+RUNS_DIR = "../runs/latent"
+SWEEP_DIR = "../runs/sweep"
+FIGURES_DIR = "../figures"
+
+# %%
+import pandas as pd
+
+from commlib.experiments import choose_layers, run_games
+from commlib.models import load_model
+from commlib.plots import method_bars, save_figure
+
+if FAST:
+    SENDER = RECEIVER = "tiny-llama-random"
+    N, TEMPERATURES = 3, [0.0, 1.0]
+suffix = "_fast" if FAST else ""
+sender = load_model(SENDER)
+receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
+
+# %%
+pick = choose_layers(receiver, GAME, sweep_root=SWEEP_DIR, n=2 if FAST else 6) if SENDER == RECEIVER else None
+k, j, pos = (int(pick["k"]), int(pick["j"]), str(pick["position"])) if pick is not None else (None, None, "last")
+methods = ["silent", "skyline", "nl", *([] if k is None else ["ac-replace"]),
+           *[f"cipher-t{t:g}" for t in TEMPERATURES], "interlat", "interlat-norm"]
+out_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/seed{SEED}_n{N}"
+res = run_games(GAME, sender, receiver, methods, k=k, j=j, position=pos, n=N, seed=SEED, out_dir=out_dir,
+                max_new_tokens=MAX_NEW_TOKENS)
+table = pd.DataFrame([{"model": f"{SENDER} -> {RECEIVER}", "game": GAME, "method": m, "n": r["n"],
+                       "accuracy": 100 * r["accuracy"], "ci_low": 100 * r["ci_low"],
+                       "ci_high": 100 * r["ci_high"]} for m, r in res["methods"].items()])
+print(f"AC layers (k, j, position): {(k, j, pos)}")
+table.round(1)
+
+# %%
+fig = method_bars(table, panel="game")
+save_figure(fig, f"latent_channels_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
+            config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED,
+                    "methods": methods, "ac_layers": [k, j, pos], "notebook": "07_latent_channels"})
+
+# %% [markdown]
+# ## Messages, decoded
+
+# %%
+items = pd.read_csv(f"{out_dir}/items.csv")
+first = items["item_id"].iloc[0]
+items[items["item_id"] == first][["method", "message", "output", "correct"]]
