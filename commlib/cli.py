@@ -42,10 +42,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from commlib.corpora import fetch_lambada
     from commlib.models import fetch
+    from commlib.tasks.reasoning import fetch_gsm8k, fetch_mmlu
 
+    data = {"lambada": fetch_lambada, "gsm8k": fetch_gsm8k, "mmlu": fetch_mmlu}
     for name in args.names:
-        if name == "lambada":
-            print(f"[lambada] {fetch_lambada(force=args.force)}")
+        if name in data:
+            print(f"[{name}] {data[name](force=args.force)}")
         else:
             fetch(name, force=args.force)
     return 0
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models and whether each is cached")
 
-    s = sub.add_parser("fetch", help="fetch and convert offline models (and 'lambada' text)")
+    s = sub.add_parser("fetch", help="fetch offline models, and data: lambada, gsm8k, mmlu")
     s.add_argument("names", nargs="+")
     s.add_argument("--force", action="store_true")
 
