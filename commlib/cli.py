@@ -169,6 +169,26 @@ def _cmd_latent(args: argparse.Namespace) -> int:
     return _cmd_games(args)
 
 
+def _cmd_reasoning(args: argparse.Namespace) -> int:
+    from commlib.combine import LinearMap
+    from commlib.experiments import run_reasoning
+
+    sender, receiver = _load_pair(args)
+    result = run_reasoning(
+        args.task, sender, receiver, [m.strip() for m in args.methods.split(",") if m.strip()],
+        out_dir=args.out, n=args.n, seed=args.seed, k=args.k, j=args.j, rounds=args.rounds,
+        max_new_tokens=args.max_new_tokens, map=LinearMap.load(args.map) if args.map else None,
+        backend=args.backend, source=args.source,
+    )  # fmt: skip
+    print(f"{'method':<10}{'accuracy':>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
+    for method, r in result["methods"].items():
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        print(f"{method:<10}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
+              f"{r['n']:>5}")  # fmt: skip
+    print(f"wrote {args.out}/results.json and items.csv")
+    return 0
+
+
 def _layer_range(text: str | None, n_layers: int) -> list[int]:
     """``"a:b"`` (inclusive, optional ``:step``) or comma-separated layers; ``None`` = all."""
     if not text:
@@ -372,6 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reply", action="store_true", help="B answers from scratch")
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("reasoning", help="GSM8k / MMLU: single models, debate, AC; compute; resumable")
+    s.add_argument("--task", required=True, help="gsm8k or mmlu:SUBJECT (e.g. mmlu:formal_logic)")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--methods", default="single-a,single-b,nld,ac", help="single-a,single-b,nld,ac,ac-w")
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=int, default=None, help="A's block for ac")
+    s.add_argument("--j", type=int, default=None, help="B's block for ac")
+    s.add_argument("--rounds", type=int, default=2, help="debate rounds")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--map", help="learned W for ac-w")
+    s.add_argument("--source", choices=("offline", "hub"), default="offline")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("sweep", help="the full (k, j) grid on a game (fast engine), resumable")
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
@@ -428,6 +464,7 @@ COMMANDS = {
     "fit-map": _cmd_fit_map,
     "games": _cmd_games,
     "latent": _cmd_latent,
+    "reasoning": _cmd_reasoning,
     "sweep": _cmd_sweep,
     "distance": _cmd_distance,
     "demo": _cmd_demo,

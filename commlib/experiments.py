@@ -551,3 +551,114 @@ def run_distance(
             frame = pd.DataFrame(rows)
             frame.to_csv(path, mode="a", header=not path.exists(), index=False)
     return pd.read_csv(path)
+
+
+REASONING_FIELDS = (
+    "item_id", "method", "answer", "extracted", "correct", "output", "transcript", "seconds",
+    "prompt_a", "prompt_b", "message_tokens", "answer_tokens", "flops",
+)  # fmt: skip
+
+
+def run_reasoning(
+    task: str,
+    sender: Model,
+    receiver: Model,
+    methods: Sequence[str],
+    *,
+    out_dir: str | Path,
+    n: int | None = 100,
+    seed: int = 0,
+    k: int | None = None,
+    j: int | None = None,
+    rounds: int = 2,
+    max_new_tokens: int = 256,
+    map: LinearMap | None = None,
+    backend: str = "nnsight",
+    source: str = "offline",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reasoning methods on ``gsm8k`` or ``mmlu:SUBJECT`` (paper Section 4.2); resumable.
+
+    Per item and method, ``out_dir/items.csv`` keeps B's output (and the debate
+    transcript), the extracted answer, wall time, token counts and analytic
+    FLOPs (:func:`commlib.compute.method_flops`, KV cache). ``results.json``
+    has per method accuracy with a 95% bootstrap CI, mean FLOPs (also
+    relative to one forward pass of the smaller model over the mean prompt),
+    mean wall time and generated tokens, and the configuration.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    import json as _json
+
+    from tqdm.auto import tqdm
+
+    from commlib.compute import Shape, forward_flops, method_flops
+    from commlib.methods.reasoning import (
+        REASONING_METHODS,
+        ReasoningConfig,
+        question_prompt,
+        run_reasoning_method,
+    )
+    from commlib.results import bootstrap_ci
+    from commlib.tasks.reasoning import extract_choice, extract_number, is_correct, load_task
+
+    unknown = [m for m in methods if m not in REASONING_METHODS]
+    if unknown:
+        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(REASONING_METHODS)}")
+    items = load_task(task, n, seed, source=source)  # type: ignore[arg-type]
+    cfg = ReasoningConfig(k=k, j=j, rounds=rounds, max_new_tokens=max_new_tokens, backend=backend)
+    out = Path(out_dir)
+    settings = {"task": task, "sender": sender.name, "receiver": receiver.name, **asdict(cfg),
+                "n": len(items), "seed": seed, "source": source,
+                "map": asdict(map.info) if map is not None else None}  # fmt: skip
+    claim_run_dir(out, settings)
+    path = out / "items.csv"
+    rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+    done = {(str(r["item_id"]), r["method"]) for r in rows}
+    shape_a, shape_b = Shape.from_config(sender.hf.config), Shape.from_config(receiver.hf.config)
+    for method in methods:
+        kind = "ac" if method.startswith("ac") else method
+        for item in tqdm(items, desc=method, disable=not progress):
+            if (item.id, method) in done:
+                continue
+            o = run_reasoning_method(method, item, sender, receiver, cfg, map)
+            flops = method_flops(kind, shape_a, shape_b, prompt_a=o.prompt_a, prompt_b=o.prompt_b,
+                                 message=o.message, answer=o.answer, k=k, rounds=rounds)["total"]  # fmt: skip
+            row = {
+                "item_id": item.id, "method": method, "answer": item.answer,
+                "extracted": (extract_choice if item.choices else extract_number)(o.text) or "",
+                "correct": is_correct(item, o.text), "output": o.text,
+                "transcript": _json.dumps(o.transcript),
+                "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
+                "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
+            }  # fmt: skip
+            append_rows(path, REASONING_FIELDS, [row])
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["correct"] = df["correct"].astype(str).isin(["True", "1"])
+    smaller = min((shape_a, shape_b), key=lambda s: forward_flops(s, 1))
+    unit = forward_flops(smaller, max(1, round(float(df[["prompt_a", "prompt_b"]].max(axis=1).mean()))))
+    summary = {}
+    for method in methods:
+        sub = df[df["method"] == method]
+        lo, hi = bootstrap_ci(sub["correct"].astype(float).tolist(), seed=seed)
+        summary[method] = {
+            "accuracy": float(sub["correct"].mean()), "ci_low": lo, "ci_high": hi, "n": len(sub),
+            "flops": float(sub["flops"].mean()), "flops_vs_one_pass": float(sub["flops"].mean()) / unit,
+            "seconds": float(sub["seconds"].mean()),
+            "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
+        }  # fmt: skip
+    result = {
+        "task": task,
+        "methods": summary,
+        "config": {
+            **settings, "sender": sender.info.to_dict(), "receiver": receiver.info.to_dict(),
+            "shapes": {"sender": shape_a.to_dict(), "receiver": shape_b.to_dict()},
+            "one_pass_flops": unit, "example_prompt": question_prompt(items[0]),
+            "decoding": "greedy", "flops": "analytic, KV cache (commlib.compute.method_flops)",
+            "ci": "95% percentile bootstrap, 1000 resamples", "versions": package_versions(),
+        },
+    }  # fmt: skip
+    write_json(out / "results.json", result)
+    return result

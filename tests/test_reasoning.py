@@ -17,6 +17,7 @@ from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_numbe
         ("3 + 4 = 7, then 7 * 2 = 14 apples in total", "14"),
         ("The answer is 42. (Check: 6 * 7 = 42, and 40 + 2 = 42.)", "42"),
         ("Answer: 7.0 dollars", "7"),
+        ("so 3 * 6 = 18 in total. \\boxed{18} (and 20 next week)", "18"),
         ("It costs 12.50 per week", "12.5"),
         ("I am not sure.", None),
     ],
@@ -59,3 +60,27 @@ def test_offline_data_is_real_deduplicated_and_seeded() -> None:
         load_task("mmlu:astrology")
     with pytest.raises(CommlibError, match="unknown task"):
         load_task("arc")
+
+
+@pytest.mark.integration
+def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from commlib.cli import main
+
+    out = tmp_path / "gsm"
+    args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
+            "tiny-llama-random", "--methods", "single-b,nld,ac", "--k", "1", "--j", "2", "--n", "3",
+            "--max-new-tokens", "4", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    methods = result["methods"]
+    assert set(methods) == {"single-b", "nld", "ac"} and all(m["n"] == 3 for m in methods.values())
+    assert methods["ac"]["flops"] > methods["single-b"]["flops"]  # plus A's partial pass
+    assert methods["nld"]["flops"] > 2 * methods["single-b"]["flops"]  # two agents, two rounds
+    items = pd.read_csv(out / "items.csv")
+    assert len(items) == 9 and len(json.loads(items[items["method"] == "nld"]["transcript"].iloc[0])) == 4
+    assert main(args) == 0 and len(pd.read_csv(out / "items.csv")) == 9  # resumed, nothing redone
+    assert main([*args[:-2], "--rounds", "3", "--out", str(out)]) == 2  # other settings refused

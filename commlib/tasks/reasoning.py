@@ -196,7 +196,9 @@ def _hub(name: str, config: str) -> Any:
 # --------------------------------------------------------------------------- #
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_FINAL_NUMBER = re.compile(r"(?:####|answer is|answer:)\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_FINAL_NUMBER = re.compile(
+    r"(?:####|answer is|answer:|\\boxed\{)\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE
+)
 
 
 def _number(text: str) -> str:
@@ -210,8 +212,8 @@ def _number(text: str) -> str:
 def extract_number(text: str) -> str | None:
     """The final numeric answer of a GSM8k-style solution, or ``None``.
 
-    Prefers the number after ``####``, "the answer is" or "answer:" (the last
-    such), else the last number in the text.
+    Prefers the number after ``####``, ``\\boxed{``, "the answer is" or
+    "answer:" (the last such), else the last number in the text.
     """
     marked = _FINAL_NUMBER.findall(text)
     if marked:
