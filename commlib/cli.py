@@ -161,6 +161,12 @@ def _cmd_games(args: argparse.Namespace) -> int:
 
 def _cmd_latent(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
+    if args.method == "interlat-trained":
+        from commlib.methods import interlat_trained, register_method
+
+        if not args.adapter:
+            raise CommlibError("interlat-trained needs --adapter DIR (from `commlib train-adapter`)")
+        register_method("interlat-trained", interlat_trained(args.adapter))
     if args.method == "cipher":
         methods += [f"cipher-t{float(t):g}" for t in args.temperature.split(",")]
     else:
@@ -186,6 +192,23 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         print(f"{method:<10}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
               f"{r['n']:>5}")  # fmt: skip
     print(f"wrote {args.out}/results.json and items.csv")
+    return 0
+
+
+def _cmd_train_adapter(args: argparse.Namespace) -> int:
+    from commlib.methods.interlat import load_adapter, train_adapter
+
+    sender, receiver = _load_pair(args)
+    train_adapter(
+        sender, receiver, args.game, args.out, n_train=args.n_train, steps=args.steps, lr=args.lr,
+        seed=args.seed, message_tokens=args.message_tokens,
+    )  # fmt: skip
+    _, info = load_adapter(args.out)
+    window = max(1, len(info.losses) // 10)
+    first, last = info.losses[:window], info.losses[-window:]
+    print(f"{info.steps} steps; mean loss of the first {window}: {sum(first) / len(first):.3f}, "
+          f"of the last {window}: {sum(last) / len(last):.3f}")  # fmt: skip
+    print(f"wrote {args.out}/adapter.safetensors and adapter.json")
     return 0
 
 
@@ -378,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("latent", help="latent channels (CIPHER, Interlat) on a game next to baselines")
-    s.add_argument("--method", choices=("cipher", "interlat", "interlat-norm"), default="cipher")
+    s.add_argument(
+        "--method", choices=("cipher", "interlat", "interlat-norm", "interlat-trained"), default="cipher"
+    )
+    s.add_argument("--adapter", help="interlat-trained: the directory train-adapter wrote")
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True, help="must share the sender's tokenizer")
@@ -390,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-new-tokens", type=int, default=24)
     s.add_argument("--no-reply", action="store_true", help="B answers from scratch")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("train-adapter", help="train an Interlat adapter (B frozen) on a game; resumes")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument("--n-train", type=int, default=200)
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--seed", type=int, default=1000, help="training items' seed (keep off 0 and 1)")
+    s.add_argument("--message-tokens", type=int, default=48)
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("reasoning", help="GSM8k / MMLU: single models, debate, AC; compute; resumable")
@@ -465,6 +502,7 @@ COMMANDS = {
     "games": _cmd_games,
     "latent": _cmd_latent,
     "reasoning": _cmd_reasoning,
+    "train-adapter": _cmd_train_adapter,
     "sweep": _cmd_sweep,
     "distance": _cmd_distance,
     "demo": _cmd_demo,

@@ -128,3 +128,32 @@ def test_interlat_inputs_rescaled_and_widths_checked(tiny: Model, tiny_wide: Mod
     cfg = MethodConfig(k=None, j=None, max_new_tokens=3)
     outs = run_method("interlat-norm", countries(2), tiny, tiny, cfg)
     assert len(outs) == 2 and all(o.message is not None for o in outs)
+
+
+def test_trained_adapter_lowers_the_loss_resumes_and_runs(tiny: Model, tiny_wide: Model, tmp_path) -> None:
+    from commlib.cli import main
+    from commlib.methods.interlat import adapter_loss, load_adapter, train_adapter
+
+    out = tmp_path / "adapter"
+    kwargs = {"n_train": 2, "lr": 3e-3, "message_tokens": 5, "progress": False, "checkpoint_every": 10}
+    items = countries(2, seed=1000)
+    before = train_adapter(tiny, tiny_wide, "countries", out, steps=0, **kwargs)
+    trajectories = [trajectory_message(tiny, f"{it.sender}\n{NL_INSTRUCTION}", max_tokens=5) for it in items]
+
+    def loss(adapter) -> float:  # B reads all latents, as at test time
+        with torch.no_grad():
+            pairs = zip(items, trajectories, strict=True)
+            return sum(float(adapter_loss(adapter, tiny_wide, it, t, 1.0)) for it, t in pairs)
+
+    start = loss(before)
+    train_adapter(tiny, tiny_wide, "countries", out, steps=30, **kwargs)
+    _, first = load_adapter(out)
+    after, info = train_adapter(tiny, tiny_wide, "countries", out, steps=60, **kwargs), load_adapter(out)[1]
+    assert info.losses[:30] == first.losses and len(info.losses) == 60  # resumed, not restarted
+    assert loss(after) < start
+    args = ["latent", "--method", "interlat-trained", "--adapter", str(out), "--game", "countries",
+            "--sender", tiny.name, "--receiver", tiny_wide.name, "--n", "2", "--baselines", "",
+            "--max-new-tokens", "3", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    wrong = [a if a != tiny_wide.name else tiny.name for a in args[:-1]] + [str(tmp_path / "run2")]
+    assert main(wrong) == 2  # an adapter for another pair is refused

@@ -215,6 +215,38 @@ def _interlat(rescale: bool) -> MethodFn:
     return _slot_method(make, f"Interlat, zero-shot: A's last-layer hidden states as B's inputs{scaled}.")
 
 
+def interlat_trained(adapter_dir: str) -> MethodFn:
+    """Interlat with a trained adapter (``commlib train-adapter``): B reads <bop>, adapted latents, <eop>.
+
+    Raises:
+        CommlibError: no adapter in ``adapter_dir``, or one trained for another pair (at run time).
+    """
+    from commlib.methods.interlat import load_adapter
+
+    adapter, info = load_adapter(adapter_dir)
+
+    def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
+        import torch
+
+        from commlib.methods.interlat import trajectory_message
+
+        if (sender.name, receiver.name) != (info.sender, info.receiver):
+            raise CommlibError(
+                f"the adapter in {adapter_dir} was trained for {info.sender} -> {info.receiver}, "
+                f"not {sender.name} -> {receiver.name}"
+            )
+        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
+        with torch.no_grad():
+            return adapter.message(trajectory.hidden), trajectory.text
+
+    return _slot_method(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
+
+
+def register_method(name: str, fn: MethodFn) -> None:
+    """Add a method to the registry (e.g. ``interlat-trained`` bound to one adapter)."""
+    METHODS[name] = fn
+
+
 CIPHER_PREFIX = "cipher-t"
 """``cipher-t<T>`` is CIPHER at temperature T (``cipher`` is T = 1)."""
 
