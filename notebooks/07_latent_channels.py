@@ -22,12 +22,15 @@
 # message (A's last-layer hidden states while it writes, raw or rescaled to
 # B's embedding norm) all sit in the same slot, "Your partner says: ...",
 # before B's question and the shared opening of its answer. AC grafts at the
-# (k, j, position) the seed-0 selection sweep chose (notebook 02). Reported on
-# seed 1 with 95% bootstrap intervals; messages are shown by nearest-token
-# decoding (CIPHER) or as the text A wrote (Interlat).
+# (k, j, position) the seed-0 selection sweep chose (notebook 02). The trained
+# Interlat adapter (B frozen; LayerNorm, self-attention, MLP projection, learned
+# boundaries; curriculum mixing latents and text) is trained on items drawn
+# with seed 1000 and cached. Reported on seed 1 with 95% bootstrap intervals;
+# messages are shown by nearest-token decoding (CIPHER) or as the text A wrote
+# (Interlat). On Countries the 100 landmarks recur across seeds: the adapter
+# has seen the landmark-country pairs, with other names.
 #
-# The trained Interlat adapter and the sweep over the amount of state sent
-# (notebook 08) are not here yet.
+# The sweep over the amount of state sent (notebook 08) is not here yet.
 
 # %% tags=["parameters"]
 FAST = False
@@ -38,6 +41,7 @@ TEMPERATURES = [0.0, 0.5, 1.0]
 N: int | None = 40
 SEED = 1
 MAX_NEW_TOKENS = 12
+N_TRAIN, STEPS = 200, 300  # adapter training items (seed 1000) and steps
 RUNS_DIR = "../runs/latent"
 SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
@@ -46,21 +50,31 @@ FIGURES_DIR = "../figures"
 import pandas as pd
 
 from commlib.experiments import choose_layers, run_games
+from commlib.methods import interlat_trained, register_method
+from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
 from commlib.plots import method_bars, save_figure
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
-    N, TEMPERATURES = 3, [0.0, 1.0]
+    N, TEMPERATURES, N_TRAIN, STEPS = 3, [0.0, 1.0], 4, 6
 suffix = "_fast" if FAST else ""
 sender = load_model(SENDER)
 receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
+
+# %% [markdown]
+# ## Train the Interlat adapter (cached; resumes)
+
+# %%
+adapter_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/adapter_n{N_TRAIN}"
+train_adapter(sender, receiver, GAME, adapter_dir, n_train=N_TRAIN, steps=STEPS)
+register_method("interlat-trained", interlat_trained(adapter_dir))
 
 # %%
 pick = choose_layers(receiver, GAME, sweep_root=SWEEP_DIR, n=2 if FAST else 6) if SENDER == RECEIVER else None
 k, j, pos = (int(pick["k"]), int(pick["j"]), str(pick["position"])) if pick is not None else (None, None, "last")
 methods = ["silent", "skyline", "nl", *([] if k is None else ["ac-replace"]),
-           *[f"cipher-t{t:g}" for t in TEMPERATURES], "interlat", "interlat-norm"]
+           *[f"cipher-t{t:g}" for t in TEMPERATURES], "interlat", "interlat-norm", "interlat-trained"]
 out_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/seed{SEED}_n{N}"
 res = run_games(GAME, sender, receiver, methods, k=k, j=j, position=pos, n=N, seed=SEED, out_dir=out_dir,
                 max_new_tokens=MAX_NEW_TOKENS)
