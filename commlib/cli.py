@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
-    s.add_argument("--n-train", type=int, default=200)
+    s.add_argument("--n-train", type=int, default=100, help="training items (Countries has 112)")
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--seed", type=int, default=1000, help="training items' seed (keep off 0 and 1)")

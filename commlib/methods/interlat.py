@@ -196,7 +196,7 @@ def train_adapter(
     game: str,
     out_dir: str | Path,
     *,
-    n_train: int = 200,
+    n_train: int = 100,
     steps: int = 300,
     lr: float = 1e-3,
     seed: int = 1000,
