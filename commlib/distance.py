@@ -254,6 +254,33 @@ def reference_activations(
     )
 
 
+def input_reference(
+    model: Model, *, corpus: str = "lambada", n: int = 3072, seed: int = 0, held_out: float = 0.25
+) -> ReferenceSet:
+    """B's own input embeddings (scale included) of ``n`` token occurrences drawn from corpus text.
+
+    The reference for what a latent channel writes into B's input sequence
+    (CIPHER's expected embeddings, Interlat's hidden states): tokens as often
+    as the text uses them, so a real token's embedding is typical here.
+
+    Raises:
+        CommlibError: a bad split.
+    """
+    from commlib.corpora import load_sentences
+
+    if not 0 < held_out < 1:
+        raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
+    ids = [i for s in load_sentences(corpus, n=min(n, 3072), seed=seed)
+           for i in model.tokenizer(s, add_special_tokens=False)["input_ids"]]  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=g)]
+    with torch.no_grad():
+        acts = model.hf.get_input_embeddings()(pick.to(model.device)).float().cpu()
+    n_held = max(1, round(held_out * n))
+    return ReferenceSet(fit=acts[n_held:], held_out=acts[:n_held], model=model.name, layer=-1,
+                        corpus=f"{corpus} token embeddings", seed=seed)  # fmt: skip
+
+
 def _check_states(x: Tensor, d: int) -> Tensor:
     if x.ndim == 1:
         x = x[None]

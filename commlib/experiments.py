@@ -662,3 +662,69 @@ def run_reasoning(
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def run_latent_distance(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    methods: Sequence[str],
+    *,
+    out_dir: str | Path,
+    n: int | None = 20,
+    seed: int = 0,
+    n_reference: int = 3072,
+    message_tokens: int = 48,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """How far latent messages sit from B's own input embeddings, per item and method.
+
+    For each latent method (``cipher-t<T>``, ``interlat``, ``interlat-norm``,
+    a registered ``interlat-trained``), the vectors B would read are measured
+    against B's input embeddings of corpus tokens
+    (:func:`commlib.distance.input_reference`), each metric the mean over the
+    message's vectors, raw and as a percentile (50: a typical token of B's;
+    100: beyond all). ``cipher-t0`` is the text message itself (real token
+    embeddings). Writes ``out_dir/latent_distances.csv`` (resumes) and
+    ``out_dir/run.json``.
+
+    Raises:
+        CommlibError: a method that sends no vectors (use the latent ones).
+    """
+    from tqdm.auto import tqdm
+
+    from commlib.distance import Manifold, input_reference
+    from commlib.methods import SlotMethod
+
+    makers = {}
+    for name in methods:
+        fn = method_fn(name)
+        if not isinstance(fn, SlotMethod):
+            raise CommlibError(f"{name} sends no vectors; use cipher-t<T> or interlat(-norm, -trained)")
+        makers[name] = fn.make
+    items = load_game(game, n=n, seed=seed)
+    out = Path(out_dir)
+    claim_run_dir(out, {"game": game, "sender": sender.name, "receiver": receiver.name,
+                        "n": len(items), "seed": seed, "n_reference": n_reference,
+                        "message_tokens": message_tokens})  # fmt: skip
+    path = out / "latent_distances.csv"
+    done: set[tuple[str, str]] = set()
+    if path.exists():
+        finished = pd.read_csv(path)
+        done = set(zip(finished["item_id"].astype(str), finished["method"], strict=True))
+    manifold = Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
+    cfg = MethodConfig(k=None, j=None, message_tokens=message_tokens)
+    for item in tqdm(items, desc="latent distance", disable=not progress):
+        rows = []
+        for name, make in makers.items():
+            if (item.id, name) in done:
+                continue
+            vectors, text = make(item, sender, receiver, cfg)
+            if len(vectors) == 0:
+                continue
+            table = manifold.table(vectors.detach().float().cpu()).mean()
+            rows.append({"item_id": item.id, "method": name, "length": len(vectors), **table.to_dict(),
+                         "message": text})  # fmt: skip
+        if rows:
+            pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+    return pd.read_csv(path)

@@ -41,6 +41,7 @@ TEMPERATURES = [0.0, 0.5, 1.0]
 N: int | None = 40
 SEED = 1
 MAX_NEW_TOKENS = 12
+N_REFERENCE = 3072  # token occurrences in B's input-embedding reference
 N_TRAIN, STEPS = 100, 300  # adapter training items (seed 1000; Countries has 112 landmarks) and steps
 RUNS_DIR = "../runs/latent"
 SWEEP_DIR = "../runs/sweep"
@@ -49,7 +50,7 @@ FIGURES_DIR = "../figures"
 # %%
 import pandas as pd
 
-from commlib.experiments import choose_layers, run_games
+from commlib.experiments import choose_layers, run_games, run_latent_distance
 from commlib.methods import interlat_trained, register_method
 from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
@@ -57,7 +58,7 @@ from commlib.plots import method_bars, save_figure
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
-    N, TEMPERATURES, N_TRAIN, STEPS = 3, [0.0, 1.0], 4, 6
+    N, TEMPERATURES, N_TRAIN, STEPS, N_REFERENCE = 3, [0.0, 1.0], 4, 6, 300
 suffix = "_fast" if FAST else ""
 sender = load_model(SENDER)
 receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
@@ -97,3 +98,17 @@ save_figure(fig, f"latent_channels_{SENDER}_{GAME}{suffix}", directory=FIGURES_D
 items = pd.read_csv(f"{out_dir}/items.csv")
 first = items["item_id"].iloc[0]
 items[items["item_id"] == first][["method", "message", "output", "correct"]]
+
+# %% [markdown]
+# ## How far each latent message sits from B's own input embeddings
+#
+# Every vector B reads is measured against B's input embeddings of LAMBADA
+# tokens (50: a typical token; 100: beyond all), averaged over the message.
+# `cipher-t0` is the text message itself.
+
+# %%
+latent = [m for m in methods if m.startswith(("cipher", "interlat"))]
+dist = run_latent_distance(GAME, sender, receiver, latent, out_dir=f"{out_dir}/latent_distance", n=N, seed=SEED,
+                           n_reference=N_REFERENCE)
+by_method = dist.groupby("method")[["mahalanobis_pct", "knn_cosine_pct", "log_norm_ratio_pct"]].median()
+by_method.join(table.set_index("method")[["accuracy", "ci_low", "ci_high"]]).round(1)

@@ -157,3 +157,24 @@ def test_trained_adapter_lowers_the_loss_resumes_and_runs(tiny: Model, tiny_wide
     assert main(args) == 0
     wrong = [a if a != tiny_wide.name else tiny.name for a in args[:-1]] + [str(tmp_path / "run2")]
     assert main(wrong) == 2  # an adapter for another pair is refused
+
+
+def test_latent_distances_measure_what_b_reads(tiny: Model, tmp_path) -> None:
+    from commlib.distance import Manifold, input_reference
+    from commlib.experiments import run_latent_distance
+
+    methods = ["cipher-t0", "interlat", "interlat-norm"]
+    df = run_latent_distance("countries", tiny, tiny, methods, out_dir=tmp_path, n=2, n_reference=300,
+                             message_tokens=4, progress=False)  # fmt: skip
+    assert len(df) == 6 and set(df["method"]) == set(methods)
+    item = countries(2)[0]
+    msg = soft_message(tiny, tiny, f"{item.sender}\n{NL_INSTRUCTION}", temperature=0.0, max_tokens=4)
+    manifold = Manifold.fit(input_reference(tiny, n=300, seed=0))
+    row = df[(df["item_id"] == item.id) & (df["method"] == "cipher-t0")].iloc[0]
+    expected = manifold.table(msg.vectors.float()).mean()
+    assert row["mahalanobis_pct"] == pytest.approx(expected["mahalanobis_pct"])
+    # rescaled to B's median embedding norm: the norm sits mid-distribution, raw states do not
+    norm = df.groupby("method")["log_norm_ratio_pct"].mean()
+    assert 20 < norm["interlat-norm"] < 80 and norm["interlat"] > norm["interlat-norm"]
+    with pytest.raises(CommlibError, match="sends no vectors"):
+        run_latent_distance("countries", tiny, tiny, ["nl"], out_dir=tmp_path / "x", n=1, progress=False)

@@ -166,10 +166,20 @@ def _ac(f: str, use_map: bool) -> MethodFn:
 SlotMessage = Callable[[GameItem, Model, Model, MethodConfig], tuple[Tensor, str]]
 
 
-def _slot_method(make: SlotMessage, doc: str) -> MethodFn:
-    """A method whose message is vectors that B reads in the ``nl`` template's slot."""
+class SlotMethod:
+    """A method whose message is vectors that B reads in the ``nl`` template's slot.
 
-    def method(
+    ``make(item, sender, receiver, cfg)`` gives the vectors and the message
+    as text (for display); :func:`commlib.experiments.run_latent_distance`
+    measures the vectors.
+    """
+
+    def __init__(self, make: SlotMessage, doc: str) -> None:
+        self.make = make
+        self.__doc__ = doc
+
+    def __call__(
+        self,
         items: Sequence[GameItem],
         sender: Model,
         receiver: Model,
@@ -180,16 +190,13 @@ def _slot_method(make: SlotMessage, doc: str) -> MethodFn:
 
         outputs = []
         for item in items:
-            vectors, message = make(item, sender, receiver, cfg)
+            vectors, message = self.make(item, sender, receiver, cfg)
             template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
             text = receive(
                 receiver, template, vectors=vectors, reply=item.reply, max_new_tokens=cfg.max_new_tokens
             )
             outputs.append(MethodOutput(text, message))
         return outputs
-
-    method.__doc__ = doc
-    return method
 
 
 def _cipher(temperature: float) -> MethodFn:
@@ -201,7 +208,7 @@ def _cipher(temperature: float) -> MethodFn:
         )
         return msg.vectors, msg.text
 
-    return _slot_method(make, f"CIPHER at temperature {temperature:g}: A's message as expected embeddings.")
+    return SlotMethod(make, f"CIPHER at temperature {temperature:g}: A's message as expected embeddings.")
 
 
 def _interlat(rescale: bool) -> MethodFn:
@@ -212,7 +219,7 @@ def _interlat(rescale: bool) -> MethodFn:
         return as_receiver_inputs(trajectory, receiver, rescale=rescale), trajectory.text
 
     scaled = ", each rescaled to B's embedding norm" if rescale else ""
-    return _slot_method(make, f"Interlat, zero-shot: A's last-layer hidden states as B's inputs{scaled}.")
+    return SlotMethod(make, f"Interlat, zero-shot: A's last-layer hidden states as B's inputs{scaled}.")
 
 
 def interlat_trained(adapter_dir: str) -> MethodFn:
@@ -239,7 +246,7 @@ def interlat_trained(adapter_dir: str) -> MethodFn:
         with torch.no_grad():
             return adapter.message(trajectory.hidden), trajectory.text
 
-    return _slot_method(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
+    return SlotMethod(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
 
 
 def register_method(name: str, fn: MethodFn) -> None:
