@@ -332,6 +332,7 @@ class ExplorerUI:
         receiver: str,
         *,
         task: str = "countries",
+        tasks: Sequence[str] = (),
         models: Sequence[str] | None = None,
         n_items: int = 20,
         k: int | None = None,
@@ -350,7 +351,10 @@ class ExplorerUI:
         self.receiver = w.Combobox(
             value=receiver, options=options, description="receiver B", ensure_option=False
         )
-        self.task = w.Dropdown(options=["countries", "tipsheets", FREE_TEXT], value=task, description="task")
+        files = list(dict.fromkeys([*tasks, *([task] if task.endswith(".jsonl") else [])]))
+        self.task = w.Dropdown(
+            options=["countries", "tipsheets", *files, FREE_TEXT], value=task, description="task"
+        )
         self.item = w.BoundedIntText(
             value=0, min=0, max=n_items - 1, description="item", layout={"width": "160px"}
         )
@@ -447,7 +451,9 @@ class ExplorerUI:
         for widget in (self.sender_text, self.receiver_text, self.answer, self.reply):
             widget.disabled = not free
         if not free:
-            it = _items(self.task.value, self._n_items)[self.item.value]
+            items = _items(self.task.value, self._n_items)
+            self.item.max = len(items) - 1  # clamps the index for a short custom file
+            it = items[self.item.value]
             self.sender_text.value, self.receiver_text.value = it.sender, it.receiver
             self.answer.value, self.reply.value = it.answer, it.reply
 
@@ -523,7 +529,8 @@ def explore(sender: str = "smollm2-135m", receiver: str | None = None, **kwargs:
     Args:
         sender: Model A (offline short name, local directory, or hub id when online).
         receiver: Model B (default: the same as A).
-        **kwargs: ``task``, ``models`` (the names offered), ``n_items``, ``k``,
+        **kwargs: ``task`` (a game, a JSONL path, or ``"free text"``), ``tasks``
+            (more JSONL paths to offer), ``models`` (the names offered), ``n_items``, ``k``,
             ``j``, and :class:`Explorer`'s ``backend``, ``max_new_tokens``,
             ``top``, ``n_reference``, ``map``.
 

@@ -129,3 +129,18 @@ def test_w_is_offered_with_a_map_and_only_at_its_layers(tiny: Model, tiny_wide: 
     ui.j.value = 1
     assert ui.error is not None and "map" in ui.status.value.lower()
     assert "W" not in explore(tiny.name, n_reference=0, max_new_tokens=TOKENS).f.options
+
+
+def test_custom_jsonl_task(tiny: Model, tmp_path) -> None:
+    import json
+
+    path = tmp_path / "pets.jsonl"
+    question = "What is the pet?"
+    rows = [{"sender": "The pet is a cat.", "receiver": question, "answer": "cat", "reply": "It is a"},
+            {"sender": "The pet is a dog.", "receiver": question, "answer": "dog"}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ui = explore(tiny.name, n_reference=0, max_new_tokens=TOKENS, task=str(path))
+    assert ui.view is not None and ui.view.item.sender == "The pet is a cat." and ui.reply.value == "It is a"
+    assert ui.item.max == 1
+    ui.item.value = 1
+    assert ui.view.item.answer == "dog"
