@@ -47,9 +47,26 @@ class Trajectory:
     text: str
 
 
-@torch.no_grad()
+_TRAJECTORIES: dict[tuple[int, str, int], tuple[Model, Trajectory]] = {}
+_CACHE_SIZE = 1024
+
+
 def trajectory_message(sender: Model, prompt: str, *, max_tokens: int = 48) -> Trajectory:
-    """Greedy message for ``prompt`` (the full instruction) with the hidden state of every step."""
+    """Greedy message for ``prompt`` (the full instruction) with the hidden state of every step.
+
+    Deterministic, so it is kept in memory (the last 1024 per process): the
+    Interlat variants of one run share A's work.
+    """
+    key = (id(sender), prompt, max_tokens)
+    if key not in _TRAJECTORIES:
+        if len(_TRAJECTORIES) >= _CACHE_SIZE:
+            _TRAJECTORIES.pop(next(iter(_TRAJECTORIES)))
+        _TRAJECTORIES[key] = (sender, _trajectory(sender, prompt, max_tokens))  # the model keeps its id
+    return _TRAJECTORIES[key][1]
+
+
+@torch.no_grad()
+def _trajectory(sender: Model, prompt: str, max_tokens: int) -> Trajectory:
     tok = sender.tokenizer
     text = format_prompt(sender, prompt)
     ids = tok(text, return_tensors="pt", add_special_tokens=sender.info.prompt_format != "chat")["input_ids"]
