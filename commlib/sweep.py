@@ -170,7 +170,7 @@ class ReceiverItem:
             Decoding(max_new_tokens=max_new_tokens),
             past=_repeat_cache(self.prefix, rows),
         )
-        return gen.texts, [_until_eos(row.tolist(), self.model) for row in gen.token_ids]
+        return gen.texts, [until_eos(row.tolist(), self.model) for row in gen.token_ids]
 
 
 def sweep_item(
@@ -235,7 +235,7 @@ def sweep_item(
     return cells
 
 
-def _until_eos(ids: list[int], model: Model) -> list[int]:
+def until_eos(ids: list[int], model: Model) -> list[int]:
     """Generated ids up to and including the first EOS (drops the batch's padding after it)."""
     eos = set(model.eos_token_ids())
     for i, tok in enumerate(ids):
@@ -292,5 +292,5 @@ def naive_cell(
             decoding=Decoding(max_new_tokens=max_new_tokens),
             receiver_replies=[item.reply],
         )
-        cell.update(text=gen.texts[0], token_ids=_until_eos(gen.token_ids[0].tolist(), receiver))
+        cell.update(text=gen.texts[0], token_ids=until_eos(gen.token_ids[0].tolist(), receiver))
     return cell

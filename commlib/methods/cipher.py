@@ -31,7 +31,7 @@ from torch import Tensor
 
 from commlib.errors import CommlibError
 from commlib.models import Model
-from commlib.prompts import format_prompt
+from commlib.prompts import encode, format_prompt
 
 MESSAGE_SLOT = "\u2063MESSAGE\u2063"
 """Marks where the message goes in the receiver's prompt before it is split."""
@@ -126,9 +126,7 @@ def soft_message(
     if temperature < 0:
         raise CommlibError(f"temperature must be >= 0, got {temperature}")
     tok = sender.tokenizer
-    text = format_prompt(sender, prompt)
-    ids = tok(text, return_tensors="pt", add_special_tokens=sender.info.prompt_format != "chat")["input_ids"]
-    ids = ids.to(sender.device)
+    ids = encode(sender, [prompt]).input_ids.to(sender.device)
     logits, past = _step(sender, _embed(sender, ids), None)
     table, scale = _table(sender), _scale(sender)
     eos = set(sender.eos_token_ids())

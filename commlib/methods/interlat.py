@@ -25,9 +25,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from commlib.errors import CommlibError
-from commlib.methods.cipher import _table
+from commlib.methods.cipher import _scale, _table
 from commlib.models import Model
-from commlib.prompts import format_prompt
+from commlib.prompts import encode, format_prompt
 from commlib.tasks.games import GameItem
 
 
@@ -68,8 +68,7 @@ def trajectory_message(sender: Model, prompt: str, *, max_tokens: int = 48) -> T
 @torch.no_grad()
 def _trajectory(sender: Model, prompt: str, max_tokens: int) -> Trajectory:
     tok = sender.tokenizer
-    text = format_prompt(sender, prompt)
-    ids = tok(text, return_tensors="pt", add_special_tokens=sender.info.prompt_format != "chat")["input_ids"]
+    ids = encode(sender, [prompt]).input_ids
     out = sender.hf(input_ids=ids.to(sender.device), output_hidden_states=True, use_cache=True)
     eos = set(sender.eos_token_ids())
     hidden: list[Tensor] = []
@@ -96,9 +95,7 @@ def _trajectory(sender: Model, prompt: str, max_tokens: int) -> Trajectory:
 
 def embedding_norm(model: Model) -> float:
     """Median norm of the model's input embeddings as it feeds them (scale included)."""
-    table = _table(model).float()
-    scale = float(getattr(model.hf.get_input_embeddings(), "embed_scale", 1.0))
-    return float(table.norm(dim=-1).median()) * scale
+    return float(_table(model).float().norm(dim=-1).median()) * float(_scale(model))
 
 
 def as_receiver_inputs(

@@ -35,6 +35,7 @@ from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
 from commlib.models import Model
 from commlib.prompts import encode
+from commlib.sweep import until_eos
 from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_number
 
 GSM8K_PROMPT = (
@@ -92,8 +93,7 @@ def _answer(model: Model, prompt: str, cfg: ReasoningConfig) -> tuple[str, int, 
 
 
 def _generated(model: Model, ids: list[int]) -> int:
-    eos = set(model.eos_token_ids())
-    return next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+    return len(until_eos(ids, model))
 
 
 def _final(item: ReasoningItem, text: str) -> str | None:
