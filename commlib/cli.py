@@ -24,6 +24,7 @@ from commlib.errors import CommlibError
 
 BACKEND_CHOICES = ("nnsight", "transformer-lens")
 F_CHOICES = ("none", "sum", "mean", "replace")
+REFERENCE_CHOICES = ("corpus", "prompt", "task")  # experiments.REFERENCES, without importing torch at start
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -42,9 +43,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from commlib.corpora import fetch_lambada
     from commlib.models import fetch
+    from commlib.tasks.biographies import fetch_biographies
     from commlib.tasks.reasoning import fetch_gsm8k, fetch_mmlu
 
-    data = {"lambada": fetch_lambada, "gsm8k": fetch_gsm8k, "mmlu": fetch_mmlu}
+    data = {
+        "lambada": fetch_lambada,
+        "gsm8k": fetch_gsm8k,
+        "mmlu": fetch_mmlu,
+        "biographies": fetch_biographies,
+    }
     for name in args.names:
         if name in data:
             print(f"[{name}] {data[name](force=args.force)}")
@@ -161,12 +168,14 @@ def _cmd_games(args: argparse.Namespace) -> int:
 
 def _cmd_latent(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
-    if args.method == "interlat-trained":
-        from commlib.methods import interlat_trained, register_method
+    if args.method in ("interlat-trained", "interlat-compressed"):
+        from commlib.methods import interlat_compressed, interlat_trained, register_method
 
+        trained = args.method == "interlat-trained"
         if not args.adapter:
-            raise CommlibError("interlat-trained needs --adapter DIR (from `commlib train-adapter`)")
-        register_method("interlat-trained", interlat_trained(args.adapter))
+            where = "`commlib train-adapter`" if trained else "`commlib train-adapter --compress K`"
+            raise CommlibError(f"{args.method} needs --adapter DIR (from {where})")
+        register_method(args.method, (interlat_trained if trained else interlat_compressed)(args.adapter))
     if args.method == "cipher":
         methods += [f"cipher-t{float(t):g}" for t in args.temperature.split(",")]
     else:
@@ -178,37 +187,64 @@ def _cmd_latent(args: argparse.Namespace) -> int:
 def _cmd_reasoning(args: argparse.Namespace) -> int:
     from commlib.combine import LinearMap
     from commlib.experiments import run_reasoning
+    from commlib.models import load_model
 
     sender, receiver = _load_pair(args)
+    loaded = {sender.name: sender, receiver.name: receiver}
+
+    def model(name: str) -> Any:
+        return loaded[name] if name in loaded else loaded.setdefault(name, load_model(name))
+
     result = run_reasoning(
         args.task, sender, receiver, [m.strip() for m in args.methods.split(",") if m.strip()],
-        out_dir=args.out, n=args.n, seed=args.seed, k=args.k, j=args.j, rounds=args.rounds,
+        out_dir=args.out, n=args.n, seed=args.seed, k=args.k, j=args.j,
+        layers_from=model(args.layers_from) if args.layers_from else None, rounds=args.rounds,
         max_new_tokens=args.max_new_tokens, map=LinearMap.load(args.map) if args.map else None,
-        backend=args.backend, source=args.source,
+        backend=args.backend, source=args.source, a_temperature=args.a_temperature, a_top_p=args.a_top_p,
+        a_seed=args.a_seed, judge=model(args.judge) if args.task == "biographies" and args.judge else None,
     )  # fmt: skip
-    print(f"{'method':<10}{'accuracy':>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
+    label = "score" if args.task == "biographies" else "accuracy"
+    print(f"{'method':<10}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
     for method, r in result["methods"].items():
         ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         print(f"{method:<10}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
               f"{r['n']:>5}")  # fmt: skip
-    print(f"wrote {args.out}/results.json and items.csv")
+    config = result["config"]
+    if config["layers_chosen_on"]:
+        print(f"layers (k, j) = ({config['k']}, {config['j']}), mapped by relative depth from "
+              f"{config['layers_chosen_on']}")  # fmt: skip
+    judged = " and judgements.jsonl" if config["judge"] else ""
+    print(f"wrote {args.out}/results.json, items.csv{judged}")
     return 0
 
 
 def _cmd_train_adapter(args: argparse.Namespace) -> int:
-    from commlib.methods.interlat import load_adapter, train_adapter
+    from commlib.methods.interlat import load_adapter, load_compressor, train_adapter, train_compressor
 
+    compress = args.compress is not None
+    if compress and (not args.adapter or args.game or args.kl_weight):
+        raise CommlibError(
+            "--compress K needs --adapter BASE_DIR and trains on that adapter's items with "
+            "a KL loss: drop --game and --kl-weight (--ce-weight adds the answer's CE)"
+        )
+    if not compress and (not args.game or args.adapter or args.ce_weight):
+        raise CommlibError("train-adapter needs --game; --adapter and --ce-weight go with --compress K")
     sender, receiver = _load_pair(args)
-    train_adapter(
-        sender, receiver, args.game, args.out, n_train=args.n_train, steps=args.steps, lr=args.lr,
-        seed=args.seed, message_tokens=args.message_tokens,
-    )  # fmt: skip
-    _, info = load_adapter(args.out)
-    window = max(1, len(info.losses) // 10)
-    first, last = info.losses[:window], info.losses[-window:]
-    print(f"{info.steps} steps; mean loss of the first {window}: {sum(first) / len(first):.3f}, "
+    if compress:
+        train_compressor(sender, receiver, args.adapter, args.out, k=args.compress, steps=args.steps,
+                         lr=args.lr, ce_weight=args.ce_weight, seed=args.seed)  # fmt: skip
+        losses, name = load_compressor(args.out)[2].losses, "compressor"
+    else:
+        train_adapter(
+            sender, receiver, args.game, args.out, n_train=args.n_train, steps=args.steps, lr=args.lr,
+            seed=args.seed, message_tokens=args.message_tokens, kl_weight=args.kl_weight,
+        )  # fmt: skip
+        losses, name = load_adapter(args.out)[1].losses, "adapter"
+    window = max(1, len(losses) // 10)
+    first, last = losses[:window], losses[-window:]
+    print(f"{len(losses)} steps; mean loss of the first {window}: {sum(first) / len(first):.3f}, "
           f"of the last {window}: {sum(last) / len(last):.3f}")  # fmt: skip
-    print(f"wrote {args.out}/adapter.safetensors and adapter.json")
+    print(f"wrote {args.out}/{name}.safetensors and {name}.json")
     return 0
 
 
@@ -310,6 +346,29 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep_n(args: argparse.Namespace) -> int:
+    from commlib.experiments import n_sweep_table, run_n_sweep
+    from commlib.plots import accuracy_distance_vs_n, save_figure
+
+    sender, receiver = _load_pair(args)
+    result = run_n_sweep(
+        args.game, sender, receiver, [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.ns.split(","), out_dir=args.out, k=args.k, j=args.j, n=args.n, seed=args.seed,
+        position=args.position, adapter=args.adapter, message_tokens=args.message_tokens,
+        max_new_tokens=args.max_new_tokens, n_reference=args.n_reference, reference=args.reference,
+        backend=args.backend,
+    )  # fmt: skip
+    table = n_sweep_table(result)
+    game = Path(args.game).stem
+    fig = accuracy_distance_vs_n(table, title=f"{game}: {sender.name} -> {receiver.name}")
+    save_figure(fig, f"sweep_n_{game}_{sender.name}_{receiver.name}", directory=args.out, config=vars(args))
+    cols = ["method", "n", "n_sent", "accuracy", "ci_low", "ci_high", "median_mahalanobis_pct", "flops",
+            "seconds"]  # fmt: skip
+    print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print(f"wrote {args.out}/results.json, items.csv and the figure")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commlib.backends import Decoding
     from commlib.graft import GraftConfig, communicate
@@ -343,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models and whether each is cached")
 
-    s = sub.add_parser("fetch", help="fetch offline models, and data: lambada, gsm8k, mmlu")
+    s = sub.add_parser("fetch", help="fetch offline models, and data: lambada, gsm8k, mmlu, biographies")
     s.add_argument("names", nargs="+")
     s.add_argument("--force", action="store_true")
 
@@ -402,9 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("latent", help="latent channels (CIPHER, Interlat) on a game next to baselines")
     s.add_argument(
-        "--method", choices=("cipher", "interlat", "interlat-norm", "interlat-trained"), default="cipher"
+        "--method",
+        choices=("cipher", "interlat", "interlat-norm", "interlat-trained", "interlat-compressed"),
+        default="cipher",
     )
-    s.add_argument("--adapter", help="interlat-trained: the directory train-adapter wrote")
+    s.add_argument(
+        "--adapter", help="interlat-trained / -compressed: the directory train-adapter (--compress K) wrote"
+    )
     s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True, help="must share the sender's tokenizer")
@@ -418,8 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reply", action="store_true", help="B answers from scratch")
     s.add_argument("--out", required=True)
 
-    s = sub.add_parser("train-adapter", help="train an Interlat adapter (B frozen) on a game; resumes")
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s = sub.add_parser(
+        "train-adapter", help="train an Interlat adapter, or compress one to K latents (B frozen); resumes"
+    )
+    s.add_argument("--game", help="countries, tipsheets, or PATH.jsonl (not with --compress)")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument("--n-train", type=int, default=100, help="training items (Countries has 112)")
@@ -427,18 +492,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--seed", type=int, default=1000, help="training items' seed (keep off 0 and 1)")
     s.add_argument("--message-tokens", type=int, default=48)
+    s.add_argument("--kl-weight", type=float, default=0.0, help="KL alignment to B reading the text message")
+    s.add_argument("--compress", type=int, metavar="K", help="train K latents on top of --adapter instead")
+    s.add_argument("--adapter", help="with --compress: the base adapter's directory")
+    s.add_argument("--ce-weight", type=float, default=0.0, help="with --compress: weight of the answer's CE")
     s.add_argument("--out", required=True)
 
-    s = sub.add_parser("reasoning", help="GSM8k / MMLU: single models, debate, AC; compute; resumable")
-    s.add_argument("--task", required=True, help="gsm8k or mmlu:SUBJECT (e.g. mmlu:formal_logic)")
+    s = sub.add_parser(
+        "reasoning", help="GSM8k / MMLU / Biographies: single models, debate, AC; compute; resumable"
+    )
+    s.add_argument(
+        "--task", required=True, help="gsm8k, mmlu:SUBJECT (e.g. mmlu:formal_logic) or biographies"
+    )
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
-    s.add_argument("--methods", default="single-a,single-b,nld,ac", help="single-a,single-b,nld,ac,ac-w")
+    s.add_argument(
+        "--methods",
+        default="single-a,single-b,nld,ac",
+        help="single-a,single-b,nld,nld-r<N>,cipher-debate,ac,ac-w,ac-cot",
+    )
     s.add_argument("--n", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int, default=None, help="A's block for ac")
     s.add_argument("--j", type=int, default=None, help="B's block for ac")
-    s.add_argument("--rounds", type=int, default=2, help="debate rounds")
+    s.add_argument(
+        "--layers-from",
+        help="model --k/--j were chosen on (e.g. its games sweep): map them by relative depth",
+    )
+    s.add_argument("--rounds", type=int, default=2, help="debate rounds of nld")
+    s.add_argument("--a-temperature", type=float, default=0.0, help="A samples its text (0: greedy)")
+    s.add_argument("--a-top-p", type=float, default=0.9, help="A's nucleus threshold when sampling")
+    s.add_argument("--a-seed", type=int, default=0, help="seed of A's sampling")
+    s.add_argument(
+        "--judge",
+        default="qwen2.5-coder-1.5b",  # biographies.DEFAULT_JUDGE (tested), without importing torch at start
+        help="biographies: the judge model ('' to generate only)",
+    )
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--map", help="learned W for ac-w")
     s.add_argument("--source", choices=("offline", "hub"), default="offline")
@@ -479,13 +568,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--position", choices=("last", "content"), default="last")
     s.add_argument("--map", help="learned W for ac-w-* methods")
-    s.add_argument("--n-reference", type=int, default=3072, help="corpus sentences for B's reference set")
+    s.add_argument(
+        "--n-reference", type=int, default=3072, help="sentences (or task prompts) for B's reference set"
+    )
     s.add_argument(
         "--reference",
-        choices=("corpus", "prompt"),
+        choices=REFERENCE_CHOICES,
         default="corpus",
-        help="B's states on raw sentences, or on sentences in B's prompt format at the graft's position",
+        help="B's states on raw sentences, on sentences in B's prompt format at the graft's position, "
+        "or on the game's own prompts (both sides, items no evaluation draws) at that position",
     )
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("sweep-n", help="accuracy, distance and compute against how much state is sent")
+    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--receiver", required=True)
+    s.add_argument(
+        "--methods", default="ac-replace,cipher,interlat-norm",
+        help="ac-sum,ac-mean,ac-replace,cipher,cipher-t<T>,interlat,interlat-norm,interlat-trained",
+    )  # fmt: skip
+    s.add_argument("--adapter", help="interlat-trained: the directory train-adapter wrote")
+    s.add_argument("--ns", default="0,1,2,4,8,all", help="n to sweep, comma-separated; all sends everything")
+    s.add_argument("--k", type=int, default=None, help="A's block (ac-*)")
+    s.add_argument("--j", type=int, default=None, help="B's block (ac-*)")
+    s.add_argument("--position", choices=("last", "content"), default="last", help="AC's message position")
+    s.add_argument("--n", type=int, default=None, help="items (default: 100 countries, 70 tipsheets)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--message-tokens", type=int, default=48, help="longest message A writes (latent)")
+    s.add_argument("--max-new-tokens", type=int, default=24)
+    s.add_argument("--n-reference", type=int, default=3072, help="size of B's reference sets")
+    s.add_argument("--reference", choices=REFERENCE_CHOICES, default="task",
+                   help="AC's reference for B's layer-j states (see commlib distance --help)")  # fmt: skip
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--out", required=True)
 
@@ -505,6 +620,7 @@ COMMANDS = {
     "train-adapter": _cmd_train_adapter,
     "sweep": _cmd_sweep,
     "distance": _cmd_distance,
+    "sweep-n": _cmd_sweep_n,
     "demo": _cmd_demo,
 }
 

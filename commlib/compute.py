@@ -120,9 +120,13 @@ def method_flops(
     Methods: ``single-a``, ``single-b`` (one model answers its prompt),
     ``nl`` (A writes ``message`` tokens; B reads them with its prompt and
     answers), ``ac`` (A runs to block ``k`` on its prompt; B answers its
-    prompt; f itself is negligible), ``nld`` (Du et al.'s debate: in each of
+    prompt; f itself is negligible), ``ac-cot`` (A writes ``message`` tokens
+    of reasoning, then runs to block ``k`` over its prompt and reasoning, as
+    commlib does; B answers its prompt), ``nld`` (Du et al.'s debate: in each of
     ``rounds`` rounds each agent answers with ``message`` tokens, reading its
-    prompt and every earlier answer; B's last answer is ``answer`` tokens).
+    prompt and every earlier answer; B's last answer is ``answer`` tokens),
+    ``cipher-debate`` (the same passes, plus each step's expected embedding
+    ``p @ E``, ``2VD`` like the unembedding).
     """
     if method == "single-a":
         return _split(generation_flops(sender, prompt_a, answer, accounting), 0.0)
@@ -133,25 +137,57 @@ def method_flops(
             generation_flops(sender, prompt_a, message, accounting),
             generation_flops(receiver, prompt_b + message, answer, accounting),
         )
-    if method == "ac":
+    if method in ("ac", "ac-cot"):
         if k is None:
-            raise ValueError("ac needs k, the sender's block")
+            raise ValueError(f"{method} needs k, the sender's block")
+        read = prompt_a + (message if method == "ac-cot" else 0)  # the tokens A's partial pass covers
         partial = (
-            forward_flops(sender, prompt_a, layers=k + 1, unembed=False)
+            forward_flops(sender, read, layers=k + 1, unembed=False)
             if accounting == "kv-cache"
-            else paper_forward_flops(sender, prompt_a) * (k + 1) / sender.n_layers
+            else paper_forward_flops(sender, read) * (k + 1) / sender.n_layers
         )
-        return _split(partial, generation_flops(receiver, prompt_b, answer, accounting))
-    if method == "nld":
+        reasoning = generation_flops(sender, prompt_a, message, accounting) if method == "ac-cot" else 0.0
+        return _split(reasoning + partial, generation_flops(receiver, prompt_b, answer, accounting))
+    if method in ("nld", "cipher-debate"):
         a_total = b_total = 0.0
+        soft = method == "cipher-debate"
         for r in range(rounds):
             earlier = 2 * r * message  # both agents' answers of every earlier round
-            last = r == rounds - 1
+            b_new = answer if r == rounds - 1 else message
             a_total += generation_flops(sender, prompt_a + earlier, message, accounting)
-            b_total += generation_flops(receiver, prompt_b + earlier, answer if last else message, accounting)
+            b_total += generation_flops(receiver, prompt_b + earlier, b_new, accounting)
+            if soft:
+                a_total += 2.0 * message * sender.vocab * sender.d_model
+                b_total += 2.0 * b_new * receiver.vocab * receiver.d_model
         return _split(a_total, b_total)
-    raise ValueError(f"unknown method {method!r}; use single-a, single-b, nl, ac or nld")
+    raise ValueError(f"unknown method {method!r}; use single-a, single-b, nl, ac, nld or cipher-debate")
 
 
 def _split(sender: float, receiver: float) -> dict[str, float]:
     return {"sender": sender, "receiver": receiver, "total": sender + receiver}
+
+
+def slot_flops(
+    sender: Shape,
+    receiver: Shape,
+    *,
+    prompt_a: int,
+    prompt_b: int,
+    steps: int,
+    slot: int,
+    answer: int,
+    soft: int = 0,
+    accounting: Accounting = "kv-cache",
+) -> dict[str, float]:
+    """A message B reads as vectors in its prompt (CIPHER, Interlat), split by model as :func:`method_flops`.
+
+    A generates ``steps`` new positions on its ``prompt_a``-token prompt (the
+    prefill gives the first); B reads ``slot`` vectors inside its
+    ``prompt_b``-token prompt and generates ``answer``. ``soft`` of A's steps
+    are CIPHER's expected embeddings, ``p @ E``: ``2VD`` each for A (fed
+    back) and for B (read through its own table). An adapter between the two
+    is not counted.
+    """
+    a = generation_flops(sender, prompt_a, steps, accounting) + 2.0 * soft * sender.vocab * sender.d_model
+    b = generation_flops(receiver, prompt_b + slot, answer, accounting)
+    return _split(a, b + 2.0 * soft * receiver.vocab * receiver.d_model)

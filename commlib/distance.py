@@ -5,9 +5,10 @@ its own activations decides whether it works zero-shot. This module measures
 that distance, in one place:
 
 * :func:`corpus_activations`: a model's final-token residuals after block
-  ``layer`` on general-text sentences, cached per (model, layer, corpus, n,
-  seed); :func:`reference_activations` splits B's into a fit set and a
-  held-out calibration set.
+  ``layer`` on general-text sentences (or, ``corpus="task:<game>"``, at the
+  graft's position on a game's own prompts), cached per (model, layer,
+  corpus, n, seed); :func:`reference_activations` splits B's into a fit set
+  and a held-out calibration set.
 * :class:`Manifold`: statistics fitted once on the fit set (mean, Ledoit-Wolf
   shrinkage precision, PCA, the fit set itself for nearest neighbours) and
   the held-out set's own distances, so that every metric is also reported as
@@ -57,6 +58,9 @@ METRICS = (
     "knn_cosine",
 )
 """Distances of :meth:`Manifold.distances` that are calibrated to percentiles."""
+
+TASK_CORPUS = "task:"
+"""``corpus="task:<game>"``: a game's own prompts (:func:`commlib.tasks.games.reference_prompts`)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,10 @@ def corpus_activations(
     same sentences. ``formatted=True`` instead wraps each sentence as the
     user's text in the model's prompt format, followed by ``reply``, and reads
     the state at ``position``: a reference at the positions a game's graft
-    uses (see :func:`commlib.graft.capture_corpus`). Cached under the commlib
+    uses (see :func:`commlib.graft.capture_corpus`). ``corpus="task:<game>"``
+    (with ``formatted=True``) reads the game's own prompts instead, each with
+    its reply (:func:`commlib.tasks.games.reference_prompts`: at most ``n``,
+    from seeds no evaluation uses). Cached under the commlib
     cache directory (set ``COMMLIB_CACHE_DIR`` to move it); ``cache=False``
     neither reads nor writes. :func:`cache_corpus_activations` fills the
     cache for many layers in one pass.
@@ -196,12 +203,21 @@ def _capture_corpus(
 ) -> dict[int, Tensor]:
     from commlib.corpora import load_sentences
     from commlib.graft import capture_corpus
+    from commlib.tasks.games import reference_prompts
 
-    sentences = load_sentences(corpus, n=n, seed=seed)
+    replies: str | list[str] = reply
+    if corpus.startswith(TASK_CORPUS):
+        if not formatted:
+            raise CommlibError(
+                f"{corpus} is read in the prompt format, at the game's positions: pass formatted=True"
+            )
+        sentences, replies = reference_prompts(corpus.removeprefix(TASK_CORPUS), n, seed)
+    else:
+        sentences = load_sentences(corpus, n=n, seed=seed)
     label = f"L{layers[0]}" if len(layers) == 1 else f"{len(layers)} layers"
     acts = capture_corpus(
         model, sentences, layers, backend=backend, desc=f"{model.name} {label} {corpus}", formatted=formatted,
-        position=position, reply=reply,
+        position=position, reply=replies,
     )  # fmt: skip
     for layer, x in acts.items():
         if not torch.isfinite(x).all():

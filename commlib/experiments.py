@@ -17,11 +17,14 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from commlib.distance import Manifold
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
@@ -37,7 +40,7 @@ from commlib.results import (
     package_versions,
     write_json,
 )
-from commlib.tasks.games import load_game
+from commlib.tasks.games import GameItem, load_game
 
 
 def run_games(
@@ -361,6 +364,9 @@ CONTROLS = ("random", "gaussian", "unrelated")
   statistics, wrong content).
 """
 
+REFERENCES = ("corpus", "prompt", "task")
+"""What :func:`run_distance` measures B's states against (see its docstring)."""
+
 
 def _control_sources(
     a: Tensor,
@@ -395,6 +401,21 @@ def _control_sources(
     if "unrelated" in controls:
         sources["unrelated"] = a.roll(1, dims=0)
     return sources
+
+
+def _layer_manifold(
+    receiver: Model, j: int, items: Sequence[GameItem], game: str, reference: str, *, n_reference: int,
+    seed: int, position: Position, backend: str, corpus: str = "lambada",
+) -> Manifold:  # fmt: skip
+    """B's manifold after block ``j`` for :func:`run_distance`'s ``reference`` (cached on disk)."""
+    from commlib.distance import TASK_CORPUS, manifold_for
+
+    ref_corpus = f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+    reply = items[0].reply if reference == "prompt" else ""
+    return manifold_for(
+        receiver, j, corpus=ref_corpus, n=n_reference, seed=seed, backend=backend,
+        formatted=reference != "corpus", position=position, reply=reply,
+    )  # fmt: skip
 
 
 def _writes(x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -444,9 +465,12 @@ def run_distance(
     corpus sentences; ``"prompt"`` against B's states at the same position of
     the same prompt format, each corpus sentence as the user's text followed
     by the first item's reply (B's states at a chat template's closing
-    tokens lie far from every raw-text state, so only this reference can
-    rank grafted states there). The Gaussian control follows the same choice
-    for A.
+    tokens lie far from every raw-text state); ``"task"`` against B's states
+    at the same position on the game's own prompts, both sides, from items
+    no evaluation draws (``corpus="task:<game>"`` in
+    :func:`commlib.distance.corpus_activations`): where B's own game states
+    sit beyond every corpus state, only this reference can rank grafted
+    states. The Gaussian control follows the same choice for A.
 
     Writes ``out_dir/distances.csv`` (an item's rows appended as it finishes;
     a re-run resumes) and ``out_dir/run.json``.
@@ -459,12 +483,12 @@ def run_distance(
 
     from commlib.backends import get_backend
     from commlib.combine import combine
-    from commlib.distance import manifold_for, next_token_kl
+    from commlib.distance import TASK_CORPUS, next_token_kl
     from commlib.graft import capture_span
     from commlib.sweep import ReceiverItem
 
-    if reference not in ("corpus", "prompt"):
-        raise CommlibError(f"unknown reference {reference!r}; use corpus or prompt")
+    if reference not in REFERENCES:
+        raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise CommlibError(f"unknown control(s) {', '.join(unknown)}; use {', '.join(CONTROLS)}")
@@ -498,11 +522,10 @@ def run_distance(
     if path.exists():
         finished = pd.read_csv(path)
         done = set(zip(finished["item_id"].astype(str), finished["n_positions"].astype(int), strict=True))
-    formatted = reference == "prompt"
-    manifold = manifold_for(
-        receiver, j, corpus=corpus, n=n_reference, seed=seed, backend=backend, formatted=formatted,
-        position=position, reply=items[0].reply if formatted else "",
-    )  # fmt: skip
+    formatted = reference != "corpus"
+    ref_corpus = f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+    manifold = _layer_manifold(receiver, j, items, game, reference, n_reference=n_reference, seed=seed,
+                               position=position, backend=backend, corpus=corpus)  # fmt: skip
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
     s_prompts = [it.sender for it in items]
     r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
@@ -512,7 +535,7 @@ def run_distance(
         a = capture_span(sb, s_prompts, k, position, n_pos).float().cpu()  # [items, n, d_A]
         b = capture_span(rb, r_prompts, j, position, n_pos, replies=replies).float().cpu()
         sources = _control_sources(
-            a, sender, k, controls, n_reference=n_reference, seed=seed, backend=backend, corpus=corpus,
+            a, sender, k, controls, n_reference=n_reference, seed=seed, backend=backend, corpus=ref_corpus,
             formatted=formatted, position=position,
         )  # fmt: skip
         configs, states, tables = [], [], []
@@ -557,6 +580,8 @@ REASONING_FIELDS = (
     "item_id", "method", "answer", "extracted", "correct", "output", "transcript", "seconds",
     "prompt_a", "prompt_b", "message_tokens", "answer_tokens", "flops",
 )  # fmt: skip
+JUDGEMENTS = "judgements.jsonl"
+"""Per (judge, item, method) file of a Biographies run: the judge's prompts, raw answers and verdicts."""
 
 
 def run_reasoning(
@@ -570,21 +595,45 @@ def run_reasoning(
     seed: int = 0,
     k: int | None = None,
     j: int | None = None,
+    layers_from: Model | None = None,
     rounds: int = 2,
     max_new_tokens: int = 256,
     map: LinearMap | None = None,
     backend: str = "nnsight",
     source: str = "offline",
+    a_temperature: float = 0.0,
+    a_top_p: float = 0.9,
+    a_seed: int = 0,
+    judge: Model | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Reasoning methods on ``gsm8k`` or ``mmlu:SUBJECT`` (paper Section 4.2); resumable.
+    """Reasoning methods on ``gsm8k``, ``mmlu:SUBJECT`` or ``biographies`` (paper Section 4.2); resumable.
 
-    Per item and method, ``out_dir/items.csv`` keeps B's output (and the debate
+    Per item and method, ``out_dir/items.csv`` keeps B's output (and the
     transcript), the extracted answer, wall time, token counts and analytic
-    FLOPs (:func:`commlib.compute.method_flops`, KV cache). ``results.json``
-    has per method accuracy with a 95% bootstrap CI, mean FLOPs (also
-    relative to one forward pass of the smaller model over the mean prompt),
-    mean wall time and generated tokens, and the configuration.
+    FLOPs (:func:`commlib.compute.method_flops`, KV cache). Methods are those
+    of :mod:`commlib.methods.reasoning`, ``nld-r1,...,nld-r4`` included (one
+    debate per item serves them all). ``results.json`` has per method the
+    score with a 95% bootstrap CI, mean FLOPs (also relative to one forward
+    pass of the smaller model over the mean prompt), mean wall time and
+    generated tokens, and the configuration.
+
+    The score is accuracy on GSM8k and MMLU. Biographies are scored by
+    ``judge`` (:func:`judge_biographies`, cached in ``out_dir/judgements.jsonl``):
+    the mean over people of the fraction of facts judged consistent. Without
+    a judge they are generated only (score NaN). The judge is not part of the
+    run's settings: re-running a directory with another judge judges the
+    same biographies again, without regenerating them.
+
+    Args:
+        k: A's block for the AC methods (chosen on ``layers_from`` when given).
+        j: B's block for the AC methods (likewise).
+        layers_from: The model ``k`` and ``j`` were chosen on (e.g. by the games
+            sweep of A = B = that model): they are mapped to A's and B's depth
+            by :func:`commlib.graft.map_layer`, and both are recorded.
+        a_temperature: A's sampling temperature (0: greedy), with ``a_top_p``
+            and ``a_seed`` (see :class:`commlib.methods.reasoning.ReasoningConfig`).
+        judge: The Biographies judge model.
 
     Returns:
         The content of ``results.json``.
@@ -594,74 +643,243 @@ def run_reasoning(
     from tqdm.auto import tqdm
 
     from commlib.compute import Shape, forward_flops, method_flops
+    from commlib.graft import map_layer
     from commlib.methods.reasoning import (
-        REASONING_METHODS,
         ReasoningConfig,
+        check_methods,
+        compute_kind,
+        debate_rounds,
         question_prompt,
-        run_reasoning_method,
+        run_reasoning_methods,
     )
     from commlib.results import bootstrap_ci
-    from commlib.tasks.reasoning import extract_choice, extract_number, is_correct, load_task
+    from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
+    from commlib.tasks.reasoning import extract_answer, is_correct, load_task
 
-    unknown = [m for m in methods if m not in REASONING_METHODS]
-    if unknown:
-        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(REASONING_METHODS)}")
+    methods = list(dict.fromkeys(methods))
+    check_methods(methods)
     items = load_task(task, n, seed, source=source)  # type: ignore[arg-type]
-    cfg = ReasoningConfig(k=k, j=j, rounds=rounds, max_new_tokens=max_new_tokens, backend=backend)
+    chosen = None
+    if layers_from is not None and k is not None and j is not None:
+        chosen = {"model": layers_from.name, "k": k, "j": j}
+        depth = layers_from.info.n_layers
+        k, j = map_layer(k, depth, sender.info.n_layers), map_layer(j, depth, receiver.info.n_layers)
+    cfg = ReasoningConfig(k=k, j=j, rounds=rounds, max_new_tokens=max_new_tokens, backend=backend,
+                          a_temperature=a_temperature, a_top_p=a_top_p, a_seed=a_seed)  # fmt: skip
     out = Path(out_dir)
     settings = {"task": task, "sender": sender.name, "receiver": receiver.name, **asdict(cfg),
-                "n": len(items), "seed": seed, "source": source,
+                "layers_chosen_on": chosen, "n": len(items), "seed": seed, "source": source,
                 "map": asdict(map.info) if map is not None else None}  # fmt: skip
     claim_run_dir(out, settings)
     path = out / "items.csv"
-    rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+    rows = pd.read_csv(path, keep_default_na=False).to_dict("records") if path.exists() else []
     done = {(str(r["item_id"]), r["method"]) for r in rows}
     shape_a, shape_b = Shape.from_config(sender.hf.config), Shape.from_config(receiver.hf.config)
-    for method in methods:
-        kind = "ac" if method.startswith("ac") else method
-        for item in tqdm(items, desc=method, disable=not progress):
-            if (item.id, method) in done:
+    debates = [m for m in methods if debate_rounds(m, cfg) is not None]
+    groups = [[m] for m in methods if m not in debates] + ([debates] if debates else [])
+    judged = task == "biographies"
+    for group in groups:
+        for item in tqdm(items, desc=",".join(group), disable=not progress):
+            todo = [m for m in group if (item.id, m) not in done]
+            if not todo:
                 continue
-            o = run_reasoning_method(method, item, sender, receiver, cfg, map)
-            flops = method_flops(kind, shape_a, shape_b, prompt_a=o.prompt_a, prompt_b=o.prompt_b,
-                                 message=o.message, answer=o.answer, k=k, rounds=rounds)["total"]  # fmt: skip
-            row = {
-                "item_id": item.id, "method": method, "answer": item.answer,
-                "extracted": (extract_choice if item.choices else extract_number)(o.text) or "",
-                "correct": is_correct(item, o.text), "output": o.text,
-                "transcript": _json.dumps(o.transcript),
-                "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
-                "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
-            }  # fmt: skip
-            append_rows(path, REASONING_FIELDS, [row])
-            rows.append(row)
+            for method, o in run_reasoning_methods(todo, item, sender, receiver, cfg, map).items():
+                flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
+                                     prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
+                                     rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
+                row = {
+                    "item_id": item.id, "method": method, "answer": item.answer,
+                    "extracted": extract_answer(item, o.text) or "",
+                    "correct": "" if judged else is_correct(item, o.text), "output": o.text,
+                    "transcript": _json.dumps(o.transcript),
+                    "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
+                    "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
+                }  # fmt: skip
+                append_rows(path, REASONING_FIELDS, [row])
+                rows.append(row)
     df = pd.DataFrame(rows)
-    df["correct"] = df["correct"].astype(str).isin(["True", "1"])
+    df = df[df["method"].isin(methods)].copy()
+    if judged:
+        scores = (
+            judge_biographies(out, items, judge, methods=methods, backend=backend, progress=progress)
+            if judge is not None
+            else pd.DataFrame(columns=["item_id", "method", "score"])
+        )
+        keyed = scores.set_index(["item_id", "method"])["score"]
+        pairs = zip(df["item_id"].astype(str), df["method"], strict=True)
+        df["score"] = [keyed.get(key, float("nan")) for key in pairs]
+    else:
+        df["score"] = df["correct"].astype(str).isin(["True", "1"]).astype(float)
     smaller = min((shape_a, shape_b), key=lambda s: forward_flops(s, 1))
     unit = forward_flops(smaller, max(1, round(float(df[["prompt_a", "prompt_b"]].max(axis=1).mean()))))
     summary = {}
     for method in methods:
         sub = df[df["method"] == method]
-        lo, hi = bootstrap_ci(sub["correct"].astype(float).tolist(), seed=seed)
+        scored = sub["score"].dropna()
+        lo, hi = bootstrap_ci(scored.tolist(), seed=seed)
         summary[method] = {
-            "accuracy": float(sub["correct"].mean()), "ci_low": lo, "ci_high": hi, "n": len(sub),
+            "accuracy": float(scored.mean()) if len(scored) else float("nan"), "ci_low": lo, "ci_high": hi,
+            "n": len(sub), "n_scored": len(scored),
             "flops": float(sub["flops"].mean()), "flops_vs_one_pass": float(sub["flops"].mean()) / unit,
             "seconds": float(sub["seconds"].mean()),
             "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
         }  # fmt: skip
+    a_decoding = "greedy" if a_temperature <= 0 else "sampled (temperature, top_p, seed per item and turn)"
+    judging = {"model": judge.info.to_dict(), "prompt": JUDGE_PROMPT, "decoding": "greedy",
+               "max_new_tokens": JUDGE_MAX_NEW_TOKENS} if judged and judge is not None else None  # fmt: skip
     result = {
         "task": task,
+        "metric": "mean over people of the fraction of facts judged consistent (uncertain dropped)"
+        if judged
+        else "accuracy",
         "methods": summary,
         "config": {
             **settings, "sender": sender.info.to_dict(), "receiver": receiver.info.to_dict(),
             "shapes": {"sender": shape_a.to_dict(), "receiver": shape_b.to_dict()},
             "one_pass_flops": unit, "example_prompt": question_prompt(items[0]),
-            "decoding": "greedy", "flops": "analytic, KV cache (commlib.compute.method_flops)",
+            "decoding": {"a": a_decoding, "b": "greedy"}, "judge": judging,
+            "flops": "analytic, KV cache (commlib.compute.method_flops)",
             "ci": "95% percentile bootstrap, 1000 resamples", "versions": package_versions(),
         },
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def judge_biographies(
+    out_dir: str | Path,
+    items: Sequence[Any],
+    judge: Model,
+    *,
+    methods: Sequence[str] | None = None,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Judge the biographies of a :func:`run_reasoning` directory per fact; cached and resumable.
+
+    Every (item, method) row of ``out_dir/items.csv`` (of ``methods``, default
+    all) is judged by ``judge`` against the item's facts
+    (:func:`commlib.tasks.biographies.judge_biography`) unless
+    ``out_dir/judgements.jsonl`` already holds it for this judge. Each line
+    there is one (judge, item, method): every fact's prompt, the judge's raw
+    answer and verdict, the counts and the score.
+
+    Returns:
+        One row per (item, method) judged by ``judge``: item_id, method, yes,
+        no, uncertain, unparsed, score (NaN when no fact was judged yes or no).
+    """
+    import json as _json
+
+    from tqdm.auto import tqdm
+
+    from commlib.tasks.biographies import fact_score, judge_biography
+
+    out = Path(out_dir)
+    path = out / JUDGEMENTS
+    lines = [_json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    mine = {(r["item_id"], r["method"]): r for r in lines if r["judge"] == judge.name}
+    by_id = {it.id: it for it in items}
+    generated = pd.read_csv(out / "items.csv", keep_default_na=False)
+    if methods is not None:
+        generated = generated[generated["method"].isin(list(methods))]
+    todo = [r for r in generated.to_dict("records") if (str(r["item_id"]), r["method"]) not in mine]
+    for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress):
+        item = by_id.get(str(r["item_id"]))
+        if item is None:
+            continue
+        facts = judge_biography(judge, item, str(r["output"]), backend=backend)
+        verdicts = [f.verdict for f in facts]
+        line = {"judge": judge.name, "item_id": item.id, "method": r["method"], "person": item.question,
+                **{v: verdicts.count(v) for v in ("yes", "no", "uncertain", "unparsed")},
+                "score": score if (score := fact_score(verdicts)) == score else None,  # NaN -> null
+                "facts": [asdict(f) for f in facts]}  # fmt: skip
+        with path.open("a") as fh:
+            fh.write(_json.dumps(line) + "\n")
+        mine[(item.id, r["method"])] = line
+    keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
+    cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
+    return pd.DataFrame([{c: r[c] for c in cols} for key, r in mine.items() if key in keys], columns=cols)
+
+
+def reasoning_dir(
+    root: str | Path, task: str, sender: str, receiver: str, *, seed: int, n: int | None, variant: str = ""
+) -> Path:
+    """Where a :func:`run_reasoning` run lives under ``root`` (notebooks and scripts agree).
+
+    ``variant`` names settings beyond the default ones (e.g. ``"cot"``,
+    ``"sampled-t0.7"``), since one directory holds one set of settings.
+    """
+    name = f"seed{seed}_n{n}" + (f"_{variant}" if variant else "")
+    return Path(root) / f"{sender}__{receiver}" / task.replace(":", "_") / name
+
+
+def read_reasoning(out_dir: str | Path) -> pd.DataFrame:
+    """A run's ``results.json`` as a table: one row per method with task, sender, receiver, k, j, seed.
+
+    Columns: task, sender, receiver, method, accuracy, ci_low, ci_high (in
+    [0, 1]), n, n_scored, flops, flops_vs_one_pass, seconds,
+    generated_tokens, k, j, seed, judge (the judge's name or empty).
+    """
+    result = json.loads((Path(out_dir) / "results.json").read_text())
+    config = result["config"]
+    judge = (config.get("judge") or {}).get("model", {}).get("name", "")
+    return pd.DataFrame(
+        [
+            {"task": result["task"], "sender": config["sender"]["name"],
+             "receiver": config["receiver"]["name"], "method": method, **values, "k": config["k"],
+             "j": config["j"], "seed": config["seed"], "judge": judge}
+            for method, values in result["methods"].items()
+        ]
+    )  # fmt: skip
+
+
+def run_pair_reasoning(
+    task: str,
+    sender: Model,
+    receiver: Model,
+    methods: Sequence[str],
+    *,
+    runs_root: str | Path,
+    sweep_root: str | Path,
+    game: str = "countries",
+    n: int | None = 100,
+    seed: int = 0,
+    variant: str = "",
+    n_map: int = 3072,
+    selection_n: int = SELECTION_N,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """:func:`run_reasoning` as the notebooks run it, resumable: layers from B's sweep, W cached.
+
+    (k, j) are :func:`choose_layers` of B (A = B = receiver, last position,
+    ``selection_n`` items of seed 0, cached under ``sweep_root``), and
+    :func:`run_reasoning` maps k to A's depth. With ``ac-w`` among the
+    methods, W is fitted once on ``n_map`` LAMBADA sentences at A's mapped
+    block and B's j, and cached under ``runs_root/maps``; the map is part of a
+    run directory's settings, so a (pair, task) directory is run with ``ac-w``
+    always or never. The run lives in :func:`reasoning_dir` (``variant`` for
+    other settings); ``options`` go to :func:`run_reasoning`.
+
+    Returns:
+        :func:`read_reasoning` of the run.
+    """
+    from commlib.graft import fit_map, map_layer
+
+    pick = choose_layers(receiver, game, sweep_root=sweep_root, n=selection_n, positions=("last",),
+                         progress=progress)  # fmt: skip
+    k, j = int(pick["k"]), int(pick["j"])
+    lin = None
+    if "ac-w" in methods:
+        k_a = map_layer(k, receiver.info.n_layers, sender.info.n_layers)
+        map_dir = Path(runs_root) / "maps" / f"{sender.name}__{receiver.name}_k{k_a}_j{j}_n{n_map}"
+        if not (map_dir / "map.json").exists():
+            fit_map(sender, receiver, k_a, j, n=n_map).save(map_dir)
+        lin = LinearMap.load(map_dir)
+    out = reasoning_dir(runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=variant)
+    run_reasoning(task, sender, receiver, methods, out_dir=out, n=n, seed=seed, k=k, j=j,
+                  layers_from=receiver, map=lin, progress=progress, **options)  # fmt: skip
+    return read_reasoning(out)
 
 
 def run_latent_distance(
@@ -728,3 +946,225 @@ def run_latent_distance(
         if rows:
             pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
     return pd.read_csv(path)
+
+
+N_SWEEP_DISTANCES = (
+    "norm_ratio", "log_norm_ratio", "mahalanobis", "mahalanobis_pca", "pca_residual", "knn_euclidean",
+    "knn_cosine", "displacement", "log_norm_ratio_pct", "mahalanobis_pct", "mahalanobis_pca_pct",
+    "pca_residual_pct", "knn_euclidean_pct", "knn_cosine_pct",
+)  # fmt: skip
+"""Distance columns of the sweep over n (:meth:`commlib.distance.Manifold.table`; mean over the injected)."""
+
+N_SWEEP_FIELDS = (
+    "item_id", "method", "n", "n_sent", "answer", "output", "message", "correct", "exact", *N_SWEEP_DISTANCES,
+    "flops", "seconds", "sender_seconds",
+)  # fmt: skip
+
+
+def run_n_sweep(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    methods: Sequence[str],
+    ns: Sequence[int | str],
+    *,
+    out_dir: str | Path,
+    k: int | None = None,
+    j: int | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    position: Position = "last",
+    adapter: str | Path | None = None,
+    message_tokens: int = 48,
+    max_new_tokens: int = 24,
+    n_reference: int = 3072,
+    reference: str = "task",
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The sweep over n: per method, B's answers as more of A's state goes uncollapsed; resumable.
+
+    Each method is a series of :mod:`commlib.methods.series` (its docstring
+    says what n is for each: AC's grafted positions, CIPHER's soft steps,
+    Interlat's latent steps; ``"all"`` sends everything). For every item,
+    method and n: B's answer (scored as in the games), the distance of what
+    B receives from its own states (the states the graft writes against B's
+    residuals after block ``j``, ``reference`` as in :func:`run_distance`:
+    by default B's states at the message position on the game's own
+    prompts, :func:`commlib.distance.manifold_for`; the latent vectors against B's
+    input embeddings, :func:`commlib.distance.input_reference`; each metric
+    the mean over the item's injected states, empty when n = 0 injects
+    nothing), the analytic FLOPs, and the wall time of B's answer and of A's
+    message. A's message is computed once per item and method and reused
+    for every n.
+
+    Rows go to ``out_dir/items.csv`` as each is done (columns
+    :data:`N_SWEEP_FIELDS`); a re-run skips the (item, method, n) there, so
+    methods and n can be added later. ``out_dir/run.json`` holds the
+    settings, and a resumed run with other settings is refused.
+
+    Args:
+        game: ``countries``, ``tipsheets`` or a JSONL path.
+        sender: A.
+        receiver: B.
+        methods: Series names (``ac-replace``, ``cipher``, ``cipher-t<T>``,
+            ``interlat``, ``interlat-norm``, ``interlat-trained``).
+        ns: The n to sweep, e.g. ``[0, 1, 2, 4, 8, "all"]``.
+        out_dir: Where the rows and the summary go.
+        k: A's block (AC).
+        j: B's block (AC).
+        n: Items (default: the game's).
+        seed: Items' seed (and the references' sampling).
+        position: AC's message position.
+        adapter: ``interlat-trained``'s directory (from :func:`commlib.methods.interlat.train_adapter`).
+        message_tokens: The longest message A writes (the adapter's own for ``interlat-trained``).
+        max_new_tokens: B's answer length.
+        n_reference: Sentences or prompts (AC) and token occurrences (latent) in B's references.
+        reference: AC's reference: ``task``, ``corpus`` or ``prompt`` (see :func:`run_distance`).
+        backend: For AC.
+        progress: Show a progress bar.
+
+    Returns:
+        The content of ``out_dir/results.json``: per method its series (what
+        n is, unit, trained, distance reference) and per n accuracy with a 95%
+        bootstrap CI, exact match, n_items, mean n_sent, median distances,
+        mean FLOPs and wall times; and the configuration.
+
+    Raises:
+        CommlibError: an unknown method, a bad n or one larger than a message
+            (before any work), a pair a method refuses, or ``out_dir`` holding
+            a run with other settings.
+    """
+    import time as _time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from commlib.distance import Manifold, input_reference
+    from commlib.methods.series import ALL, adapter_identity, parse_ns, series_for
+    from commlib.results import bootstrap_ci
+
+    if reference not in REFERENCES:
+        raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
+    labels = parse_ns(ns)
+    cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens,
+                       message_tokens=message_tokens, backend=backend)  # fmt: skip
+    series = {m: series_for(m, sender, receiver, cfg, adapter=adapter) for m in dict.fromkeys(methods)}
+    items = load_game(game, n=n, seed=seed)
+    for s in series.values():
+        s.check(items, [v for _, v in labels if v is not None])
+    identity = adapter_identity(adapter) if adapter is not None else None
+    out = Path(out_dir)
+    claim_run_dir(out, {"game": game, "seed": seed, "n": len(items), "sender": sender.name,
+                        "receiver": receiver.name, **asdict(cfg), "n_reference": n_reference,
+                        "reference": reference, "adapter": identity})  # fmt: skip
+    path = out / "items.csv"
+    done: set[tuple[str, str, str]] = set()
+    if path.exists():
+        finished = pd.read_csv(path, dtype={"item_id": str, "n": str})
+        done = set(zip(finished["item_id"], finished["method"], finished["n"], strict=True))
+    manifolds: dict[str, Any] = {}
+
+    def manifold(kind: str) -> Any:  # fitted on first use only: a finished run needs neither
+        if kind == "layer" and kind not in manifolds:
+            assert j is not None  # the AC series refuse a run without j
+            manifolds[kind] = _layer_manifold(receiver, j, items, game, reference, n_reference=n_reference,
+                                              seed=seed, position=position, backend=backend)  # fmt: skip
+        elif kind not in manifolds:
+            manifolds[kind] = Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
+        return manifolds[kind]
+
+    started = _time.perf_counter()
+    for item in tqdm(items, desc="sweep over n", disable=not progress):
+        for name, s in series.items():
+            todo = [(label, v) for label, v in labels if (item.id, name, label) not in done]
+            if not todo:
+                continue
+            prepared = s.prepare(item)
+            for label, v in todo:
+                p = s.point(item, prepared, v)
+                distances: dict[str, float] = {}
+                if len(p.injected):
+                    own = None if p.own is None else p.own.detach().float().cpu()
+                    table = manifold(s.reference).table(p.injected.detach().float().cpu(), own)
+                    distances = {c: float(x) for c, x in table.mean().items()}
+                append_rows(path, N_SWEEP_FIELDS, [{
+                    "item_id": item.id, "method": name, "n": label, "n_sent": p.n_sent, "answer": item.answer,
+                    "output": p.text, "message": p.message, "exact": exact_match(p.text, item.answer),
+                    "correct": contains_answer(p.text, item.answer, item.choices), **distances,
+                    "flops": p.flops, "seconds": p.seconds, "sender_seconds": p.sender_seconds,
+                }])  # fmt: skip
+    df = pd.read_csv(path, dtype={"item_id": str, "n": str})
+    ids = {it.id for it in items}
+    df = df[df["item_id"].isin(ids)]
+    summary = {}
+    for name, s in series.items():
+        points = {}
+        for label, _ in labels:
+            sub = df[(df["method"] == name) & (df["n"] == label)]
+            correct = sub["correct"].astype(str).isin(["True", "1"]).astype(float).tolist()
+            lo, hi = bootstrap_ci(correct, seed=seed)
+            points[label] = _finite({
+                "accuracy": float(np.mean(correct)) if correct else float("nan"), "ci_low": lo, "ci_high": hi,
+                "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
+                "n_items": len(sub), "n_sent": float(sub["n_sent"].mean()),
+                **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},
+                "flops": float(sub["flops"].mean()), "seconds": float(sub["seconds"].mean()),
+                "sender_seconds": float(sub["sender_seconds"].mean()),
+            })  # fmt: skip
+        summary[name] = {"what_n_is": s.description, "unit": s.unit, "trained": s.trained,
+                         "distance_reference": s.reference, **s.identity(), "points": points}  # fmt: skip
+    example = items[0]
+    result = {
+        "game": game,
+        "methods": summary,
+        "config": {
+            "sender": sender.info.to_dict(), "receiver": receiver.info.to_dict(), **asdict(cfg),
+            "n": len(items), "seed": seed, "ns": [label for label, _ in labels], "all": ALL,
+            "adapter": None if adapter is None else {"dir": str(adapter), **(identity or {})},
+            "n_reference": n_reference, "reference": reference,
+            "distance_references": {
+                "layer": f"B's residuals after block {j}, {reference} reference ({n_reference}; "
+                         "a quarter held out for the percentiles; see run_distance)",
+                "input": f"B's input embeddings of {n_reference} LAMBADA token occurrences "
+                         "(a quarter held out)",
+            },
+            "distances": "per item the mean over its injected states; per point the median over items; "
+                         "percentiles against B's held-out own states (50 typical, 100 beyond all)",
+            "example_prompts": {"sender": format_prompt(sender, example.sender),
+                                "receiver": format_prompt(receiver, example.receiver, reply=example.reply)},
+            "decoding": "greedy", "scoring": "answer in the first answer line, case-insensitive",
+            "ci": "95% percentile bootstrap, 1000 resamples",
+            "flops": "analytic, KV cache: compute.method_flops (AC; B alone at n = 0) and compute.slot_flops "
+                     "(latent); B's answer length re-tokenised from its text",
+            "seconds": "wall time of B's answer; sender_seconds of A's message (shared across n, except "
+                       "CIPHER's steps after n; ~0 where another series of the call made the same message, "
+                       "as the Interlat variants share A's trajectory)",
+            "device": str(receiver.device), "torch_threads": torch.get_num_threads(),
+            "wall_seconds_this_call": _time.perf_counter() - started, "versions": package_versions(),
+        },
+    }  # fmt: skip
+    write_json(out / "results.json", result)
+    return result
+
+
+def _finite(d: dict[str, float]) -> dict[str, float | None]:
+    """NaN (no rows, or nothing injected) as ``None``, so the JSON stays standard."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
+
+
+def n_sweep_table(result: dict[str, Any]) -> pd.DataFrame:
+    """The summary of :func:`run_n_sweep` as a tidy table: one row per method and n, in the swept order.
+
+    Columns: method, n (label), x (its index among the swept n), unit,
+    trained, distance_reference, and each point's values (accuracy, ci_low,
+    ci_high, ..., ``median_<distance>``); accuracies as fractions.
+    """
+    order = {label: i for i, label in enumerate(result["config"]["ns"])}
+    rows = [
+        {"method": name, "n": label, "x": order[label], "unit": m["unit"], "trained": m["trained"],
+         "distance_reference": m["distance_reference"], **point}
+        for name, m in result["methods"].items()
+        for label, point in m["points"].items()
+    ]  # fmt: skip
+    return pd.DataFrame(rows).astype({"x": int})

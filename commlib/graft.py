@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from torch import Tensor
 from commlib.backends import Backend, Decoding, Edit, get_backend
 from commlib.backends.base import check_layer
 from commlib.combine import COMBINE_FNS, LinearMap, combine
-from commlib.errors import CommlibError, UnknownCombineError
+from commlib.errors import CommlibError, LayerOutOfRangeError, UnknownCombineError
 from commlib.models import Model
 from commlib.prompts import Position, encode, message_positions, message_span
 
@@ -69,6 +70,31 @@ class GraftConfig:
             raise UnknownCombineError(
                 f"unknown f {self.f!r}; use one of {', '.join([NO_GRAFT, *COMBINE_FNS])}"
             )
+
+
+def map_layer(layer: int, n_from: int, n_to: int) -> int:
+    """A block chosen on a model of ``n_from`` blocks, moved to one of ``n_to`` blocks by relative depth.
+
+    Relative depth is ``layer / (n_layers - 1)`` (0 the first block, 1 the
+    last; the notebooks' ``round(depth * (n_layers - 1))``); the result is the
+    nearest block of the other model (halves up). Use it when (k, j) come
+    from the games sweep of a model other than the pair's: ``k`` with A's
+    depth as ``n_to``, ``j`` with B's.
+
+    Example:
+        >>> map_layer(20, 30, 24), map_layer(26, 32, 28), map_layer(5, 12, 12)
+        (16, 23, 5)
+
+    Raises:
+        LayerOutOfRangeError: ``layer`` is not a block of the ``n_from``-block model.
+    """
+    if n_from < 1 or n_to < 1 or not 0 <= layer < n_from:
+        raise LayerOutOfRangeError(
+            f"layer {layer} is not a block of a {n_from}-block model: use 0..{n_from - 1}"
+        )
+    if n_from == 1:
+        return 0
+    return math.floor(layer / (n_from - 1) * (n_to - 1) + 0.5)
 
 
 @dataclass(frozen=True)
@@ -174,6 +200,8 @@ def communicate(
     backend: str = "nnsight",
     decoding: Decoding = Decoding(),
     receiver_replies: Sequence[str] | None = None,
+    sender_replies: Sequence[str] | None = None,
+    sender_states: Float[Tensor, "batch n d_a"] | None = None,
 ) -> Exchange:
     """Run one activation-communication exchange for a batch of prompt pairs.
 
@@ -188,6 +216,11 @@ def communicate(
         decoding: Greedy by default.
         receiver_replies: Optional start of each of B's answers, part of B's
             prompt (``"last"`` is then the reply's last token).
+        sender_replies: The same for A (e.g. A's own chain of thought, whose
+            last token then carries the message).
+        sender_states: A's states after block ``k`` at the ``n_positions``
+            grafted positions, ``[batch, n_positions, d_A]``, when already
+            captured (a sweep over n captures them once); A does not run.
 
     Returns:
         B's continuations under the graft.
@@ -209,10 +242,13 @@ def communicate(
         if map is not None:
             map.check_pair(sender.name, receiver.name, config.k, config.j)
         check_layer(sender, config.k, "k")
-        a = capture_span(
+        a = sender_states if sender_states is not None else capture_span(
             get_backend(sender, backend), sender_prompts, config.k, config.position, config.n_positions,
-            raw=config.raw,
+            raw=config.raw, replies=sender_replies,
         )  # fmt: skip
+        if a.shape[:2] != (len(sender_prompts), config.n_positions):
+            raise CommlibError(f"sender_states must be [{len(sender_prompts)}, {config.n_positions}, d_A]; "
+                               f"got {tuple(a.shape)}")  # fmt: skip
         end = message_positions(
             receiver, receiver_prompts, batch, config.position, raw=config.raw, replies=receiver_replies
         )
@@ -241,14 +277,14 @@ def capture_corpus(
     desc: str | None = None,
     formatted: bool = False,
     position: Position = "last",
-    reply: str = "",
+    reply: str | Sequence[str] = "",
 ) -> dict[int, Float[Tensor, "n d"]]:
     """Residuals after each of ``layers`` for sentences, in batches: one pass for all layers.
 
     By default the sentences are fed raw and the final token is read. With
     ``formatted=True`` each sentence is the user's text in the model's prompt
-    format (followed by ``reply``) and the state is read at ``position``, as
-    for a game prompt.
+    format (followed by ``reply``, one for all or one per sentence) and the
+    state is read at ``position``, as for a game prompt.
     """
     import torch
     from tqdm.auto import tqdm
@@ -260,7 +296,9 @@ def capture_corpus(
     for start in tqdm(range(0, len(sentences), batch_size), desc=desc or f"{model.name} corpus", leave=False):
         chunk = list(sentences[start : start + batch_size])
         if formatted:
-            replies = [reply] * len(chunk)
+            replies = (
+                [reply] * len(chunk) if isinstance(reply, str) else list(reply[start : start + len(chunk)])
+            )
             batch = encode(model, chunk, replies=replies)
             positions = message_positions(model, chunk, batch, position, replies=replies)
             acts = be.capture_layers(batch, layers, positions)

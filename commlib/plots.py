@@ -47,17 +47,22 @@ METHOD_COLOURS: dict[str, tuple[float, float, float]] = {
     "silent": _PALETTE[7],
     "interlat": _PALETTE[8],
     "nld": _PALETTE[9],
+    "single-a": (0.25, 0.25, 0.25),
 }
 """One colour per method in every figure (colour-blind palette); f names map to their AC method."""
+ALIASES = {"ac": "ac-replace", "single-b": "silent"}
+"""Reasoning methods that are a games method under another name (AC is replace; B alone is silent)."""
 
 
 def method_colour(name: str) -> tuple[float, float, float]:
     """The colour of a method (``"ac-sum"``) or of an f (``"sum"``: the same), fixed across figures.
 
     ``ac-w-*`` share one colour, as do the variants of a latent method
-    (``interlat-trained``); an unknown name gets a stable colour from its hash.
+    (``interlat-trained``) or of debate (``nld-r3``); the reasoning names
+    ``ac`` and ``single-b`` are ``ac-replace`` and ``silent``; an unknown
+    name gets a stable colour from its hash.
     """
-    key = f"ac-{name}" if name in ("sum", "mean", "replace") else name
+    key = f"ac-{name}" if name in ("sum", "mean", "replace") else ALIASES.get(name, name)
     key = "ac-w" if key.startswith("ac-w") or key == "W" else key
     for method in METHOD_COLOURS:
         if key == method or key.startswith(f"{method}-"):
@@ -222,11 +227,7 @@ def gain_vs_distance(
     ``f``, ``panel`` and ``marker`` (default ``source``; e.g. ``n_positions``).
     Colour is f (:func:`method_colour`), the marker shape the ``marker`` column.
     """
-    set_style()
-    panels = list(dict.fromkeys(points[panel]))
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.85), squeeze=False, sharey=True
-    )
+    panels, fig, axes = _panel_axes(points[panel])
     colours = {f: method_colour(f) for f in dict.fromkeys(points["f"])}
     shapes = "osD^vP*Xh<>p8"
     markers = {m: shapes[i % len(shapes)] for i, m in enumerate(dict.fromkeys(points[marker]))}
@@ -241,8 +242,142 @@ def gain_vs_distance(
         ax.axhline(0, ls="--", lw=0.8, color="0.4")
         ax.set_xlabel(f"{x} (B's own: 50)")
         ax.set_title(str(value))
-    axes[0][0].set_ylabel(f"{y} (mean, 95% CI)")
-    axes[0][-1].legend(fontsize="xx-small", ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _finish_panels(fig, axes, f"{y} (mean, 95% CI)", title, fontsize="xx-small", ncol=2)
+
+
+def _panel_axes(values: pd.Series) -> tuple[list[Any], Figure, Any]:
+    """One panel per distinct value (in order of appearance), side by side, sharing y."""
+    set_style()
+    panels = list(dict.fromkeys(values))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(COLUMN_WIDTH * len(panels), COLUMN_WIDTH * 0.85), squeeze=False, sharey=True
+    )
+    return panels, fig, axes
+
+
+def _finish_panels(fig: Figure, axes: Any, ylabel: str, title: str, **legend: Any) -> Figure:
+    """The y label on the first panel, the legend right of the last, the title over all."""
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", **legend)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def compute_accuracy(
+    table: pd.DataFrame,
+    *,
+    x: str = "flops_vs_one_pass",
+    panel: str = "task",
+    arrows: tuple[str, ...] = ("nld", "ac"),
+    title: str = "",
+) -> Figure:
+    """Accuracy against compute, arrows from each model alone to the methods (paper Figure 3).
+
+    ``table`` has one row per method and ``panel`` value: columns method,
+    accuracy, ci_low, ci_high (percent) and ``x`` (compute, by default FLOPs
+    over one forward pass of the smaller model, as ``run_reasoning`` reports
+    it). In each panel an arrow runs from ``single-a`` and from ``single-b``
+    to each of ``arrows`` present. The x axis is logarithmic.
+    """
+    panels, fig, axes = _panel_axes(table[panel])
+    for ax, value in zip(axes[0], panels, strict=True):
+        sub = table[table[panel] == value].set_index("method")
+        for method, r in sub.iterrows():
+            ax.errorbar(
+                [r[x]], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                fmt="o", color=method_colour(str(method)), ms=5, lw=0.8, capsize=1.5, label=str(method),
+            )  # fmt: skip
+        for start in ("single-a", "single-b"):
+            for end in arrows:
+                if start in sub.index and end in sub.index:
+                    ax.annotate(
+                        "", xy=(sub.loc[end, x], sub.loc[end, "accuracy"]),
+                        xytext=(sub.loc[start, x], sub.loc[start, "accuracy"]),
+                        arrowprops={"arrowstyle": "->", "color": method_colour(end), "lw": 0.8, "alpha": 0.7},
+                    )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("compute (forward passes of the smaller model)")
+        ax.set_title(str(value))
+    return _finish_panels(fig, axes, "accuracy (%), 95% bootstrap CI", title, fontsize="x-small")
+
+
+def gain_vs_similarity(
+    table: pd.DataFrame,
+    *,
+    x: str = "paper_similarity",
+    y: str = "gain",
+    label: str = "pair",
+    hue: str = "task",
+    title: str = "",
+) -> Figure:
+    """AC's gain over A and B alone against the similarity of their activation spaces (paper Figure 11).
+
+    The gain is over the mean of A's and B's scores alone. ``table`` has one
+    row per pair and ``hue`` value with columns ``x`` (e.g.
+    :func:`commlib.distance.paper_similarity`), ``y`` (percentage points) and
+    ``label`` (written next to each point). Each ``hue`` value is one series,
+    with its least-squares line and Pearson r in the legend when it has three
+    points or more. Rows without a gain (NaN, e.g. nothing judged) are left out.
+    """
+    set_style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.2, COLUMN_WIDTH * 0.9))
+    colours = sns.color_palette("colorblind", 10)
+    for i, (value, grp) in enumerate(table.dropna(subset=[x, y]).groupby(hue, sort=False)):
+        xs, ys = grp[x].to_numpy(dtype=float), grp[y].to_numpy(dtype=float)
+        name = str(value)
+        if len(grp) >= 3 and np.ptp(xs) > 0:
+            slope, intercept = np.polyfit(xs, ys, 1)
+            grid = np.linspace(xs.min(), xs.max(), 2)
+            ax.plot(grid, slope * grid + intercept, color=colours[i % 10], lw=0.8, ls="--")
+            name += f" (r = {np.corrcoef(xs, ys)[0, 1]:.2f})"
+        ax.scatter(xs, ys, color=colours[i % 10], s=18, label=name, zorder=3)
+        for px, py, text in zip(xs, ys, grp[label], strict=True):
+            ax.annotate(str(text), (px, py), fontsize="xx-small", xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, ls="--", lw=0.8, color="0.4")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("AC gain over mean of A and B alone (points)")
+    ax.legend(fontsize="x-small")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_distance_vs_n(
+    table: pd.DataFrame, *, distance: str = "mahalanobis_pct", title: str = ""
+) -> Figure:
+    """The sweep over n: accuracy (95% CI) and distance percentile against n, one line per method.
+
+    ``table`` is :func:`commlib.experiments.n_sweep_table` (columns method,
+    n, x, trained, accuracy, ci_low, ci_high, ``median_<distance>``). The
+    x axis lists the swept n in order (``all`` last), evenly spaced; colour
+    is the method family (:func:`method_colour`), the marker the method,
+    and trained methods are solid lines, zero-shot ones dashed. Points
+    where nothing was injected (n = 0) have no distance.
+    """
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH * 2.2, COLUMN_WIDTH * 0.85))
+    shapes = "osD^vP*Xh<>p8"
+    for i, (method, grp) in enumerate(table.groupby("method", sort=False)):
+        grp = grp.sort_values("x")
+        style = {"color": method_colour(str(method)), "marker": shapes[i % len(shapes)], "ms": 4, "lw": 1.0,
+                 "ls": "-" if bool(grp["trained"].iloc[0]) else "--", "label": str(method)}  # fmt: skip
+        acc = 100 * grp["accuracy"].astype(float)
+        err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
+        axes[0].errorbar(grp["x"], acc, yerr=err, capsize=1.5, **style)
+        axes[1].plot(grp["x"], grp[f"median_{distance}"].astype(float), **style)
+    labels = table.drop_duplicates("x").sort_values("x")
+    for ax in axes:
+        ax.set_xticks(labels["x"], labels["n"].astype(str))
+        ax.set_xlabel("n sent uncollapsed (AC: positions; latent: message steps)")
+    axes[0].set_ylim(-2, 102)
+    axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
+    axes[1].set_ylim(0, 101)
+    axes[1].axhline(50, ls=":", lw=0.8, color="0.4")
+    axes[1].set_ylabel(f"{distance.removesuffix('_pct')} percentile, median\n(vs B's held-out own states)")
+    axes[1].legend(fontsize="x-small", title="solid: trained; dashed: zero-shot", title_fontsize="x-small",
+                   bbox_to_anchor=(1.02, 1), loc="upper left")  # fmt: skip
     if title:
         fig.suptitle(title)
     fig.tight_layout()

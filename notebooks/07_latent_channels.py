@@ -30,7 +30,8 @@
 # (Interlat). On Countries the 100 landmarks recur across seeds: the adapter
 # has seen the landmark-country pairs, with other names.
 #
-# The sweep over the amount of state sent (notebook 08) is not here yet.
+# The sweep over the amount of state sent (the first n steps or positions
+# uncollapsed, the rest as text) is notebook 08, with this notebook's adapter.
 
 # %% tags=["parameters"]
 FAST = False

@@ -49,3 +49,6 @@ def test_method_accounting() -> None:
     assert generation_flops(a, 10, 1) == forward_flops(a, 10)
     with pytest.raises(ValueError, match="needs k"):
         method_flops("ac", a, b, **lengths)
+    cot = method_flops("ac-cot", a, b, k=1, **lengths)  # A writes 16 tokens, then reads all 46 to block 1
+    assert cot["sender"] == generation_flops(a, 30, 16) + forward_flops(a, 46, layers=2, unembed=False)
+    assert cot["receiver"] == ac["receiver"]

@@ -120,6 +120,12 @@ def test_activation_space_similarities() -> None:
         linear_cka(x, x[:10])
 
 
+def _distance_args(game: str, out: object, *options: str) -> list[str]:
+    """``commlib distance`` for tiny-llama-random with itself at k = j = 2."""
+    return ["distance", "--game", game, "--sender", "tiny-llama-random", "--receiver", "tiny-llama-random",
+            "--k", "2", "--j", "2", *options, "--out", str(out)]  # fmt: skip
+
+
 def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_path, monkeypatch) -> None:
     import numpy as np
     import pandas as pd
@@ -128,9 +134,8 @@ def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_pa
 
     monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "dist"
-    args = ["distance", "--game", "countries", "--sender", "tiny-llama-random", "--receiver",
-            "tiny-llama-random", "--k", "2", "--j", "2", "--methods", "ac-sum,ac-replace", "--alphas", "0,1",
-            "--n", "6", "--n-reference", "120", "--n-positions", "1,3", "--out", str(out)]  # fmt: skip
+    args = _distance_args("countries", out, "--methods", "ac-sum,ac-replace", "--alphas", "0,1", "--n", "6",
+                          "--n-reference", "120", "--n-positions", "1,3")  # fmt: skip
     assert main(args) == 0
     df = pd.read_csv(out / "distances.csv")
     assert len(df) == 6 * 4 * 2 * 2 * 2  # items x sources x f x alpha x n_positions
@@ -159,3 +164,50 @@ def test_prompt_format_reference_reads_the_graft_position(tiny: Model) -> None:
     state = get_backend(tiny).capture(batch, 1)  # last token of the formatted prompt + reply
     assert torch.allclose(acts[0], state[0], atol=1e-5)
     assert not torch.allclose(acts, raw, atol=1e-3)
+
+
+@pytest.mark.parametrize("position", ["last", "content"])
+def test_task_reference_reads_each_side_where_the_graft_does(tiny: Model, position: str) -> None:
+    from commlib.graft import capture_span
+    from commlib.tasks.games import reference_prompts
+
+    acts = corpus_activations(
+        tiny, 1, corpus="task:tipsheets", n=6, formatted=True, position=position, cache=False
+    )
+    prompts, replies = reference_prompts("tipsheets", 6)
+    assert replies[0] == "" and replies[1] == "I invest in"  # A's side as the graft reads A, then B's
+    be = get_backend(tiny)
+    sender = capture_span(be, prompts[:1], 1, position, 1)[:, 0]
+    receiver = capture_span(be, prompts[1:2], 1, position, 1, replies=replies[1:2])[:, 0]
+    assert torch.allclose(acts[0], sender[0], atol=1e-5)
+    assert torch.allclose(acts[1], receiver[0], atol=1e-5)
+    with pytest.raises(CommlibError, match="formatted=True"):
+        corpus_activations(tiny, 1, corpus="task:tipsheets", n=6, cache=False)
+
+
+def test_task_reference_never_draws_an_evaluated_item_and_keeps_prompts_once() -> None:
+    from commlib.tasks.games import load_game, reference_prompts
+
+    prompts, _ = reference_prompts("tipsheets", 400)
+    assert len(prompts) == len(set(prompts)) == 400
+    evaluated = {it.sender for seed in range(3) for it in load_game("tipsheets", seed=seed)}
+    assert not evaluated & set(prompts)
+    few, _ = reference_prompts("countries", 10**6)  # Countries has 112 landmarks x 26 names at most
+    assert len(few) == len(set(few)) < 112 * 27
+
+
+def test_task_reference_puts_a_state_of_b_on_a_prompt_on_its_manifold(tmp_path, monkeypatch) -> None:
+    """replace with A = B and k = j writes B's own state on A's prompt: typical on the task reference."""
+    import pandas as pd
+
+    from commlib.cli import main
+
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "dist"
+    args = _distance_args("tipsheets", out, "--methods", "ac-replace", "--controls", "random", "--n", "12",
+                          "--n-reference", "400", "--reference", "task")  # fmt: skip
+    assert main(args) == 0
+    df = pd.read_csv(out / "distances.csv").set_index("source")
+    for metric in ("mahalanobis_pct", "knn_euclidean_pct"):
+        assert df.loc["a", metric].median() < 90, metric
+        assert df.loc["random", metric].median() > 95, metric

@@ -10,7 +10,15 @@ import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from commlib.plots import METHOD_COLOURS, gain_vs_distance, method_bars, method_colour, save_figure
+from commlib.plots import (
+    METHOD_COLOURS,
+    compute_accuracy,
+    gain_vs_distance,
+    gain_vs_similarity,
+    method_bars,
+    method_colour,
+    save_figure,
+)
 
 matplotlib.use("Agg")
 
@@ -57,3 +65,41 @@ def test_save_figure_writes_png_pdf_and_what_made_it(tmp_path) -> None:
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     meta = json.loads((tmp_path / "toy.json").read_text())
     assert meta["config"] == {"n": 3} and meta["made_by"]
+
+
+def test_compute_figure_puts_each_method_at_its_compute_and_accuracy_with_arrows() -> None:
+    table = pd.DataFrame(
+        {"task": ["gsm8k"] * 4 + ["biographies"] * 2,
+         "method": ["single-a", "single-b", "nld", "ac", "single-b", "ac"],
+         "flops_vs_one_pass": [3.0, 9.0, 40.0, 11.0, 8.0, 10.0],
+         "accuracy": [20.0, 35.0, 50.0, 45.0, 60.0, 65.0]}
+    )  # fmt: skip
+    table = table.assign(ci_low=table["accuracy"] - 5, ci_high=table["accuracy"] + 5)
+    fig = compute_accuracy(table)
+    for ax, task in zip(fig.axes, ("gsm8k", "biographies"), strict=True):
+        sub = table[table["task"] == task].set_index("method")
+        points = {
+            c.get_label(): tuple(c.lines[0].get_xydata()[0])
+            for c in ax.containers
+            if isinstance(c, ErrorbarContainer)
+        }
+        arrows = {(a.xyann, a.xy) for a in ax.texts}
+        xy = {m: (r["flops_vs_one_pass"], r["accuracy"]) for m, r in sub.iterrows()}
+        starts, ends = [s for s in ("single-a", "single-b") if s in xy], [e for e in ("nld", "ac") if e in xy]
+        expected = {(xy[s], xy[e]) for s in starts for e in ends}
+        assert points == xy and arrows == expected and ax.get_xscale() == "log"
+    assert len(fig.axes[0].texts) == 4 and len(fig.axes[1].texts) == 1
+
+
+def test_similarity_figure_puts_each_pair_at_its_similarity_and_gain() -> None:
+    table = pd.DataFrame(
+        {"pair": ["q05 -> q15", "smol -> q15", "gemma -> smol", "q05 -> q15"],
+         "task": ["gsm8k", "gsm8k", "gsm8k", "biographies"],
+         "paper_similarity": [0.8, 0.3, 0.1, 0.8], "gain": [5.0, 1.0, -2.0, 3.0]}
+    )  # fmt: skip
+    fig = gain_vs_similarity(table)
+    ax = fig.axes[0]
+    offsets = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert offsets["gsm8k (r = 0.99)"] == [[0.8, 5.0], [0.3, 1.0], [0.1, -2.0]]
+    assert offsets["biographies"] == [[0.8, 3.0]]  # too few points for a line
+    assert [t.get_text() for t in ax.texts] == table["pair"].tolist()

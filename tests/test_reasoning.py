@@ -1,10 +1,26 @@
-"""Reasoning data (offline wheels) and answer extraction on tricky outputs."""
+"""Reasoning data (offline wheels, Biographies from a file), answer extraction and judging on tricky
+outputs, layers across depths, and the appendix ablations (CoT on A, sampled A, debate rounds)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import pytest
+import torch
 
 from commlib.errors import CommlibError
+from commlib.graft import map_layer
+from commlib.methods.reasoning import (
+    ReasoningConfig,
+    check_methods,
+    run_reasoning_method,
+    run_reasoning_methods,
+)
+from commlib.models import Model
+from commlib.tasks.biographies import Judgement, biographies, fact_score, judge_biography, parse_verdict
 from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_number, is_correct, load_task
 
 
@@ -84,3 +100,211 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     assert len(items) == 9 and len(json.loads(items[items["method"] == "nld"]["transcript"].iloc[0])) == 4
     assert main(args) == 0 and len(pd.read_csv(out / "items.csv")) == 9  # resumed, nothing redone
     assert main([*args[:-2], "--rounds", "3", "--out", str(out)]) == 2  # other settings refused
+
+
+# --------------------------------------------------------------------------- #
+# Biographies: data from a file, the judge's answers, scores, cached judging
+# --------------------------------------------------------------------------- #
+
+ARTICLE = {
+    "Ada Lovelace": "- Ada Lovelace was born in 1815 in London\n- She wrote an algorithm for the Engine\n"
+    "- She worked with Charles Babbage",
+    "Alan Turing (computer scientist)": "- Alan Turing was born in 1912\n\n- He proposed the Turing machine",
+    "Grace Hopper": "- Grace Hopper was born in 1906\n- She served in the US Navy\n- She developed COBOL",
+}
+# What the fake judge answers per fact (by a word in it), and so each person's expected score:
+# Ada yes, no, no -> 1/3; Turing yes, no -> 1/2; Hopper yes, uncertain (dropped), no -> 1/2.
+FAKE_ANSWERS = {"born": "Yes.", "Navy": "Uncertain, the biography does not say"}
+EXPECTED = {"Ada Lovelace": 1 / 3, "Alan Turing": 1 / 2, "Grace Hopper": 1 / 2}
+
+
+@pytest.fixture
+def article(tmp_path, monkeypatch) -> Path:
+    import json
+
+    path = tmp_path / "article.json"
+    path.write_text(json.dumps(ARTICLE))
+    monkeypatch.setenv("COMMLIB_BIOGRAPHIES", str(path))
+    return path
+
+
+def test_biographies_load_from_the_file_named_by_the_environment(article: Path, tmp_path: Path) -> None:
+    items = load_task("biographies", n=None)
+    assert [i.question for i in items] == ["Ada Lovelace", "Alan Turing", "Grace Hopper"]  # disambiguator off
+    assert items[1].answer.split("\n") == ["Alan Turing was born in 1912", "He proposed the Turing machine"]
+    assert {i.task for i in items} == {"biographies"} and len({i.id for i in items}) == 3
+    two = load_task("biographies", n=2, seed=3)
+    assert len(two) == 2 and two == load_task("biographies", n=2, seed=3) and set(two) <= set(items)
+    with pytest.raises(CommlibError, match="COMMLIB_BIOGRAPHIES"):
+        biographies(path=tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(CommlibError, match="person -> facts"):
+        biographies(path=tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [
+        ("Yes.", "yes"),
+        ("**No**", "no"),
+        ("uncertain", "uncertain"),
+        ("Yes, but the year is wrong, so no.", "yes"),
+        ("NO - he was born in 1913.", "no"),
+        ("The biography is consistent: yes", "yes"),
+        ("It could be yes or no.", "unparsed"),
+        ("I don't know", "unparsed"),
+        ("", "unparsed"),
+        ("Nothing in the biography mentions it", "unparsed"),
+    ],
+)
+def test_parse_verdict_on_tricky_judge_answers(answer: str, verdict: str) -> None:
+    assert parse_verdict(answer) == verdict
+
+
+def test_fact_score_drops_uncertain_and_unparsed() -> None:
+    assert fact_score(["yes", "uncertain", "no", "yes", "unparsed"]) == pytest.approx(2 / 3)
+    assert math.isnan(fact_score(["uncertain", "unparsed"]))
+
+
+def test_judge_reads_du_et_al_prompt_with_the_bullets(tiny: Model, article: Path) -> None:
+    item = load_task("biographies", n=None)[0]
+    biography = "Sure! Here it is:\n\n- Ada was a mathematician.\n* She was born in 1815."
+    judged = judge_biography(tiny, item, biography, max_new_tokens=2)
+    assert [j.fact for j in judged] == item.answer.split("\n")
+    first = judged[0].prompt
+    assert first.startswith("Consider the following biography of Ada Lovelace: \n Sure! Here it is: Ada")
+    assert "mathematician. She was born in 1815. \n\n Is the above biography above consistent" in first
+    assert "\n\n Ada Lovelace was born in 1815 in London \n Give a single word answer, yes, no, or" in first
+    assert all(j.verdict == parse_verdict(j.answer) for j in judged)
+
+
+def _fake_judge(calls: list[str]) -> Any:
+    def judge(model: Model, item: Any, output: str, **kwargs: Any) -> list[Judgement]:
+        calls.append(model.name)
+        facts = item.answer.split("\n")
+        answers = [next((a for w, a in FAKE_ANSWERS.items() if w in f), "**No**") for f in facts]
+        return [Judgement(f, f"about {f}", a, parse_verdict(a)) for f, a in zip(facts, answers, strict=True)]
+
+    return judge
+
+
+def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating(
+    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import pandas as pd
+
+    import commlib.tasks.biographies as bio
+    from commlib.experiments import run_reasoning
+
+    calls: list[str] = []
+    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    out = tmp_path / "bio"
+
+    def run(judge: Model | None) -> dict[str, Any]:
+        return run_reasoning("biographies", tiny, tiny, ["single-b", "nld"], out_dir=out, n=None,
+                             max_new_tokens=3, judge=judge, progress=False)  # fmt: skip
+
+    unjudged = run(None)
+    assert calls == [] and math.isnan(unjudged["methods"]["nld"]["accuracy"])
+    result = run(tiny)
+    assert len(calls) == 6  # 3 people x 2 methods
+    expected = sum(EXPECTED.values()) / 3
+    assert result["methods"]["single-b"]["accuracy"] == pytest.approx(expected)
+    assert result["methods"]["nld"]["n_scored"] == 3
+    assert result["config"]["judge"]["model"]["name"] == tiny.name
+    lines = [json.loads(line) for line in (out / "judgements.jsonl").read_text().splitlines()]
+    hopper = next(r for r in lines if r["person"] == "Grace Hopper" and r["method"] == "nld")
+    assert (hopper["yes"], hopper["no"], hopper["uncertain"]) == (1, 1, 1)
+    assert hopper["facts"][1]["answer"].startswith("Uncertain") and hopper["facts"][1]["prompt"]
+    generated = pd.read_csv(out / "items.csv")
+
+    run(tiny)
+    assert len(calls) == 6  # cached: nothing judged again
+    again = run(tiny_wide)  # another judge: judged again, nothing generated again
+    assert calls[6:] == [tiny_wide.name] * 6
+    assert pd.read_csv(out / "items.csv").equals(generated)
+    assert again["methods"]["single-b"]["accuracy"] == pytest.approx(expected)
+    assert {json.loads(line)["judge"] for line in (out / "judgements.jsonl").read_text().splitlines()} == {
+        tiny.name, tiny_wide.name}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# Layers across depths, ablation methods
+# --------------------------------------------------------------------------- #
+
+
+def test_map_layer_by_relative_depth() -> None:
+    assert [map_layer(k, 24, 24) for k in range(24)] == list(range(24))  # same depth: the same block
+    assert (map_layer(0, 30, 18), map_layer(29, 30, 18)) == (0, 17)  # first and last blocks
+    assert map_layer(26, 32, 28) == 23  # 26/31 of the way: 22.6 of 27 blocks
+    mapped = [map_layer(k, 30, 24) for k in range(30)]
+    assert mapped == sorted(mapped) and set(mapped) == set(range(24))  # monotone, onto the shallower model
+    with pytest.raises(CommlibError, match=r"0\.\.29"):
+        map_layer(30, 30, 24)
+
+
+def test_cli_maps_layers_chosen_on_another_model(article: Path, tmp_path: Path) -> None:
+    import json
+
+    from commlib.cli import build_parser, main
+    from commlib.tasks.biographies import DEFAULT_JUDGE
+
+    out = tmp_path / "mapped"
+    args = ["reasoning", "--task", "biographies", "--sender", "tiny-llama-random", "--receiver",
+            "tiny-llama-wide-random", "--methods", "ac", "--k", "3", "--j", "3", "--layers-from",
+            "tiny-llama-random", "--judge", "", "--n", "1", "--max-new-tokens", "2",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert (config["k"], config["j"]) == (3, 2)  # A has 4 blocks like the source; B has 3
+    assert config["layers_chosen_on"] == {"model": "tiny-llama-random", "k": 3, "j": 3}
+    plain = ["reasoning", "--task", "biographies", "--sender", "a", "--receiver", "b", "--out", "x"]
+    assert build_parser().parse_args(plain).judge == DEFAULT_JUDGE  # the largest offline model
+
+
+def test_sampled_a_is_reproducible_and_shared_across_methods(tiny: Model) -> None:
+    item = ReasoningItem("What is 2 + 2?", "4", id="q1")
+    sampled = ReasoningConfig(k=1, j=2, max_new_tokens=8, a_temperature=1.0, a_seed=0)
+    first = run_reasoning_method("single-a", item, tiny, tiny, sampled).text
+    assert run_reasoning_method("single-a", item, tiny, tiny, sampled).text == first
+    other_seed = replace(sampled, a_seed=1)
+    assert run_reasoning_method("single-a", item, tiny, tiny, other_seed).text != first
+    greedy = replace(sampled, a_temperature=0.0)
+    assert run_reasoning_method("single-a", item, tiny, tiny, greedy).text != first
+    outs = run_reasoning_methods(["nld", "ac-cot"], item, tiny, tiny, sampled)
+    assert outs["nld"].transcript[0] == outs["ac-cot"].transcript[0] == first  # A's first text, every method
+    assert run_reasoning_method("single-b", item, tiny, tiny, sampled).text == outs["nld"].transcript[1]
+
+
+def test_ac_cot_grafts_the_state_at_the_end_of_a_reasoning(tiny: Model, tiny_wide: Model) -> None:
+    from commlib.backends import Decoding
+    from commlib.graft import GraftConfig, communicate
+    from commlib.methods.reasoning import question_prompt
+
+    item = ReasoningItem("What is 2 + 2?", "4", id="q1")
+    cfg = ReasoningConfig(k=2, j=1, max_new_tokens=6)
+    out = run_reasoning_method("ac-cot", item, tiny, tiny_wide, cfg)
+    reasoning, answer = out.transcript
+    assert reasoning == run_reasoning_method("single-a", item, tiny, tiny_wide, cfg).text
+    assert out.message > 0 and out.text == answer
+    prompt, graft, decoding = question_prompt(item), GraftConfig(k=2, j=1), Decoding(max_new_tokens=6)
+    pair = (tiny, tiny_wide, [prompt], [prompt], graft)
+    after = communicate(*pair, decoding=decoding, sender_replies=[reasoning])
+    before = communicate(*pair, decoding=decoding)
+    assert after.texts[0] == answer
+    assert not torch.equal(after.first_logits, before.first_logits)  # A's state after its reasoning
+
+
+def test_debates_of_several_rounds_share_one_debate(tiny: Model) -> None:
+    item = ReasoningItem("What is 2 + 2?", "4", id="q1")
+    cfg = ReasoningConfig(max_new_tokens=3)
+    outs = run_reasoning_methods(["nld-r1", "nld-r2", "nld-r3"], item, tiny, tiny, cfg)
+    assert [len(outs[f"nld-r{r}"].transcript) for r in (1, 2, 3)] == [2, 4, 6]
+    assert outs["nld-r3"].transcript[:4] == outs["nld-r2"].transcript
+    alone = run_reasoning_method("nld", item, tiny, tiny, replace(cfg, rounds=3))
+    assert alone.transcript == outs["nld-r3"].transcript and alone.text == outs["nld-r3"].text
+    assert outs["nld-r1"].seconds < outs["nld-r3"].seconds
+    with pytest.raises(CommlibError, match="nld-r<N>"):
+        check_methods(["nld-r0"])

@@ -14,6 +14,9 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``interlat``, ``interlat-norm``: A's last-layer hidden states while it
   writes its message, read by B in the same place (raw, or rescaled to B's
   embedding norm); zero-shot Interlat.
+* ``interlat-trained``, ``interlat-compressed``: registered per run with
+  :func:`interlat_trained` (an adapter) or :func:`interlat_compressed`
+  (an adapter's latents compressed to K vectors).
 
 Example:
     >>> from commlib.models import load_model
@@ -166,6 +169,20 @@ def _ac(f: str, use_map: bool) -> MethodFn:
 SlotMessage = Callable[[GameItem, Model, Model, MethodConfig], tuple[Tensor, str]]
 
 
+def slot_template(item: GameItem) -> str:
+    """B's prompt for ``item`` as ``nl`` words it, with a ``{message}`` slot where A's message goes."""
+    return NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
+
+
+def read_slot(receiver: Model, item: GameItem, vectors: Tensor, max_new_tokens: int) -> str:
+    """B's greedy answer to ``item`` reading ``vectors`` as input embeddings in the message slot."""
+    from commlib.methods.cipher import receive
+
+    return receive(
+        receiver, slot_template(item), vectors=vectors, reply=item.reply, max_new_tokens=max_new_tokens
+    )
+
+
 class SlotMethod:
     """A method whose message is vectors that B reads in the ``nl`` template's slot.
 
@@ -186,16 +203,10 @@ class SlotMethod:
         cfg: MethodConfig,
         map: LinearMap | None = None,
     ) -> list[MethodOutput]:
-        from commlib.methods.cipher import receive
-
         outputs = []
         for item in items:
             vectors, message = self.make(item, sender, receiver, cfg)
-            template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
-            text = receive(
-                receiver, template, vectors=vectors, reply=item.reply, max_new_tokens=cfg.max_new_tokens
-            )
-            outputs.append(MethodOutput(text, message))
+            outputs.append(MethodOutput(read_slot(receiver, item, vectors, cfg.max_new_tokens), message))
         return outputs
 
 
@@ -235,18 +246,43 @@ def interlat_trained(adapter_dir: str) -> MethodFn:
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
         import torch
 
-        from commlib.methods.interlat import trajectory_message
+        from commlib.methods.interlat import check_pair, trajectory_message
 
-        if (sender.name, receiver.name) != (info.sender, info.receiver):
-            raise CommlibError(
-                f"the adapter in {adapter_dir} was trained for {info.sender} -> {info.receiver}, "
-                f"not {sender.name} -> {receiver.name}"
-            )
+        check_pair(adapter_dir, (info.sender, info.receiver), sender, receiver)
         trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
         with torch.no_grad():
             return adapter.message(trajectory.hidden), trajectory.text
 
     return SlotMethod(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
+
+
+def interlat_compressed(compressor_dir: str) -> MethodFn:
+    """Interlat compressed to K latents (``train-adapter --compress K``): B reads <bop>, K vectors, <eop>.
+
+    The message column shows the K vectors' nearest tokens in B's vocabulary.
+
+    Raises:
+        CommlibError: no compressor in ``compressor_dir`` (or its base adapter
+            missing or retrained), or one trained for another pair (at run time).
+    """
+    from commlib.methods.interlat import load_compressor
+
+    compressor, adapter, info = load_compressor(compressor_dir)
+
+    def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
+        import torch
+
+        from commlib.methods.cipher import nearest_tokens
+        from commlib.methods.interlat import check_pair, trajectory_message
+
+        check_pair(compressor_dir, (info.sender, info.receiver), sender, receiver)
+        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
+        with torch.no_grad():
+            vectors = compressor.message(adapter.message(trajectory.hidden))
+        return vectors, "".join(nearest_tokens(receiver, vectors[1:-1]))
+
+    doc = f"Interlat compressed to K = {info.k} ({info.steps} steps, adapter {info.adapter})."
+    return SlotMethod(make, doc)
 
 
 def register_method(name: str, fn: MethodFn) -> None:

@@ -1,17 +1,34 @@
-"""Methods on reasoning benchmarks (paper Section 4.2): one model alone, debate, AC.
+"""Methods on reasoning benchmarks (paper Section 4.2 and its appendix ablations).
 
-All methods share the question prompts of Du et al. (2023) and greedy
-decoding; each returns B's final text and the token counts that
-:mod:`commlib.compute` turns into FLOPs.
+All methods share the question prompts of Du et al. (2023); B decodes
+greedily, and so does A unless ``a_temperature > 0`` (then A samples with
+nucleus ``a_top_p`` and a seed derived from ``a_seed``, the item and the
+turn, so a method's A text is reproducible and the same across methods).
+Each returns B's final text and the token counts that :mod:`commlib.compute`
+turns into FLOPs.
 
 * ``single-a``, ``single-b``: one model answers.
-* ``nld``: natural-language debate of Du et al., two agents (A and B); in
-  each round after the first, each agent reads the other's last answer and
-  answers again. The final answer is B's last one (the agents' common answer
-  when they agree; two agents have no majority), or A's when B's has none.
+* ``nld``: natural-language debate of Du et al., two agents (A and B), for
+  ``rounds`` rounds; in each round after the first, each agent reads the
+  other's last answer and answers again. The final answer is B's last one
+  (the agents' common answer when they agree; two agents have no majority),
+  or A's when B's has none (no number, letter, or bullet). For Biographies
+  it is B's last biography. ``nld-r<N>`` is the debate of N rounds (paper
+  Table 9); one run of the longest debate asked for gives every shorter one
+  (:func:`run_reasoning_methods`), since a round never depends on later ones.
+* ``cipher-debate``: the same debate with every answer a CIPHER message (Pham
+  et al., 2024) that the other agent reads as input embeddings
+  (:func:`commlib.methods.cipher.cipher_debate`; B's last message, decoded
+  by nearest tokens, is the answer).
 * ``ac``, ``ac-w``: A and B read the same question; A's residual at block k
-  replaces B's at block j (the last prompt token), optionally through W;
-  B answers.
+  (last prompt token) replaces B's at block j (last prompt token),
+  optionally through W; B answers.
+* ``ac-cot``: chain of thought on A before the graft (paper Table 6): A
+  first answers the question in text, then its residual at block k at the
+  last token of its own answer replaces B's at block j; B answers the
+  question. With A = B and a sampled A (``a_temperature > 0``) it is the
+  paper's two instances of one model (Table 8): at ``k == j`` plain ``ac``
+  writes B's own state back, a no-op.
 
 Example:
     >>> from commlib.models import load_model
@@ -25,18 +42,22 @@ Example:
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from commlib.backends import Decoding, get_backend
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
+from commlib.methods.cipher import cipher_debate
 from commlib.models import Model
 from commlib.prompts import encode
 from commlib.sweep import until_eos
-from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_number
+from commlib.tasks import biographies
+from commlib.tasks.reasoning import ReasoningItem, extract_answer
 
 GSM8K_PROMPT = (
     "Can you solve the following math problem? {question} Explain your reasoning. Your final answer should "
@@ -55,49 +76,82 @@ DEBATE_PROMPT = (
 
 @dataclass(frozen=True)
 class ReasoningConfig:
-    """Settings shared by the methods of one run (recorded with the results)."""
+    """Settings shared by the methods of one run (recorded with the results).
+
+    Attributes:
+        k: A's block for the AC methods.
+        j: B's block for the AC methods.
+        rounds: Debate rounds of ``nld`` (``nld-r<N>`` sets its own).
+        max_new_tokens: Generation budget of every answer.
+        backend: ``"nnsight"`` or ``"transformer-lens"``.
+        a_temperature: A's sampling temperature; 0 is greedy.
+        a_top_p: A's nucleus threshold when sampling (the paper's 0.9).
+        a_seed: Seed of A's sampling (with the item id and the turn).
+    """
 
     k: int | None = None
     j: int | None = None
     rounds: int = 2
     max_new_tokens: int = 256
     backend: str = "nnsight"
+    a_temperature: float = 0.0
+    a_top_p: float = 0.9
+    a_seed: int = 0
 
 
 @dataclass(frozen=True)
 class ReasoningOutput:
-    """B's final text, the debate transcript, and token counts for the compute accounting."""
+    """B's final text, the transcript, and token counts for the compute accounting."""
 
     text: str
     prompt_a: int
     prompt_b: int
-    message: int  # tokens A generated that B read (nl-style methods); 0 for AC and single
+    message: int  # tokens A generated that B read (nl-style methods; A's reasoning in ac-cot); 0 for AC
     answer: int  # tokens of B's final answer
     seconds: float
     transcript: list[str] = field(default_factory=list)
 
 
 def question_prompt(item: ReasoningItem) -> str:
-    """Du et al.'s prompt for the item (GSM8k or MMLU)."""
+    """Du et al.'s prompt for the item (GSM8k, MMLU or Biographies)."""
+    if item.task == biographies.TASK:
+        return biographies.BIOGRAPHY_PROMPT.format(person=item.question)
     if item.choices:
         a, b, c, d = item.choices
         return MMLU_PROMPT.format(question=item.question, a=a, b=b, c=c, d=d)
     return GSM8K_PROMPT.format(question=item.question)
 
 
-def _answer(model: Model, prompt: str, cfg: ReasoningConfig) -> tuple[str, int, int]:
-    """Greedy answer: text, prompt tokens, generated tokens (up to EOS)."""
+def debate_prompt(item: ReasoningItem, other: str) -> str:
+    """A debate turn after the first: the other agent's last answer, then the question again."""
+    if item.task == biographies.TASK:
+        return biographies.DEBATE_PROMPT.format(person=item.question, other=other.strip())
+    return DEBATE_PROMPT.format(other=other.strip(), prompt=question_prompt(item))
+
+
+def a_decoding(cfg: ReasoningConfig, item: ReasoningItem, turn: int = 0) -> Decoding:
+    """A's decoding for its ``turn``-th answer on ``item``: greedy, or sampled with a derived seed."""
+    if cfg.a_temperature <= 0:
+        return Decoding(max_new_tokens=cfg.max_new_tokens)
+    seed = zlib.crc32(f"{cfg.a_seed}:{item.id}:{item.question}:{turn}".encode())
+    return Decoding(
+        max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.a_temperature, top_p=cfg.a_top_p,
+        seed=seed,
+    )  # fmt: skip
+
+
+def _answer(
+    model: Model, prompt: str, cfg: ReasoningConfig, decoding: Decoding | None = None
+) -> tuple[str, int, int]:
+    """One answer (greedy unless ``decoding`` says otherwise): text, prompt tokens, generated tokens."""
     batch = encode(model, [prompt])
-    gen = get_backend(model, cfg.backend).generate(batch, None, Decoding(max_new_tokens=cfg.max_new_tokens))
+    decoding = decoding or Decoding(max_new_tokens=cfg.max_new_tokens)
+    gen = get_backend(model, cfg.backend).generate(batch, None, decoding)
     return gen.texts[0], batch.length, _generated(model, gen.token_ids[0].tolist())
 
 
 def _generated(model: Model, ids: list[int]) -> int:
     return len(until_eos(ids, model))
-
-
-def _final(item: ReasoningItem, text: str) -> str | None:
-    return extract_choice(text) if item.choices else extract_number(text)
 
 
 def _single(which: str) -> Callable[..., ReasoningOutput]:
@@ -106,7 +160,8 @@ def _single(which: str) -> Callable[..., ReasoningOutput]:
     ) -> ReasoningOutput:
         model = sender if which == "a" else receiver
         start = time.perf_counter()
-        text, prompt, answer = _answer(model, question_prompt(item), cfg)
+        decoding = a_decoding(cfg, item) if which == "a" else None
+        text, prompt, answer = _answer(model, question_prompt(item), cfg, decoding)
         seconds = time.perf_counter() - start
         return ReasoningOutput(
             text, prompt if which == "a" else 0, prompt if which == "b" else 0, 0, answer, seconds, [text]
@@ -115,53 +170,109 @@ def _single(which: str) -> Callable[..., ReasoningOutput]:
     return method
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One answer in a debate: who, what, its prompt and generated token counts, its wall time."""
+
+    agent: str
+    text: str
+    prompt: int
+    new: int
+    seconds: float
+
+
+def debate(
+    item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, rounds: int
+) -> list[Turn]:
+    """Du et al.'s debate of A and B for ``rounds`` rounds: A's and B's turns, round by round."""
+    if rounds < 1:
+        raise CommlibError(f"rounds must be at least 1, got {rounds}")
+    prompt = question_prompt(item)
+    turns: list[Turn] = []
+    for r in range(rounds):
+        previous = {t.agent: t.text for t in turns[-2:]}
+        for agent, model, other in (("a", sender, "b"), ("b", receiver, "a")):
+            text = prompt if r == 0 else debate_prompt(item, previous[other])
+            start = time.perf_counter()
+            decoding = a_decoding(cfg, item, r) if agent == "a" else None
+            out, n_prompt, n_new = _answer(model, text, cfg, decoding)
+            turns.append(Turn(agent, out, n_prompt, n_new, time.perf_counter() - start))
+    return turns
+
+
+def debate_output(item: ReasoningItem, turns: Sequence[Turn], rounds: int) -> ReasoningOutput:
+    """The result of the first ``rounds`` rounds of a debate (see the module docstring for the answer).
+
+    Token counts: each agent's first-round prompt, A's and B's last-round answers.
+    """
+    if not 1 <= rounds <= len(turns) // 2:
+        raise CommlibError(f"the debate has {len(turns) // 2} rounds; cannot take {rounds}")
+    kept = list(turns[: 2 * rounds])
+    a, b = kept[-2], kept[-1]
+    text = b.text if extract_answer(item, b.text) is not None else a.text
+    seconds = sum(t.seconds for t in kept)
+    return ReasoningOutput(
+        text, kept[0].prompt, kept[1].prompt, a.new, b.new, seconds, [t.text for t in kept]
+    )
+
+
 def nld(
     item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None = None
 ) -> ReasoningOutput:
     """Natural-language debate between A and B for ``cfg.rounds`` rounds."""
-    if cfg.rounds < 1:
-        raise CommlibError(f"rounds must be at least 1, got {cfg.rounds}")
-    start = time.perf_counter()
+    return debate_output(item, debate(item, sender, receiver, cfg, cfg.rounds), cfg.rounds)
+
+
+def _layers(cfg: ReasoningConfig, name: str) -> tuple[int, int]:
+    if cfg.k is None or cfg.j is None:
+        raise CommlibError(f"{name} needs the layers: pass k and j (--k, --j)")
+    return cfg.k, cfg.j
+
+
+def _graft(
+    item: ReasoningItem,
+    sender: Model,
+    receiver: Model,
+    cfg: ReasoningConfig,
+    map: LinearMap | None,
+    reasoning: str | None = None,
+) -> tuple[str, int, int, int]:
+    """B's answer with A's state grafted (after A's ``reasoning`` when given): text, A's and B's prompt
+    tokens, B's generated tokens."""
+    k, j = _layers(cfg, "ac")
     prompt = question_prompt(item)
-    answers = {"a": "", "b": ""}
-    transcript: list[str] = []
-    prompt_a = prompt_b = message = answer = 0
-    for r in range(cfg.rounds):
-        previous = dict(answers)
-        for agent, model, other in (("a", sender, "b"), ("b", receiver, "a")):
-            text = prompt if r == 0 else DEBATE_PROMPT.format(other=previous[other].strip(), prompt=prompt)
-            out, n_prompt, n_new = _answer(model, text, cfg)
-            answers[agent] = out
-            transcript.append(out)
-            if agent == "a":  # token counts: the question prompt, then the last round's answers
-                prompt_a, message = (n_prompt if r == 0 else prompt_a), n_new
-            else:
-                prompt_b, answer = (n_prompt if r == 0 else prompt_b), n_new
-    text = answers["b"] if _final(item, answers["b"]) is not None else answers["a"]
-    return ReasoningOutput(text, prompt_a, prompt_b, message, answer, time.perf_counter() - start, transcript)
+    out = communicate(
+        sender, receiver, [prompt], [prompt], GraftConfig(k=k, j=j, f="replace"), map=map,
+        backend=cfg.backend, decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+        sender_replies=None if reasoning is None else [reasoning],
+    )  # fmt: skip
+    n_a, n_b = encode(sender, [prompt]).length, encode(receiver, [prompt]).length
+    return out.texts[0], n_a, n_b, _generated(receiver, out.token_ids[0].tolist())
 
 
 def _ac(use_map: bool) -> Callable[..., ReasoningOutput]:
     def method(
         item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
     ) -> ReasoningOutput:
-        if cfg.k is None or cfg.j is None:
-            raise CommlibError("ac needs the layers: pass k and j (--k, --j)")
+        _layers(cfg, "ac")
         if use_map and map is None:
             raise CommlibError("ac-w needs a learned map: pass --map (fit one with `commlib fit-map`)")
-        prompt = question_prompt(item)
         start = time.perf_counter()
-        out = communicate(
-            sender, receiver, [prompt], [prompt], GraftConfig(k=cfg.k, j=cfg.j, f="replace"),
-            map=map if use_map else None, backend=cfg.backend,
-            decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
-        n_a, n_b = encode(sender, [prompt]).length, encode(receiver, [prompt]).length
-        text, answer = out.texts[0], _generated(receiver, out.token_ids[0].tolist())
-        return ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text])
+        text, n_a, n_b, answer = _graft(item, sender, receiver, cfg, map if use_map else None)
+        return ReasoningOutput(text, n_a, n_b, 0, answer, time.perf_counter() - start, [text])
 
     return method
+
+
+def ac_cot(
+    item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None = None
+) -> ReasoningOutput:
+    """AC after chain of thought on A: A answers in text, then its state at its last token is grafted."""
+    _layers(cfg, "ac-cot")
+    start = time.perf_counter()
+    reasoning, _, message = _answer(sender, question_prompt(item), cfg, a_decoding(cfg, item))
+    text, n_a, n_b, answer = _graft(item, sender, receiver, cfg, None, reasoning)
+    return ReasoningOutput(text, n_a, n_b, message, answer, time.perf_counter() - start, [reasoning, text])
 
 
 REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
@@ -170,8 +281,35 @@ REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
     "nld": nld,
     "ac": _ac(False),
     "ac-w": _ac(True),
+    "ac-cot": ac_cot,
+    "cipher-debate": cipher_debate(),  # CIPHER debate (Pham et al., 2024), in commlib.methods.cipher
 }
-"""Registered reasoning methods by name."""
+"""Registered reasoning methods by name; ``nld-r<N>`` (N rounds of debate) is accepted as well."""
+
+_ROUNDS = re.compile(r"nld-r([1-9]\d*)")
+
+
+def debate_rounds(name: str, cfg: ReasoningConfig) -> int | None:
+    """The rounds of a debate method (``nld``: ``cfg.rounds``; ``nld-r3``: 3), ``None`` for the others."""
+    if name == "nld":
+        return cfg.rounds
+    match = _ROUNDS.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def check_methods(names: Sequence[str]) -> None:
+    """Raise :class:`CommlibError` naming the known methods if any of ``names`` is unknown."""
+    unknown = [m for m in names if m not in REASONING_METHODS and not _ROUNDS.fullmatch(m)]
+    if unknown:
+        known = ", ".join([*REASONING_METHODS, "nld-r<N>"])
+        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {known}")
+
+
+def compute_kind(name: str) -> str:
+    """The :func:`commlib.compute.method_flops` method that counts a reasoning method's FLOPs."""
+    if name in ("ac", "ac-w"):
+        return "ac"
+    return "nld" if debate_rounds(name, ReasoningConfig()) is not None else name
 
 
 def run_reasoning_method(
@@ -182,11 +320,33 @@ def run_reasoning_method(
     cfg: ReasoningConfig,
     map: LinearMap | None = None,
 ) -> ReasoningOutput:
-    """Run one registered method on one item.
+    """Run one method on one item.
 
     Raises:
         CommlibError: an unknown method, or its settings missing.
     """
-    if name not in REASONING_METHODS:
-        raise CommlibError(f"unknown method {name!r}; use one of {', '.join(REASONING_METHODS)}")
-    return REASONING_METHODS[name](item, sender, receiver, cfg, map)
+    return run_reasoning_methods([name], item, sender, receiver, cfg, map)[name]
+
+
+def run_reasoning_methods(
+    names: Sequence[str],
+    item: ReasoningItem,
+    sender: Model,
+    receiver: Model,
+    cfg: ReasoningConfig,
+    map: LinearMap | None = None,
+) -> dict[str, ReasoningOutput]:
+    """Run several methods on one item; all debates come from one debate of the most rounds asked for.
+
+    Raises:
+        CommlibError: an unknown method, or its settings missing.
+    """
+    check_methods(names)
+    rounds = {name: r for name in names if (r := debate_rounds(name, cfg)) is not None}
+    turns = debate(item, sender, receiver, cfg, max(rounds.values())) if rounds else []
+    return {
+        name: debate_output(item, turns, rounds[name])
+        if name in rounds
+        else REASONING_METHODS[name](item, sender, receiver, cfg, map)
+        for name in names
+    }

@@ -225,3 +225,37 @@ def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = T
     else:
         raise CommlibError(f"unknown game {game!r}; use countries, tipsheets, or a .jsonl path")
     return items if reply else [replace(it, reply="") for it in items]
+
+
+REFERENCE_SEED = 10_000
+"""A task reference draws its items from seeds ``REFERENCE_SEED + seed`` on: never an evaluated draw."""
+
+
+def reference_prompts(game: str, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Up to ``n`` distinct prompts of ``game`` as the receiver reads them in the game, with their replies.
+
+    Both sides of each item: the sender's prompt (read without a reply, as
+    the graft reads A) and the receiver's prompt with its reply. Drawn from
+    seeds that no evaluation uses (:data:`REFERENCE_SEED`), as many draws as
+    ``n`` needs, until three draws in a row add nothing new; duplicates are
+    kept once, so a small game gives fewer than ``n`` (Countries: 112
+    landmarks x 26 names, and only 26 distinct receiver prompts). A JSONL
+    game gives what its file has.
+
+    Example:
+        >>> prompts, replies = reference_prompts("countries", 4)
+        >>> len(prompts), replies[0], replies[1].endswith("is located in")
+        (4, '', True)
+    """
+    pairs: dict[tuple[str, str], None] = {}
+    stale, draw = 0, 0
+    while len(pairs) < n and stale < 3:
+        before = len(pairs)
+        size = len(landmarks()) if game == "countries" else None
+        for item in load_game(game, n=size, seed=REFERENCE_SEED + seed + draw):
+            pairs.setdefault((item.sender, ""), None)
+            pairs.setdefault((item.receiver, item.reply), None)
+        stale = stale + 1 if len(pairs) == before or game.endswith(".jsonl") else 0
+        draw += 1
+    chosen = list(pairs)[:n]
+    return [p for p, _ in chosen], [r for _, r in chosen]

@@ -11,7 +11,8 @@ cached as JSON lines under the commlib cache (``commlib fetch gsm8k mmlu``):
 ``source="hub"`` loads the same with ``datasets`` (``openai/gsm8k``,
 ``cais/mmlu``) for users with a network; offline it fails at once with a
 clear error. No GSM8k train split is on the registry: the in-distribution W
-needs the hub.
+needs the hub. Biographies (read at run time from Du et al.'s file, judged
+per fact by a model) live in :mod:`commlib.tasks.biographies`.
 
 Example:
     >>> extract_number("So she makes $1,250.50 a week. The answer is 1,250.5")
@@ -116,7 +117,8 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _sample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+def sample_items(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+    """``n`` of ``rows`` drawn with ``seed`` (all, in order, with ``n=None`` or ``n >= len(rows)``)."""
     if n is None or n >= len(rows):
         return list(rows)
     return random.Random(seed).sample(rows, n)
@@ -132,7 +134,7 @@ def gsm8k(n: int | None = 100, seed: int = 0, *, source: Source = "offline") -> 
     else:
         rows = _read(fetch_gsm8k())
     items = [ReasoningItem(r["question"], _number(r["answer"]), id=r["id"], task="gsm8k") for r in rows]
-    return _sample(items, n, seed)
+    return sample_items(items, n, seed)
 
 
 def mmlu(
@@ -162,13 +164,13 @@ def mmlu(
         for r in rows
         if r["subject"] == subject
     }
-    return _sample(list(items.values()), n, seed)
+    return sample_items(list(items.values()), n, seed)
 
 
 def load_task(
     task: str, n: int | None = 100, seed: int = 0, *, source: Source = "offline"
 ) -> list[ReasoningItem]:
-    """``gsm8k`` or ``mmlu:SUBJECT``.
+    """``gsm8k``, ``mmlu:SUBJECT`` or ``biographies`` (see :mod:`commlib.tasks.biographies`).
 
     Raises:
         CommlibError: an unknown task.
@@ -177,7 +179,13 @@ def load_task(
         return gsm8k(n, seed, source=source)
     if task.startswith("mmlu:"):
         return mmlu(task.removeprefix("mmlu:"), n, seed, source=source)
-    raise CommlibError(f"unknown task {task!r}; use gsm8k or mmlu:SUBJECT (e.g. mmlu:formal_logic)")
+    if task == "biographies":
+        from commlib.tasks.biographies import biographies
+
+        return biographies(n, seed, source=source)
+    raise CommlibError(
+        f"unknown task {task!r}; use gsm8k, mmlu:SUBJECT (e.g. mmlu:formal_logic) or biographies"
+    )
 
 
 def _hub(name: str, config: str) -> Any:
@@ -243,8 +251,27 @@ def extract_choice(text: str) -> str | None:
     return None
 
 
+def extract_answer(item: ReasoningItem, output: str) -> str | None:
+    """The scored part of ``output``, or ``None`` when it has none.
+
+    The letter (MMLU), the number (GSM8k), or for Biographies the bullets the
+    judge reads (:func:`commlib.tasks.biographies.biography_text`).
+    """
+    if item.task == "biographies":
+        from commlib.tasks.biographies import biography_text
+
+        return biography_text(output) or None
+    return extract_choice(output) if item.choices else extract_number(output)
+
+
 def is_correct(item: ReasoningItem, output: str) -> bool:
-    """Whether ``output`` answers ``item`` (numbers compared numerically, letters exactly)."""
+    """Whether ``output`` answers ``item`` (numbers compared numerically, letters exactly).
+
+    Raises:
+        CommlibError: a Biographies item (a judge scores those, see :mod:`commlib.tasks.biographies`).
+    """
+    if item.task == "biographies":
+        raise CommlibError("biographies are scored by a judge model: use commlib.tasks.biographies")
     if item.choices:
         return extract_choice(output) == item.answer
     got = extract_number(output)
