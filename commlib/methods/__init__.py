@@ -251,7 +251,7 @@ def interlat_trained(adapter_dir: str) -> MethodFn:
         check_pair(adapter_dir, (info.sender, info.receiver), sender, receiver)
         trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
         with torch.no_grad():
-            return adapter.message(trajectory.hidden), trajectory.text
+            return adapter.to(receiver.device).message(trajectory.hidden.to(receiver.device)), trajectory.text
 
     return SlotMethod(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
 
@@ -278,7 +278,8 @@ def interlat_compressed(compressor_dir: str) -> MethodFn:
         check_pair(compressor_dir, (info.sender, info.receiver), sender, receiver)
         trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
         with torch.no_grad():
-            vectors = compressor.message(adapter.message(trajectory.hidden))
+            device = receiver.device
+            vectors = compressor.to(device).message(adapter.to(device).message(trajectory.hidden.to(device)))
         return vectors, "".join(nearest_tokens(receiver, vectors[1:-1]))
 
     doc = f"Interlat compressed to K = {info.k} ({info.steps} steps, adapter {info.adapter})."
