@@ -403,14 +403,21 @@ def _control_sources(
     return sources
 
 
+def _reference_corpus(game: str, reference: str, corpus: str) -> str:
+    """The corpus name of :func:`run_distance`'s ``reference``: the game's prompts for ``task``."""
+    from commlib.distance import TASK_CORPUS
+
+    return f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+
+
 def _layer_manifold(
     receiver: Model, j: int, items: Sequence[GameItem], game: str, reference: str, *, n_reference: int,
     seed: int, position: Position, backend: str, corpus: str = "lambada",
 ) -> Manifold:  # fmt: skip
     """B's manifold after block ``j`` for :func:`run_distance`'s ``reference`` (cached on disk)."""
-    from commlib.distance import TASK_CORPUS, manifold_for
+    from commlib.distance import manifold_for
 
-    ref_corpus = f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+    ref_corpus = _reference_corpus(game, reference, corpus)
     reply = items[0].reply if reference == "prompt" else ""
     return manifold_for(
         receiver, j, corpus=ref_corpus, n=n_reference, seed=seed, backend=backend,
@@ -483,7 +490,7 @@ def run_distance(
 
     from commlib.backends import get_backend
     from commlib.combine import combine
-    from commlib.distance import TASK_CORPUS, next_token_kl
+    from commlib.distance import next_token_kl
     from commlib.graft import capture_span
     from commlib.sweep import ReceiverItem
 
@@ -523,7 +530,7 @@ def run_distance(
         finished = pd.read_csv(path)
         done = set(zip(finished["item_id"].astype(str), finished["n_positions"].astype(int), strict=True))
     formatted = reference != "corpus"
-    ref_corpus = f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+    ref_corpus = _reference_corpus(game, reference, corpus)
     manifold = _layer_manifold(receiver, j, items, game, reference, n_reference=n_reference, seed=seed,
                                position=position, backend=backend, corpus=corpus)  # fmt: skip
     sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
