@@ -25,6 +25,7 @@ from commlib.errors import CommlibError
 BACKEND_CHOICES = ("nnsight", "transformer-lens")
 F_CHOICES = ("none", "sum", "mean", "replace")
 REFERENCE_CHOICES = ("corpus", "prompt", "task")  # experiments.REFERENCES, without importing torch at start
+GAME_HELP = "countries (countries:train, countries:heldout: disjoint landmarks), tipsheets, or PATH.jsonl"
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("games", help="coordination games: all methods on one game, resumable")
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--game", required=True, help=GAME_HELP)
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument("--methods", default="silent,skyline,nl,ac-sum,ac-mean,ac-replace")
@@ -468,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--adapter", help="interlat-trained / -compressed: the directory train-adapter (--compress K) wrote"
     )
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--game", required=True, help=GAME_HELP)
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True, help="must share the sender's tokenizer")
     s.add_argument("--temperature", default="1.0", help="cipher: comma-separated, one cipher-t<T> each")
@@ -484,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "train-adapter", help="train an Interlat adapter, or compress one to K latents (B frozen); resumes"
     )
-    s.add_argument("--game", help="countries, tipsheets, or PATH.jsonl (not with --compress)")
+    s.add_argument("--game", help=GAME_HELP + " (not with --compress)")
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument("--n-train", type=int, default=100, help="training items (Countries has 112)")
@@ -535,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("sweep", help="the full (k, j) grid on a game (fast engine), resumable")
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--game", required=True, help=GAME_HELP)
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument("--f", default="replace", choices=("sum", "mean", "replace"))
@@ -552,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("distance", help="distances of grafted states from the receiver's manifold")
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--game", required=True, help=GAME_HELP)
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument("--k", type=int, required=True)
@@ -582,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("sweep-n", help="accuracy, distance and compute against how much state is sent")
-    s.add_argument("--game", required=True, help="countries, tipsheets, or PATH.jsonl")
+    s.add_argument("--game", required=True, help=GAME_HELP)
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument(

@@ -292,13 +292,15 @@ def capture_corpus(
     be = get_backend(model, backend)
     for layer in layers:
         check_layer(model, layer)
+    all_replies = [reply] * len(sentences) if isinstance(reply, str) else list(reply)
+    # batches of sentences of similar length waste little on padding; rows go back to sentence order
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]) + len(all_replies[i]))
     rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     for start in tqdm(range(0, len(sentences), batch_size), desc=desc or f"{model.name} corpus", leave=False):
-        chunk = list(sentences[start : start + batch_size])
+        index = order[start : start + batch_size]
+        chunk = [sentences[i] for i in index]
         if formatted:
-            replies = (
-                [reply] * len(chunk) if isinstance(reply, str) else list(reply[start : start + len(chunk)])
-            )
+            replies = [all_replies[i] for i in index]
             batch = encode(model, chunk, replies=replies)
             positions = message_positions(model, chunk, batch, position, replies=replies)
             acts = be.capture_layers(batch, layers, positions)
@@ -306,7 +308,9 @@ def capture_corpus(
             acts = be.capture_layers(encode(model, chunk, raw=True), layers)
         for layer in layers:
             rows[layer].append(acts[layer].float().cpu())
-    return {layer: torch.cat(r) for layer, r in rows.items()}
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return {layer: torch.cat(r)[back] for layer, r in rows.items()}
 
 
 def fit_map(

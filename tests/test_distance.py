@@ -166,6 +166,27 @@ def test_prompt_format_reference_reads_the_graft_position(tiny: Model) -> None:
     assert not torch.allclose(acts, raw, atol=1e-3)
 
 
+def test_corpus_rows_come_back_in_sentence_order_whatever_the_batching(tiny: Model) -> None:
+    """capture_corpus batches sentences of similar length together; each row is still its own sentence's."""
+    from commlib.graft import capture_corpus
+
+    sentences = [
+        "A much longer sentence, with many more words in it than the others.",
+        "Short.",
+        "Medium length words here.",
+        "Hi.",
+        "Another fairly long one, with commas, and clauses.",
+    ]
+    replies = ["", "It is", "", "Well,", ""]
+    be = get_backend(tiny)
+    for formatted in (False, True):
+        rows = capture_corpus(tiny, sentences, [1], batch_size=2, formatted=formatted, reply=replies)[1]
+        for i, sentence in enumerate(sentences):
+            raw = encode(tiny, [sentence], raw=True)
+            one = encode(tiny, [sentence], replies=[replies[i]]) if formatted else raw
+            assert torch.allclose(rows[i], be.capture(one, 1)[0], atol=1e-5), (formatted, i)
+
+
 @pytest.mark.parametrize("position", ["last", "content"])
 def test_task_reference_reads_each_side_where_the_graft_does(tiny: Model, position: str) -> None:
     from commlib.graft import capture_span

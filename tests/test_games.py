@@ -26,6 +26,20 @@ def test_countries_is_deterministic_and_consistent() -> None:
         assert table[item.sender.removeprefix(f"{name} is at ").removesuffix(".")] == item.answer
 
 
+def test_countries_splits_have_disjoint_landmarks_and_all_of_them() -> None:
+    train, heldout = load_game("countries:train", seed=3), load_game("countries:heldout", seed=3)
+    assert len(train) == len(landmarks("train")) and len(heldout) == len(landmarks("heldout"))
+    seen = {it.sender.partition(" is at ")[2] for it in train}
+    unseen = {it.sender.partition(" is at ")[2] for it in heldout}
+    assert not seen & unseen and len(seen | unseen) == len(landmarks())
+    assert {it.answer for it in heldout} <= {country for _, country in landmarks()}
+    assert not {it.id for it in train} & {it.id for it in heldout}
+    with pytest.raises(CommlibError, match="unknown landmark split 'test'"):
+        load_game("countries:test")
+    with pytest.raises(CommlibError, match=r"countries:heldout has \d+ landmarks"):
+        load_game("countries:heldout", n=100)
+
+
 def test_tipsheets_answer_is_the_clean_record_high_and_position_is_balanced() -> None:
     items = tipsheets(70, seed=0)
     assert items == tipsheets(70, seed=0)

@@ -3,7 +3,9 @@
 * Countries (Section 4.1): A reads "<Name> is at <landmark>.", B is asked
   "Which country is <Name> located in?"; the answer is the landmark's country.
   Landmarks come from ``data/landmarks.csv`` (written for this project); names
-  are drawn with a seed.
+  are drawn with a seed. ``countries:train`` and ``countries:heldout`` draw
+  from disjoint landmark sets (every fourth landmark is held out), so a
+  trained channel can be evaluated on landmarks it never saw.
 * Tip Sheets: A reads a short tip sheet on three made-up companies (one
   falling, one at a record high, one at a record high but in a lawsuit); B must
   pick one company; the answer is the clean record-high one. Wording, company
@@ -81,24 +83,41 @@ class GameItem:
     reply: str = ""
 
 
-def landmarks() -> list[tuple[str, str]]:
-    """(landmark, country) pairs from ``data/landmarks.csv``."""
+LANDMARK_SPLITS = ("all", "train", "heldout")
+"""Countries' landmark sets: all, or a disjoint train / held-out split (every fourth row held out)."""
+
+
+def landmarks(split: str = "all") -> list[tuple[str, str]]:
+    """(landmark, country) pairs from ``data/landmarks.csv``, all or one side of the split.
+
+    Example:
+        >>> len(landmarks("train")) + len(landmarks("heldout")) == len(landmarks())
+        True
+    """
+    if split not in LANDMARK_SPLITS:
+        raise CommlibError(f"unknown landmark split {split!r}; use one of {', '.join(LANDMARK_SPLITS)}")
     path = DATA_DIR / "landmarks.csv"
     if not path.exists():
         raise CommlibError(f"{path} is missing: run commlib from its repository (pip install -e .)")
     with path.open(newline="") as fh:
-        return [(row["landmark"], row["country"]) for row in csv.DictReader(fh)]
+        table = [(row["landmark"], row["country"]) for row in csv.DictReader(fh)]
+    if split == "all":
+        return table
+    return [row for i, row in enumerate(table) if (i % 4 == 0) == (split == "heldout")]
 
 
-def countries(n: int = 100, seed: int = 0) -> list[GameItem]:
-    """``n`` Countries items; landmarks without repetition while they last.
+def countries(n: int = 100, seed: int = 0, split: str = "all") -> list[GameItem]:
+    """``n`` Countries items from the ``split`` landmarks; landmarks without repetition.
+
+    Item ids carry the split (``countries-train-<seed>-<i>``) unless it is all.
 
     Raises:
-        CommlibError: ``n`` larger than the landmark table.
+        CommlibError: ``n`` larger than the split's landmark table.
     """
-    table = landmarks()
+    table = landmarks(split)
     if n > len(table):
-        raise CommlibError(f"countries has {len(table)} landmarks; ask for n <= {len(table)}")
+        name = "countries" if split == "all" else f"countries:{split}"
+        raise CommlibError(f"{name} has {len(table)} landmarks; ask for n <= {len(table)}")
     rng = random.Random(seed)
     picks = rng.sample(table, n)
     names = [rng.choice(NAMES) for _ in picks]
@@ -107,7 +126,7 @@ def countries(n: int = 100, seed: int = 0) -> list[GameItem]:
             sender=f"{name} is at {landmark}.",
             receiver=f"Which country is {name} located in?",
             answer=country,
-            id=f"countries-{seed}-{i}",
+            id=f"countries-{seed}-{i}" if split == "all" else f"countries-{split}-{seed}-{i}",
             reply=f"{name} is located in",
         )
         for i, ((landmark, country), name) in enumerate(zip(picks, names, strict=True))
@@ -210,20 +229,38 @@ def load_jsonl(path: str | Path) -> list[GameItem]:
     return items
 
 
-def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = True) -> list[GameItem]:
-    """``countries``, ``tipsheets`` or a path to a JSONL file; ``n`` items (default: the paper's).
-
-    ``reply=False`` drops the items' answer openings (B answers from scratch).
-    """
+def landmark_split(game: str) -> str | None:
+    """The landmark split a Countries game name asks for (``countries`` -> all), or None for other games."""
     if game == "countries":
-        items = countries(100 if n is None else n, seed)
+        return "all"
+    return game.partition(":")[2] if game.startswith("countries:") else None
+
+
+def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = True) -> list[GameItem]:
+    """A game's items: ``n`` of them (default: the paper's 100 and 70, or the whole file).
+
+    ``game`` is ``countries`` (or ``countries:train`` / ``countries:heldout``,
+    disjoint landmarks: train a channel on one, evaluate on the other),
+    ``tipsheets``, or a path to a JSONL file. ``reply=False`` drops the items'
+    answer openings (B answers from scratch).
+
+    Example:
+        >>> [it.id for it in load_game("countries:heldout", n=2, seed=1)]
+        ['countries-heldout-1-0', 'countries-heldout-1-1']
+    """
+    split = landmark_split(game)
+    if split is not None:
+        items = countries(min(100, len(landmarks(split))) if n is None else n, seed, split)
     elif game == "tipsheets":
         items = tipsheets(70 if n is None else n, seed)
     elif game.endswith(".jsonl"):
         items = load_jsonl(game)
         items = items if n is None else items[:n]
     else:
-        raise CommlibError(f"unknown game {game!r}; use countries, tipsheets, or a .jsonl path")
+        raise CommlibError(
+            f"unknown game {game!r}; use countries (or countries:train, countries:heldout), tipsheets, "
+            "or a .jsonl path"
+        )
     return items if reply else [replace(it, reply="") for it in items]
 
 
@@ -251,7 +288,8 @@ def reference_prompts(game: str, n: int, seed: int = 0) -> tuple[list[str], list
     stale, draw = 0, 0
     while len(pairs) < n and stale < 3:
         before = len(pairs)
-        size = len(landmarks()) if game == "countries" else None
+        split = landmark_split(game)
+        size = None if split is None else len(landmarks(split))
         for item in load_game(game, n=size, seed=REFERENCE_SEED + seed + draw):
             pairs.setdefault((item.sender, ""), None)
             pairs.setdefault((item.receiver, item.reply), None)
