@@ -344,6 +344,55 @@ def gain_vs_similarity(
     return fig
 
 
+_SHAPES = "osD^vP*Xh<>p8"
+
+
+def accuracy_vs_distance(
+    table: pd.DataFrame, *, distance: str = "mahalanobis_pct", title: str = ""
+) -> Figure:
+    """Accuracy against distance from B's manifold: one point per method and n, n written beside it.
+
+    ``table`` is :func:`commlib.experiments.n_sweep_table`; rows without a
+    distance (n = 0, nothing injected) are left out. Colour is the method
+    family, the marker the method, as in :func:`accuracy_distance_vs_n`; the
+    dotted line is B's own typical state (50th percentile).
+    """
+    set_style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.5, COLUMN_WIDTH * 0.95))
+    column = f"median_{distance}"
+    for i, (method, grp) in enumerate(table.groupby("method", sort=False)):
+        grp = grp.dropna(subset=[column])
+        if grp.empty:
+            continue
+        x, acc = grp[column].astype(float), 100 * grp["accuracy"].astype(float)
+        err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
+        ax.errorbar(
+            x,
+            acc,
+            yerr=err,
+            fmt=_SHAPES[i % len(_SHAPES)],
+            color=method_colour(str(method)),
+            ms=4,
+            lw=0.8,
+            capsize=1.5,
+            label=str(method),
+            mfc="none" if bool(grp["trained"].iloc[0]) else None,
+        )
+        for xi, yi, n in zip(x, acc, grp["n"].astype(str), strict=True):
+            ax.annotate(n, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize="xx-small",
+                        color=method_colour(str(method)))  # fmt: skip
+    ax.axvline(50, ls=":", lw=0.8, color="0.4")
+    ax.set_xlim(-2, 104)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel(f"{distance.removesuffix('_pct')} percentile, median (B's own: 50)")
+    ax.set_ylabel("accuracy (%), 95% bootstrap CI")
+    ax.legend(fontsize="x-small", title="open: trained", title_fontsize="x-small", loc="best")
+    if title:
+        ax.set_title(title, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_distance_vs_n(
     table: pd.DataFrame, *, distance: str = "mahalanobis_pct", title: str = ""
 ) -> Figure:
@@ -358,19 +407,21 @@ def accuracy_distance_vs_n(
     """
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH * 2.2, COLUMN_WIDTH * 0.85))
-    shapes = "osD^vP*Xh<>p8"
-    for i, (method, grp) in enumerate(table.groupby("method", sort=False)):
+    groups = list(table.groupby("method", sort=False))
+    for i, (method, grp) in enumerate(groups):
         grp = grp.sort_values("x")
-        style = {"color": method_colour(str(method)), "marker": shapes[i % len(shapes)], "ms": 4, "lw": 1.0,
+        style = {"color": method_colour(str(method)), "marker": _SHAPES[i % len(_SHAPES)], "lw": 1.0,
                  "ls": "-" if bool(grp["trained"].iloc[0]) else "--", "label": str(method)}  # fmt: skip
         acc = 100 * grp["accuracy"].astype(float)
         err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
-        axes[0].errorbar(grp["x"], acc, yerr=err, capsize=1.5, **style)
-        axes[1].plot(grp["x"], grp[f"median_{distance}"].astype(float), **style)
+        axes[0].errorbar(grp["x"], acc, yerr=err, capsize=1.5, ms=4, **style)
+        # distances often coincide (100th percentile): earlier methods get larger markers, so all stay visible
+        axes[1].plot(grp["x"], grp[f"median_{distance}"].astype(float), ms=4 + 2 * (len(groups) - 1 - i),
+                     mfc="none", **style)  # fmt: skip
     labels = table.drop_duplicates("x").sort_values("x")
     for ax in axes:
         ax.set_xticks(labels["x"], labels["n"].astype(str))
-        ax.set_xlabel("n sent uncollapsed (AC: positions; latent: message steps)")
+    fig.supxlabel("n sent uncollapsed (AC: positions; latent: message steps)", fontsize="small")
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
     axes[1].set_ylim(0, 101)

@@ -67,7 +67,7 @@ import pandas as pd
 from commlib.experiments import choose_layers, n_sweep_table, run_n_sweep
 from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
-from commlib.plots import accuracy_distance_vs_n, gain_vs_distance, save_figure
+from commlib.plots import accuracy_distance_vs_n, accuracy_vs_distance, save_figure
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
@@ -114,16 +114,14 @@ save_figure(fig, f"sweep_over_n_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
 # ## Accuracy against distance: every method and n on one axis
 #
 # Notebook 04's headline axis (distance percentile against B's own held-out
-# states, 50 = typical), with every (method, n > 0) of the sweep as one point;
-# here the effect is greedy accuracy rather than log p(answer), and each
-# method is measured against the reference of the space it writes into (see
-# above).
+# states, 50 = typical), with every (method, n) that injects something as
+# one point, labelled with its n; here the effect is greedy accuracy rather
+# than log p(answer), and each method is measured against the reference of
+# the space it writes into (see above).
 
 # %%
-points = table[table["n"] != "0"].assign(mean=lambda t: t["accuracy"], f=lambda t: t["method"],
-                                         pair=f"{SENDER} -> {RECEIVER}, {GAME}")
-fig = gain_vs_distance(points, x=f"median_{DISTANCE}", y="accuracy", marker="n",
-                       title=f"n={N} items, seed {SEED}; one point per method and n")
+fig = accuracy_vs_distance(table, distance=DISTANCE,
+                           title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}")
 save_figure(fig, f"sweep_over_n_distance_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
             config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED, "ns": NS,
                     "methods": methods, "distance": DISTANCE, "notebook": "08_sweep_over_n"})

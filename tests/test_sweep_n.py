@@ -218,6 +218,23 @@ def test_figure_marks_trained_methods_solid() -> None:
     assert styles == ["--", "-"]
 
 
+def test_accuracy_against_distance_has_a_point_per_injected_n() -> None:
+    from matplotlib.text import Annotation
+
+    from commlib.plots import accuracy_vs_distance
+
+    table = pd.DataFrame(
+        [{"method": m, "n": str(n), "x": x, "trained": m.endswith("trained"), "accuracy": 0.25 * x,
+          "ci_low": 0.0, "ci_high": 0.8, "median_mahalanobis_pct": None if n == 0 else 40.0 + 10 * x}
+         for m in ("cipher", "interlat-trained") for x, n in enumerate((0, 2, 8))]
+    )  # fmt: skip
+    ax = accuracy_vs_distance(table).axes[0]
+    labels = sorted(a.get_text() for a in ax.get_children() if isinstance(a, Annotation))
+    assert labels == ["2", "2", "8", "8"]  # n = 0 injected nothing: no point
+    points = sorted((a.xy[0], a.xy[1]) for a in ax.get_children() if isinstance(a, Annotation))
+    assert points == [(50.0, 25.0), (50.0, 25.0), (60.0, 50.0), (60.0, 50.0)]
+
+
 @pytest.mark.integration
 def test_n_zero_answers_as_nl_on_smollm2(smol: Model) -> None:
     cfg = MethodConfig(k=None, j=None, max_new_tokens=8, message_tokens=24)
