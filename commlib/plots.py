@@ -156,7 +156,7 @@ def method_bars(table: pd.DataFrame, *, panel: str = "game") -> Figure:
         ax.set_title(str(value))
         ax.set_ylim(0, 100)
     axes[0][0].set_ylabel("accuracy (%), 95% bootstrap CI")
-    axes[0][-1].legend(fontsize="x-small")
+    axes[0][-1].legend(fontsize="x-small", bbox_to_anchor=(1.02, 1), loc="upper left")  # beside the bars
     fig.tight_layout()
     return fig
 
