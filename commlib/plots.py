@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,35 @@ def sweep_heatmap(
     ax.set_ylabel("receiver layer j / depth")
     ax.set_title(title)
     ax.grid(False)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_panels(
+    tables: Mapping[tuple[str, str], pd.DataFrame],
+    *,
+    n_layers: int,
+    values: Sequence[str] = ("logprob_gain", "greedy_answer"),
+    title: str = "",
+) -> Figure:
+    """One model's sweeps (A = B) in one figure: a row per game, a column per position and value.
+
+    ``tables`` maps ``(game, position)`` to :func:`commlib.experiments.run_sweep`'s
+    table; each panel is a :func:`sweep_heatmap`.
+    """
+    set_style()
+    games = list(dict.fromkeys(game for game, _ in tables))
+    positions = list(dict.fromkeys(pos for _, pos in tables))
+    fig, axes = plt.subplots(
+        len(games), len(positions) * len(values), squeeze=False,
+        figsize=(COLUMN_WIDTH * len(positions) * len(values), COLUMN_WIDTH * 0.8 * len(games)),
+    )  # fmt: skip
+    for r, game in enumerate(games):
+        for c, (pos, value) in enumerate((p, v) for p in positions for v in values):
+            sweep_heatmap(tables[game, pos], n_layers_sender=n_layers, n_layers_receiver=n_layers,
+                          value=value, title=f"{game}, {pos}", ax=axes[r][c])  # fmt: skip
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -35,20 +35,20 @@ GAMES = ["countries", "tipsheets"]
 POSITIONS = ["last", "content"]
 F = "replace"
 N = 6
+FULL_MODELS = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # every (k, j), section 3 (Qwen-1.5B: hours on a CPU)
 SEED = 0
 RUNS_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from commlib.experiments import best_layers, run_sweep, selection_step, sweep_dir
 from commlib.models import load_model
-from commlib.plots import COLUMN_WIDTH, save_figure, sweep_heatmap
+from commlib.plots import save_figure, sweep_panels
 
 if FAST:
-    MODELS, N = ["tiny-llama-random"], 2
+    MODELS, FULL_MODELS, N = ["tiny-llama-random"], ["tiny-llama-random"], 2
 
 # %%
 tables: dict[tuple[str, str, str], pd.DataFrame] = {}
@@ -72,14 +72,8 @@ for name in MODELS:
 
 # %%
 for name in MODELS:
-    fig, axes = plt.subplots(len(GAMES), 2 * len(POSITIONS), squeeze=False,
-                             figsize=(COLUMN_WIDTH * len(POSITIONS) * 2, COLUMN_WIDTH * 0.8 * len(GAMES)))
-    for r, game in enumerate(GAMES):
-        for c, (pos, value) in enumerate((p, v) for p in POSITIONS for v in ("logprob_gain", "greedy_answer")):
-            sweep_heatmap(tables[name, game, pos], n_layers_sender=depth[name], n_layers_receiver=depth[name],
-                          value=value, title=f"{game}, {pos}", ax=axes[r][c])
-    fig.suptitle(f"{name} -> {name}, f={F}, n={N} items (seed {SEED})")
-    fig.tight_layout()
+    fig = sweep_panels({(g, p): tables[name, g, p] for g in GAMES for p in POSITIONS}, n_layers=depth[name],
+                       title=f"{name} -> {name}, f={F}, n={N} items (seed {SEED})")
     save_figure(fig, f"sweep_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
                 config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
                         "notebook": "02_layer_sweep"})
@@ -102,3 +96,27 @@ for name in MODELS:
                        "j/depth": round(top["j"] / depth[name], 2), "accuracy": top["accuracy"],
                        "silent": silent, "logprob_gain": round(top["logprob_gain"], 2), "n": int(top["n"])})
 pd.DataFrame(chosen)
+
+# %% [markdown]
+# ## Every layer: the full (k, j) grid
+#
+# The same sweep with every sender and receiver block (the selection grids
+# above take about every tenth), same items, both games and positions; it
+# resumes item by item. One figure per model, `figures/sweep_full_<model>`.
+
+# %%
+for name in FULL_MODELS:
+    model = load_model(name)
+    layers = list(range(model.info.n_layers))
+    full = {}
+    for game in GAMES:
+        for pos in POSITIONS:
+            out = sweep_dir(RUNS_DIR, name, game, f=F, position=pos, seed=SEED, n=N, step=1)
+            full[game, pos] = run_sweep(game, model, model, out_dir=out, ks=layers, js=layers, f=F, n=N,
+                                        seed=SEED, max_new_tokens=0, position=pos)
+    fig = sweep_panels(full, n_layers=len(layers), title=f"{name} -> {name}, every layer, f={F}, n={N} items "
+                                                          f"(seed {SEED})")
+    save_figure(fig, f"sweep_full_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
+                config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
+                        "layers": "all", "notebook": "02_layer_sweep"})
+    del model

@@ -103,3 +103,21 @@ def test_similarity_figure_puts_each_pair_at_its_similarity_and_gain() -> None:
     assert offsets["gsm8k (r = 0.99)"] == [[0.8, 5.0], [0.3, 1.0], [0.1, -2.0]]
     assert offsets["biographies"] == [[0.8, 3.0]]  # too few points for a line
     assert [t.get_text() for t in ax.texts] == table["pair"].tolist()
+
+
+def test_sweep_panels_draw_each_game_position_and_value_from_its_own_table() -> None:
+    from commlib.plots import sweep_panels
+
+    def table(gain: float) -> pd.DataFrame:
+        return pd.DataFrame([{"k": k, "j": j, "item_id": "a", "logprob_gain": gain + k, "greedy_answer": 0.5}
+                             for k in (0, 1) for j in (0, 1)])  # fmt: skip
+
+    tables = {("countries", "last"): table(-3.0), ("countries", "content"): table(-1.0),
+              ("tipsheets", "last"): table(2.0), ("tipsheets", "content"): table(4.0)}  # fmt: skip
+    fig = sweep_panels(tables, n_layers=2)
+    panels = [ax for ax in fig.axes if ax.get_title()]  # colorbars have no title
+    assert [ax.get_title() for ax in panels][:4] == ["countries, last"] * 2 + ["countries, content"] * 2
+    assert len(panels) == 8
+    gains = {ax.get_title(): ax.images[0].get_array().min() for ax in panels[::2]}
+    assert gains == {"countries, last": -3.0, "countries, content": -1.0, "tipsheets, last": 2.0,
+                     "tipsheets, content": 4.0}  # fmt: skip
