@@ -219,8 +219,9 @@ def percentile_boxes(
     palette = {v: method_colour(str(v)) for v in df[hue].unique()} if hue == "f" else None
     sns.boxplot(data=df, x=x, y=y, hue=hue, ax=ax, fliersize=1.5, linewidth=0.8, palette=palette)
     ax.axhline(50, ls="--", lw=0.8, color="0.4")
-    ax.set_ylim(0, 101)
-    ax.set_ylabel(f"{y.removesuffix('_pct')} percentile\n(vs B's held-out own activations)")
+    ax.set_ylim(-4, 104)  # boxes collapsed at 0 or 100 stay visible
+    metric = y.removesuffix("_pct").removesuffix("percentile").strip("_")
+    ax.set_ylabel(f"{metric + ' ' if metric else ''}percentile\n(vs B's held-out own activations)")
     ax.set_title(title)
     if hue is not None:
         ax.legend(fontsize="x-small", title=hue, title_fontsize="x-small")

@@ -88,7 +88,7 @@ calibration = pd.DataFrame(rows)
 calibration.groupby(["model", "source", "metric"])["percentile"].median().unstack("metric").round(0)
 
 # %%
-fig = percentile_boxes(calibration.rename(columns={"percentile": "pct"}), y="pct", x="metric", hue="source",
+fig = percentile_boxes(calibration, y="percentile", x="metric", hue="source",
                        title=f"calibration, layer at {DEPTH:.2f} depth, {len(MODELS)} models pooled")
 fig.axes[0].tick_params(axis="x", rotation=30)
 save_figure(fig, "manifold_calibration" + suffix, directory=FIGURES_DIR,
