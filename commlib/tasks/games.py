@@ -285,11 +285,11 @@ def reference_prompts(game: str, n: int, seed: int = 0) -> tuple[list[str], list
         (4, '', True)
     """
     pairs: dict[tuple[str, str], None] = {}
+    split = landmark_split(game)
+    size = None if split is None else len(landmarks(split))  # a whole draw of the split's landmarks
     stale, draw = 0, 0
     while len(pairs) < n and stale < 3:
         before = len(pairs)
-        split = landmark_split(game)
-        size = None if split is None else len(landmarks(split))
         for item in load_game(game, n=size, seed=REFERENCE_SEED + seed + draw):
             pairs.setdefault((item.sender, ""), None)
             pairs.setdefault((item.receiver, item.reply), None)
