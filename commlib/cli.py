@@ -363,8 +363,8 @@ def _cmd_sweep_n(args: argparse.Namespace) -> int:
     game = Path(args.game).stem
     fig = accuracy_distance_vs_n(table, title=f"{game}: {sender.name} -> {receiver.name}")
     save_figure(fig, f"sweep_n_{game}_{sender.name}_{receiver.name}", directory=args.out, config=vars(args))
-    cols = ["method", "n", "n_sent", "accuracy", "ci_low", "ci_high", "median_mahalanobis_pct", "flops",
-            "seconds"]  # fmt: skip
+    cols = ["method", "n", "n_sent", "accuracy", "ci_low", "ci_high", "gain", "gain_ci_low", "gain_ci_high",
+            "median_mahalanobis_pct", "flops", "seconds"]  # fmt: skip
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {args.out}/results.json, items.csv and the figure")
     return 0

@@ -1035,7 +1035,9 @@ def run_n_sweep(
         The content of ``out_dir/results.json``: per method its series (what
         n is, unit, trained, distance reference) and per n accuracy with a 95%
         bootstrap CI, exact match, n_items, mean n_sent, median distances,
-        mean FLOPs and wall times; and the configuration.
+        mean FLOPs and wall times, and the paired gain over the first n
+        (``gain``, ``gain_ci_low``, ``gain_ci_high``: per-item differences on
+        the same items); and the configuration.
 
     Raises:
         CommlibError: an unknown method, a bad n or one larger than a message
@@ -1049,7 +1051,7 @@ def run_n_sweep(
 
     from commlib.distance import Manifold, input_reference
     from commlib.methods.series import ALL, adapter_identity, parse_ns, series_for
-    from commlib.results import bootstrap_ci
+    from commlib.results import bootstrap_ci, paired_difference
 
     if reference not in REFERENCES:
         raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
@@ -1107,10 +1109,12 @@ def run_n_sweep(
     summary = {}
     for name, s in series.items():
         points = {}
+        first = _correct_by_item(df[(df["method"] == name) & (df["n"] == labels[0][0])])
         for label, _ in labels:
             sub = df[(df["method"] == name) & (df["n"] == label)]
             correct = sub["correct"].astype(str).isin(["True", "1"]).astype(float).tolist()
             lo, hi = bootstrap_ci(correct, seed=seed)
+            gain, gain_lo, gain_hi = paired_difference(_correct_by_item(sub), first, seed=seed)
             points[label] = _finite({
                 "accuracy": float(np.mean(correct)) if correct else float("nan"), "ci_low": lo, "ci_high": hi,
                 "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
@@ -1118,6 +1122,7 @@ def run_n_sweep(
                 **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},
                 "flops": float(sub["flops"].mean()), "seconds": float(sub["seconds"].mean()),
                 "sender_seconds": float(sub["sender_seconds"].mean()),
+                "gain": gain, "gain_ci_low": gain_lo, "gain_ci_high": gain_hi,
             })  # fmt: skip
         summary[name] = {"what_n_is": s.description, "unit": s.unit, "trained": s.trained,
                          "distance_reference": s.reference, **s.identity(), "points": points}  # fmt: skip
@@ -1142,6 +1147,8 @@ def run_n_sweep(
                                 "receiver": format_prompt(receiver, example.receiver, reply=example.reply)},
             "decoding": "greedy", "scoring": "answer in the first answer line, case-insensitive",
             "ci": "95% percentile bootstrap, 1000 resamples",
+            "gain": f"paired over items: accuracy at this n minus at n = {labels[0][0]} (the first swept), "
+                    "95% percentile bootstrap of the per-item differences",
             "flops": "analytic, KV cache: compute.method_flops (AC; B alone at n = 0) and compute.slot_flops "
                      "(latent); B's answer length re-tokenised from its text",
             "seconds": "wall time of B's answer; sender_seconds of A's message (shared across n, except "
@@ -1153,6 +1160,11 @@ def run_n_sweep(
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def _correct_by_item(rows: pd.DataFrame) -> pd.Series:
+    """Whether each item was answered correctly (1.0 / 0.0), indexed by item id."""
+    return rows.set_index("item_id")["correct"].astype(str).isin(["True", "1"]).astype(float)
 
 
 def _finite(d: dict[str, float]) -> dict[str, float | None]:

@@ -79,6 +79,24 @@ def bootstrap_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def paired_difference(after: Any, before: Any, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``after - before`` over the items both score, with its 95% bootstrap interval.
+
+    Both are pandas Series indexed by item id (any order); items missing from
+    either side are left out, so the difference is always within the same items.
+
+    Example:
+        >>> import pandas as pd
+        >>> before = pd.Series([0.0, 1.0, 0.0], index=["a", "b", "c"])
+        >>> after = pd.Series([1.0, 1.0], index=["c", "b"])
+        >>> paired_difference(after, before)[0]
+        0.5
+    """
+    diff = (after - before).dropna()
+    lo, hi = bootstrap_ci(diff.tolist(), seed=seed)
+    return (float(diff.mean()) if len(diff) else float("nan")), lo, hi
+
+
 def summarise(df: Any, by: Sequence[str], value: str, seed: int = 0) -> Any:
     """Mean of ``value`` per group with a 95% bootstrap interval: columns mean, ci_low, ci_high, n.
 

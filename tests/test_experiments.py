@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from commlib import methods as methods_mod
@@ -13,7 +14,7 @@ from commlib.cli import main
 from commlib.errors import CommlibError
 from commlib.experiments import run_games
 from commlib.models import Model
-from commlib.results import bootstrap_ci, contains_answer, exact_match
+from commlib.results import bootstrap_ci, contains_answer, exact_match, paired_difference
 from commlib.tasks.games import countries
 
 
@@ -34,6 +35,22 @@ def test_bootstrap_interval_contains_the_mean_and_narrows_with_n() -> None:
     assert lo_s <= 0.5 <= hi_s and lo_l <= 0.5 <= hi_l
     assert hi_l - lo_l < hi_s - lo_s
     assert bootstrap_ci(small, seed=3) == bootstrap_ci(small, seed=3)
+
+
+def test_paired_difference_pairs_by_item_not_by_row() -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    before = pd.Series(rng.integers(0, 2, 40).astype(float), index=[f"i{n}" for n in range(40)])
+    after = (1 - before).sample(frac=1.0, random_state=0)  # every item flipped, rows shuffled
+    gain, lo, hi = paired_difference(after, before)
+    assert gain == pytest.approx(after.mean() - before.mean())
+    assert gain == pytest.approx((1 - 2 * before).mean())  # per item: +1 where 0 before, -1 where 1
+    assert lo <= gain <= hi
+    same, lo0, hi0 = paired_difference(before.sample(frac=1.0, random_state=1), before)
+    assert (same, lo0, hi0) == (0.0, 0.0, 0.0)  # unpaired, the interval would not collapse to 0
+    part, _, _ = paired_difference(after.drop(["i0", "i1"]), before)  # only items scored on both sides
+    assert part == pytest.approx((1 - 2 * before.drop(["i0", "i1"])).mean())
 
 
 def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypatch) -> None:

@@ -154,6 +154,9 @@ def test_sweep_measures_what_b_receives_and_resumes(
     )
     assert summary["accuracy"] == ac["correct"].mean() and summary["flops"] > 0
     assert res["methods"]["ac-sum"]["points"]["0"]["median_mahalanobis_pct"] is None
+    zero = res["methods"]["ac-sum"]["points"]["0"]
+    assert (zero["gain"], zero["gain_ci_low"], zero["gain_ci_high"]) == (0.0, 0.0, 0.0)
+    assert summary["gain"] == pytest.approx(summary["accuracy"] - zero["accuracy"])  # same two items
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished point was computed again")
