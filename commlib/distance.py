@@ -562,6 +562,31 @@ def linear_cka(x: Float[Tensor, "n d_x"], y: Float[Tensor, "n d_y"]) -> float:
     return float((y.T @ x).square().sum() / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
+def dominant_dimensions(x: Float[Tensor, "n d"], top: int = 3) -> tuple[list[int], float]:
+    """The ``top`` dimensions with the largest variance over rows, and their share of the total variance.
+
+    A few outlier dimensions can carry most of a residual stream's variance;
+    linear CKA and the paper's similarity then compare little else.
+
+    Example:
+        >>> x = torch.randn(200, 8)
+        >>> x[:, 5] *= 100
+        >>> dims, share = dominant_dimensions(x, top=1)
+        >>> dims, share > 0.99
+        ([5], True)
+    """
+    var = x.double().var(dim=0)
+    order = var.argsort(descending=True)[:top]
+    return order.tolist(), float(var[order].sum() / var.sum())
+
+
+def drop_dimensions(x: Float[Tensor, "n d"], dims: Sequence[int]) -> Float[Tensor, "n d_kept"]:
+    """``x`` without the columns ``dims`` (e.g. :func:`dominant_dimensions`), the others in order."""
+    keep = torch.ones(x.shape[-1], dtype=torch.bool)
+    keep[list(dims)] = False
+    return x[..., keep]
+
+
 def _paired(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
         raise CommlibError(

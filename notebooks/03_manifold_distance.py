@@ -46,8 +46,8 @@ import pandas as pd
 import torch
 
 from commlib.backends import get_backend
-from commlib.distance import (METRICS, corpus_activations, covariance_matched, manifold_for, random_directions,
-                              similarity_table)
+from commlib.distance import (METRICS, corpus_activations, covariance_matched, dominant_dimensions,
+                              drop_dimensions, manifold_for, random_directions, similarity_table)
 from commlib.experiments import run_distance
 from commlib.graft import capture_message
 from commlib.models import load_model
@@ -135,3 +135,17 @@ for value in ("paper_similarity", "linear_cka"):
     save_figure(fig, f"similarity_{value}" + suffix, directory=FIGURES_DIR,
                 config={"models": MODELS, "n": N_SIMILARITY, "depth": DEPTH, "seed": SEED + 1,
                         "notebook": "03_manifold_distance"})
+
+# %% [markdown]
+# Outlier dimensions: the share of each model's variance over the sentences
+# that its three largest-variance dimensions carry, and linear CKA again
+# without them. A space whose variance sits in a few dimensions looks unlike
+# every other space to linear CKA, whatever the rest of it holds.
+
+# %%
+dominant = {name: dominant_dimensions(x, top=3) for name, x in acts.items()}
+print(pd.DataFrame({name: {"dimensions": dims, "variance share": round(share, 3)}
+                    for name, (dims, share) in dominant.items()}).T)  # fmt: skip
+trimmed = similarity_table({name: drop_dimensions(x, dominant[name][0]) for name, x in acts.items()})
+pd.concat({"all dimensions": similarity.pivot(index="a", columns="b", values="linear_cka"),
+           "top 3 dropped": trimmed.pivot(index="a", columns="b", values="linear_cka")}, axis=1).round(2)  # fmt: skip

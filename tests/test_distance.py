@@ -14,6 +14,8 @@ from commlib.distance import (
     ReferenceSet,
     cache_corpus_activations,
     corpus_activations,
+    dominant_dimensions,
+    drop_dimensions,
     linear_cka,
     manifold_for,
     next_token_kl,
@@ -118,6 +120,19 @@ def test_activation_space_similarities() -> None:
     assert 0 <= paper_similarity(x, unrelated) <= 1
     with pytest.raises(CommlibError, match="same n"):
         linear_cka(x, x[:10])
+
+
+def test_an_outlier_dimension_hides_a_shared_space_from_cka_until_dropped() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g)
+    y = x @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]  # the same space, rotated
+    outlier = torch.randn(300, 1, generator=g) * 200  # one dimension of huge variance that y lacks
+    x_out = torch.cat([x[:, :7], outlier, x[:, 7:]], dim=1)
+    dims, share = dominant_dimensions(x_out, top=1)
+    assert dims == [7] and share > 0.95
+    assert linear_cka(x_out, y) < 0.1
+    assert torch.equal(drop_dimensions(x_out, dims), x)
+    assert linear_cka(drop_dimensions(x_out, dims), y) == pytest.approx(1.0, abs=1e-6)
 
 
 def _distance_args(game: str, out: object, *options: str) -> list[str]:
