@@ -690,7 +690,8 @@ def run_reasoning(
             todo = [m for m in group if (item.id, m) not in done]
             if not todo:
                 continue
-            for method, o in run_reasoning_methods(todo, item, sender, receiver, cfg, map).items():
+            opening = _opening_round(rows, item.id) if group is debates else []
+            for method, o in run_reasoning_methods(todo, item, sender, receiver, cfg, map, opening).items():
                 flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
                                      prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
                                      rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
@@ -751,6 +752,28 @@ def run_reasoning(
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Any]:
+    """The debate's first round from the item's ``single-a`` and ``single-b`` rows, when both are there.
+
+    Same prompts, decoding and settings (one directory, one config), so the
+    debate need not answer them again (:func:`commlib.methods.reasoning.opening_round`).
+    """
+    import json as _json
+
+    from commlib.methods.reasoning import ReasoningOutput, opening_round
+
+    mine = {r["method"]: r for r in rows if str(r["item_id"]) == item_id}
+    if "single-a" not in mine or "single-b" not in mine:
+        return []
+    a, b = mine["single-a"], mine["single-b"]
+    return opening_round(
+        ReasoningOutput(_json.loads(a["transcript"])[0], int(a["prompt_a"]), 0, 0, int(a["answer_tokens"]),
+                        float(a["seconds"])),
+        ReasoningOutput(_json.loads(b["transcript"])[0], 0, int(b["prompt_b"]), 0, int(b["answer_tokens"]),
+                        float(b["seconds"])),
+    )  # fmt: skip
 
 
 def judge_biographies(

@@ -308,3 +308,35 @@ def test_debates_of_several_rounds_share_one_debate(tiny: Model) -> None:
     assert outs["nld-r1"].seconds < outs["nld-r3"].seconds
     with pytest.raises(CommlibError, match="nld-r<N>"):
         check_methods(["nld-r0"])
+
+
+def test_debate_takes_its_first_round_from_the_single_answers(
+    tiny: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import pandas as pd
+
+    from commlib.experiments import run_reasoning
+    from commlib.methods import reasoning as reasoning_mod
+    from commlib.tasks.reasoning import load_task
+
+    cfg = {"max_new_tokens": 5, "a_temperature": 1.0, "a_seed": 3}  # A sampled: its seed must line up too
+    calls = []
+    answer = reasoning_mod._answer
+    monkeypatch.setattr(reasoning_mod, "_answer", lambda *a, **k: calls.append(a[0].name) or answer(*a, **k))
+    run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b"], out_dir=tmp_path, n=2, progress=False, **cfg)
+    calls.clear()
+    run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b", "nld"], out_dir=tmp_path, n=2, progress=False,
+                  **cfg)  # fmt: skip
+    assert len(calls) == 2 * 2  # per item only round two: round one is the single answers
+    rows = pd.read_csv(tmp_path / "items.csv", keep_default_na=False)
+    rc = ReasoningConfig(max_new_tokens=5, a_temperature=1.0, a_seed=3)
+    for item in load_task("gsm8k", 2, 0):
+        fresh = run_reasoning_method("nld", item, tiny, tiny, rc)  # the whole debate from scratch
+        mine = rows[rows["item_id"] == item.id].set_index("method")
+        assert json.loads(mine.loc["nld", "transcript"]) == fresh.transcript
+        assert mine.loc["nld", "output"] == fresh.text
+    first_round = reasoning_mod.debate(item, tiny, tiny, rc, 1)
+    with pytest.raises(CommlibError, match="whole rounds"):
+        reasoning_mod.debate(item, tiny, tiny, rc, 2, opening=first_round[1:])  # B without A

@@ -182,14 +182,27 @@ class Turn:
 
 
 def debate(
-    item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, rounds: int
+    item: ReasoningItem,
+    sender: Model,
+    receiver: Model,
+    cfg: ReasoningConfig,
+    rounds: int,
+    opening: Sequence[Turn] = (),
 ) -> list[Turn]:
-    """Du et al.'s debate of A and B for ``rounds`` rounds: A's and B's turns, round by round."""
+    """Du et al.'s debate of A and B for ``rounds`` rounds: A's and B's turns, round by round.
+
+    ``opening`` are turns already taken, whole rounds of A then B (e.g. the
+    first round from ``single-a`` and ``single-b``, which answer the same
+    prompt with the same decoding: :func:`opening_round`); the debate goes
+    on from there.
+    """
     if rounds < 1:
         raise CommlibError(f"rounds must be at least 1, got {rounds}")
+    turns = list(opening[: 2 * rounds])
+    if len(turns) % 2 or any(t.agent != ("a", "b")[i % 2] for i, t in enumerate(turns)):
+        raise CommlibError("an opening must be whole rounds of turns, A then B")
     prompt = question_prompt(item)
-    turns: list[Turn] = []
-    for r in range(rounds):
+    for r in range(len(turns) // 2, rounds):
         previous = {t.agent: t.text for t in turns[-2:]}
         for agent, model, other in (("a", sender, "b"), ("b", receiver, "a")):
             text = prompt if r == 0 else debate_prompt(item, previous[other])
@@ -198,6 +211,19 @@ def debate(
             out, n_prompt, n_new = _answer(model, text, cfg, decoding)
             turns.append(Turn(agent, out, n_prompt, n_new, time.perf_counter() - start))
     return turns
+
+
+def opening_round(single_a: ReasoningOutput, single_b: ReasoningOutput) -> list[Turn]:
+    """A debate's first round from the ``single-a`` and ``single-b`` answers of the same item and config.
+
+    Round one of :func:`debate` is each agent answering the question prompt
+    with its own decoding, which is what the single methods do: their
+    answers, token counts and wall times serve as that round unchanged.
+    """
+    return [
+        Turn("a", single_a.text, single_a.prompt_a, single_a.answer, single_a.seconds),
+        Turn("b", single_b.text, single_b.prompt_b, single_b.answer, single_b.seconds),
+    ]
 
 
 def debate_output(item: ReasoningItem, turns: Sequence[Turn], rounds: int) -> ReasoningOutput:
@@ -335,15 +361,18 @@ def run_reasoning_methods(
     receiver: Model,
     cfg: ReasoningConfig,
     map: LinearMap | None = None,
+    opening: Sequence[Turn] = (),
 ) -> dict[str, ReasoningOutput]:
     """Run several methods on one item; all debates come from one debate of the most rounds asked for.
+
+    ``opening``: the debate's turns already taken (see :func:`debate`).
 
     Raises:
         CommlibError: an unknown method, or its settings missing.
     """
     check_methods(names)
     rounds = {name: r for name in names if (r := debate_rounds(name, cfg)) is not None}
-    turns = debate(item, sender, receiver, cfg, max(rounds.values())) if rounds else []
+    turns = debate(item, sender, receiver, cfg, max(rounds.values()), opening) if rounds else []
     return {
         name: debate_output(item, turns, rounds[name])
         if name in rounds
