@@ -31,8 +31,9 @@
 # by a judge model per ground-truth fact (Du et al.'s prompt; uncertain
 # dropped), GSM8k and MMLU by the extracted answer. Intervals: 95% bootstrap
 # over items. Each run is a directory under `RUNS_DIR` that resumes item by
-# item; the first real run takes days on this CPU. B alone is A alone when A
-# is that model (greedy, same prompt), so Table 4 runs each model alone once.
+# item; the first real run takes days on this CPU. A debate's first round
+# is A and B alone (same prompt and decoding): a run that has `single-a` and
+# `single-b` takes them as that round instead of generating it again.
 # The paper's models are 10 to 50 times larger: compare directions, not
 # levels.
 
@@ -115,18 +116,12 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 
 # %% [markdown]
 # ## Table 4 analog: every ordered pair, no W
+#
+# Each pair's directory runs A and B alone too: they are the debate's first
+# round, so they cost nothing extra, and every column of a row comes from
+# the same items.
 
 # %%
-def alone(model: str, task: str) -> float:
-    """A model alone: from the Table 3 run where it is in the pair, else one run of it as B."""
-    if model in PAIR and task in TASKS:
-        method = "single-a" if model == PAIR[0] else "single-b"
-        rows = table3[(table3["task"] == task) & (table3["method"] == method)]
-    else:
-        rows = run(model, model, task, ["single-b"])
-    return 100 * float(rows["accuracy"].iloc[0])
-
-
 rows = []
 for sender in MODELS:
     for receiver in MODELS:
@@ -136,10 +131,10 @@ for sender in MODELS:
             if (sender, receiver) == PAIR:
                 done = table3[table3["task"] == task]
             else:
-                done = run(sender, receiver, task, ["nld", "ac"])
+                done = run(sender, receiver, task, ["single-a", "single-b", "nld", "ac"])
             got = done.set_index("method")["accuracy"] * 100
-            rows.append({"pair": f"{sender} -> {receiver}", "task": task, "A": alone(sender, task),
-                         "B": alone(receiver, task), "NLD": got["nld"], "AC": got["ac"],
+            rows.append({"pair": f"{sender} -> {receiver}", "task": task, "A": got["single-a"],
+                         "B": got["single-b"], "NLD": got["nld"], "AC": got["ac"],
                          "k": int(done["k"].iloc[0]), "j": int(done["j"].iloc[0])})  # fmt: skip
 table4 = pd.DataFrame(rows)
 table4.pivot(index="pair", columns="task", values=["A", "B", "NLD", "AC"]).round(1)
