@@ -298,6 +298,32 @@ def best_layers(df: pd.DataFrame) -> pd.Series:
     return cells.iloc[0]
 
 
+def grid_summary(df: pd.DataFrame) -> dict[str, float]:
+    """A (k, j) grid at a glance: its cells' mean log-prob gain, and greedy accuracy against B alone.
+
+    ``df`` is a sweep table (:func:`run_sweep`). Returns items, cells, the
+    grid's mean gain (nats) and the lowest and highest cell means, B alone's
+    greedy accuracy, how many cells beat it, and the best cell's accuracy.
+
+    Example:
+        >>> df = pd.DataFrame({"item_id": ["a", "a", "b", "b"], "k": [0, 1, 0, 1], "j": 0,
+        ...                    "greedy_answer": [True, False, True, True],
+        ...                    "logprob_gain": [1.0, -1.0, 0.0, 2.0],
+        ...                    "silent_greedy_answer": [False, False, True, True]})
+        >>> s = grid_summary(df)
+        >>> s["mean_gain"], s["silent_accuracy"], s["cells_above_silent"], s["best_accuracy"]
+        (0.5, 0.5, 1, 1.0)
+    """
+    cells = df.groupby(["k", "j"]).agg(accuracy=("greedy_answer", "mean"), gain=("logprob_gain", "mean"))
+    silent = float(df.groupby("item_id")["silent_greedy_answer"].first().mean())
+    return {
+        "items": int(df["item_id"].nunique()), "cells": len(cells), "mean_gain": float(cells["gain"].mean()),
+        "lowest_cell_gain": float(cells["gain"].min()), "highest_cell_gain": float(cells["gain"].max()),
+        "silent_accuracy": silent, "cells_above_silent": int((cells["accuracy"] > silent).sum()),
+        "best_accuracy": float(cells["accuracy"].max()),
+    }  # fmt: skip
+
+
 SELECTION_N = 6
 """Items per game in the layer-selection sweeps (seed 0; results are reported on seed 1)."""
 

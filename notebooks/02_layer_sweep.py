@@ -43,7 +43,7 @@ FIGURES_DIR = "../figures"
 # %%
 import pandas as pd
 
-from commlib.experiments import best_layers, run_sweep, selection_step, sweep_dir
+from commlib.experiments import best_layers, grid_summary, run_sweep, selection_step, sweep_dir
 from commlib.models import load_model
 from commlib.plots import save_figure, sweep_panels
 
@@ -105,6 +105,7 @@ pd.DataFrame(chosen)
 # resumes item by item. One figure per model, `figures/sweep_full_<model>`.
 
 # %%
+grids = []
 for name in FULL_MODELS:
     model = load_model(name)
     layers = list(range(model.info.n_layers))
@@ -119,4 +120,13 @@ for name in FULL_MODELS:
     save_figure(fig, f"sweep_full_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
                 config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
                         "layers": "all", "notebook": "02_layer_sweep"})
+    grids += [{"model": name, "game": g, "position": p, **grid_summary(df)} for (g, p), df in full.items()]
     del model
+
+# %% [markdown]
+# Per grid: the mean log-prob gain over its cells and the range of cell
+# means (nats), B alone's greedy accuracy on these items, and how many cells
+# beat it.
+
+# %%
+pd.DataFrame(grids).round(2)
