@@ -25,6 +25,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from commlib.distance import Manifold
+    from commlib.methods.reasoning import Turn
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
@@ -780,26 +781,26 @@ def run_reasoning(
     return result
 
 
-def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Any]:
+def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Turn]:
     """The debate's first round from the item's ``single-a`` and ``single-b`` rows, when both are there.
 
-    Same prompts, decoding and settings (one directory, one config), so the
-    debate need not answer them again (:func:`commlib.methods.reasoning.opening_round`).
+    Round one of a debate is each agent answering the question prompt with
+    its own decoding, which is what the single methods do (same prompts,
+    decoding and settings: one directory, one config), so their answers,
+    token counts and wall times serve as that round unchanged.
     """
     import json as _json
 
-    from commlib.methods.reasoning import ReasoningOutput, opening_round
+    from commlib.methods.reasoning import Turn
 
     mine = {r["method"]: r for r in rows if str(r["item_id"]) == item_id}
     if "single-a" not in mine or "single-b" not in mine:
         return []
-    a, b = mine["single-a"], mine["single-b"]
-    return opening_round(
-        ReasoningOutput(_json.loads(a["transcript"])[0], int(a["prompt_a"]), 0, 0, int(a["answer_tokens"]),
-                        float(a["seconds"])),
-        ReasoningOutput(_json.loads(b["transcript"])[0], 0, int(b["prompt_b"]), 0, int(b["answer_tokens"]),
-                        float(b["seconds"])),
-    )  # fmt: skip
+    return [
+        Turn(agent, _json.loads(r["transcript"])[0], int(r[f"prompt_{agent}"]), int(r["answer_tokens"]),
+             float(r["seconds"]))
+        for agent, r in (("a", mine["single-a"]), ("b", mine["single-b"]))
+    ]  # fmt: skip
 
 
 def judge_biographies(
@@ -1161,11 +1162,11 @@ def run_n_sweep(
         first = _correct_by_item(df[(df["method"] == name) & (df["n"] == labels[0][0])])
         for label, _ in labels:
             sub = df[(df["method"] == name) & (df["n"] == label)]
-            correct = sub["correct"].astype(str).isin(["True", "1"]).astype(float).tolist()
-            lo, hi = bootstrap_ci(correct, seed=seed)
-            gain, gain_lo, gain_hi = paired_difference(_correct_by_item(sub), first, seed=seed)
+            correct = _correct_by_item(sub)
+            lo, hi = bootstrap_ci(correct.tolist(), seed=seed)
+            gain, gain_lo, gain_hi = paired_difference(correct, first, seed=seed)
             points[label] = _finite({
-                "accuracy": float(np.mean(correct)) if correct else float("nan"), "ci_low": lo, "ci_high": hi,
+                "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,  # NaN when no rows
                 "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
                 "n_items": len(sub), "n_sent": float(sub["n_sent"].mean()),
                 **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},

@@ -193,8 +193,7 @@ def debate(
 
     ``opening`` are turns already taken, whole rounds of A then B (e.g. the
     first round from ``single-a`` and ``single-b``, which answer the same
-    prompt with the same decoding: :func:`opening_round`); the debate goes
-    on from there.
+    prompt with the same decoding); the debate goes on from there.
     """
     if rounds < 1:
         raise CommlibError(f"rounds must be at least 1, got {rounds}")
@@ -211,19 +210,6 @@ def debate(
             out, n_prompt, n_new = _answer(model, text, cfg, decoding)
             turns.append(Turn(agent, out, n_prompt, n_new, time.perf_counter() - start))
     return turns
-
-
-def opening_round(single_a: ReasoningOutput, single_b: ReasoningOutput) -> list[Turn]:
-    """A debate's first round from the ``single-a`` and ``single-b`` answers of the same item and config.
-
-    Round one of :func:`debate` is each agent answering the question prompt
-    with its own decoding, which is what the single methods do: their
-    answers, token counts and wall times serve as that round unchanged.
-    """
-    return [
-        Turn("a", single_a.text, single_a.prompt_a, single_a.answer, single_a.seconds),
-        Turn("b", single_b.text, single_b.prompt_b, single_b.answer, single_b.seconds),
-    ]
 
 
 def debate_output(item: ReasoningItem, turns: Sequence[Turn], rounds: int) -> ReasoningOutput:
