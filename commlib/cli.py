@@ -203,6 +203,7 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, map=LinearMap.load(args.map) if args.map else None,
         backend=args.backend, source=args.source, a_temperature=args.a_temperature, a_top_p=args.a_top_p,
         a_seed=args.a_seed, judge=model(args.judge) if args.task == "biographies" and args.judge else None,
+        answers=args.answers,
     )  # fmt: skip
     label = "score" if args.task == "biographies" else "accuracy"
     print(f"{'method':<10}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
@@ -524,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--a-temperature", type=float, default=0.0, help="A samples its text (0: greedy)")
     s.add_argument("--a-top-p", type=float, default=0.9, help="A's nucleus threshold when sampling")
     s.add_argument("--a-seed", type=int, default=0, help="seed of A's sampling")
+    s.add_argument(
+        "--answers",
+        default=None,
+        help="directory of single-model answers shared between runs (single-a/single-b generated once)",
+    )
     s.add_argument(
         "--judge",
         default="qwen2.5-coder-1.5b",  # biographies.DEFAULT_JUDGE (tested), without importing torch at start

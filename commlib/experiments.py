@@ -639,6 +639,7 @@ def run_reasoning(
     a_top_p: float = 0.9,
     a_seed: int = 0,
     judge: Model | None = None,
+    answers: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Reasoning methods on ``gsm8k``, ``mmlu:SUBJECT`` or ``biographies`` (paper Section 4.2); resumable.
@@ -668,6 +669,10 @@ def run_reasoning(
         a_temperature: A's sampling temperature (0: greedy), with ``a_top_p``
             and ``a_seed`` (see :class:`commlib.methods.reasoning.ReasoningConfig`).
         judge: The Biographies judge model.
+        answers: A :class:`commlib.results.AnswerStore` directory: ``single-a``
+            and ``single-b`` answers found there are taken instead of generated
+            again (a model alone answers the same in every pair), and this
+            run's single answers, old and new, are added to it.
 
     Returns:
         The content of ``results.json``.
@@ -685,8 +690,10 @@ def run_reasoning(
         debate_rounds,
         question_prompt,
         run_reasoning_methods,
+        single_answer_key,
+        single_output,
     )
-    from commlib.results import bootstrap_ci
+    from commlib.results import AnswerStore, bootstrap_ci
     from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
     from commlib.tasks.reasoning import extract_answer, is_correct, load_task
 
@@ -712,13 +719,41 @@ def run_reasoning(
     debates = [m for m in methods if debate_rounds(m, cfg) is not None]
     groups = [[m] for m in methods if m not in debates] + ([debates] if debates else [])
     judged = task == "biographies"
+    store = AnswerStore(answers) if answers is not None else None
+    singles = ("single-a", "single-b")
+
+    def shared_key(method: str, item: Any) -> dict[str, Any]:
+        return single_answer_key(method, item, sender, receiver, cfg)
+
+    def share(method: str, item: Any, o: Any) -> None:
+        if store is not None and method in singles:
+            answer = {"text": o.text, "prompt_tokens": o.prompt_a or o.prompt_b, "answer_tokens": o.answer,
+                      "seconds": o.seconds}  # fmt: skip
+            store.put(shared_key(method, item), answer)
+
+    if store is not None:  # this directory's single answers serve other runs too
+        by_id = {item.id: item for item in items}
+        for r in rows:
+            if r["method"] in singles and str(r["item_id"]) in by_id:
+                share(r["method"], by_id[str(r["item_id"])],
+                      single_output(r["method"], r["output"], int(r["prompt_a"]) or int(r["prompt_b"]),
+                                    int(r["answer_tokens"]), float(r["seconds"])))  # fmt: skip
     for group in groups:
         for item in tqdm(items, desc=",".join(group), disable=not progress):
             todo = [m for m in group if (item.id, m) not in done]
             if not todo:
                 continue
-            opening = _opening_round(rows, item.id) if group is debates else []
-            for method, o in run_reasoning_methods(todo, item, sender, receiver, cfg, map, opening).items():
+            outputs = {}
+            for method in todo:
+                hit = store.get(shared_key(method, item)) if store is not None and method in singles else None
+                if hit is not None:
+                    outputs[method] = single_output(method, hit["text"], hit["prompt_tokens"],
+                                                    hit["answer_tokens"], hit["seconds"])  # fmt: skip
+            if rest := [m for m in todo if m not in outputs]:
+                opening = _opening_round(rows, item.id) if group is debates else []
+                outputs.update(run_reasoning_methods(rest, item, sender, receiver, cfg, map, opening))
+            for method, o in outputs.items():
+                share(method, item, o)
                 flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
                                      prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
                                      rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
@@ -773,6 +808,7 @@ def run_reasoning(
             "shapes": {"sender": shape_a.to_dict(), "receiver": shape_b.to_dict()},
             "one_pass_flops": unit, "example_prompt": question_prompt(items[0]),
             "decoding": {"a": a_decoding, "b": "greedy"}, "judge": judging,
+            "shared_answers": str(answers) if answers is not None else None,
             "flops": "analytic, KV cache (commlib.compute.method_flops)",
             "ci": "95% percentile bootstrap, 1000 resamples", "versions": package_versions(),
         },
@@ -916,7 +952,10 @@ def run_pair_reasoning(
     block and B's j, and cached under ``runs_root/maps``; the map is part of a
     run directory's settings, so a (pair, task) directory is run with ``ac-w``
     always or never. The run lives in :func:`reasoning_dir` (``variant`` for
-    other settings); ``options`` go to :func:`run_reasoning`.
+    other settings); ``options`` go to :func:`run_reasoning`. Single-model
+    answers are shared between pairs through ``runs_root/answers``
+    (:class:`commlib.results.AnswerStore`): a model's answers alone are
+    generated once per task, not once per pair.
 
     Returns:
         :func:`read_reasoning` of the run.
@@ -935,7 +974,8 @@ def run_pair_reasoning(
         lin = LinearMap.load(map_dir)
     out = reasoning_dir(runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=variant)
     run_reasoning(task, sender, receiver, methods, out_dir=out, n=n, seed=seed, k=k, j=j,
-                  layers_from=receiver, map=lin, progress=progress, **options)  # fmt: skip
+                  layers_from=receiver, map=lin, answers=Path(runs_root) / "answers", progress=progress,
+                  **options)  # fmt: skip
     return read_reasoning(out)
 
 

@@ -180,6 +180,61 @@ class ItemStore:
         return out
 
 
+class AnswerStore:
+    """Answers of one model alone, shared by every run directory that asks it the same way.
+
+    A model answering a prompt with a fixed decoding (greedy, or sampled
+    with a fixed seed) on one backend writes the same text in every run, so
+    ``single-a`` of pair (A, B) is ``single-b`` of pair (B, A) and of every
+    other pair with A in it. The store keeps one JSON line per answer in
+    ``DIR/<model>.jsonl``, keyed by the model, backend, prompt and decoding,
+    and flushes each line, so runs in other processes see it too.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     store = AnswerStore(d)
+        ...     key = {"model": "m", "backend": "nnsight", "prompt": "2 + 2?", "decoding": {"greedy": True}}
+        ...     store.put(key, {"text": "4", "prompt_tokens": 5, "answer_tokens": 1, "seconds": 0.1})
+        ...     AnswerStore(d).get(key)["text"], AnswerStore(d).get({**key, "prompt": "3 + 3?"})
+        ('4', None)
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self._answers: dict[str, dict[str, dict[str, Any]]] = {}
+        self._sizes: dict[str, int] = {}
+
+    def _path(self, model: str) -> Path:
+        return self.dir / f"{model}.jsonl"
+
+    def _loaded(self, model: str) -> dict[str, dict[str, Any]]:
+        path = self._path(model)
+        size = path.stat().st_size if path.exists() else 0
+        if self._sizes.get(model) != size:  # new lines from this or another process
+            lines = path.read_text().splitlines() if size else []
+            records = [json.loads(line) for line in lines if line.strip()]
+            self._answers[model] = {_key_text(r["key"]): r for r in records}
+            self._sizes[model] = size
+        return self._answers[model]
+
+    def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored answer for ``key`` (``key["model"]`` names the model), or ``None``."""
+        return self._loaded(str(key["model"])).get(_key_text(key))
+
+    def put(self, key: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Store ``answer`` under ``key`` unless an answer is there already."""
+        if self.get(key) is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._path(str(key["model"])).open("a") as fh:
+            fh.write(json.dumps({"key": key, **answer}) + "\n")
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
 def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
     """Record the settings of a run in ``out_dir/run.json``, or check a resumed run matches them.
 

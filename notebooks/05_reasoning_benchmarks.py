@@ -119,7 +119,8 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 #
 # Each pair's directory runs A and B alone too: they are the debate's first
 # round, so they cost nothing extra, and every column of a row comes from
-# the same items.
+# the same items. A model's answers alone are generated once per task and
+# shared by every pair it is in (`RUNS_DIR/answers`).
 
 # %%
 rows = []

@@ -340,3 +340,40 @@ def test_debate_takes_its_first_round_from_the_single_answers(
     first_round = reasoning_mod.debate(item, tiny, tiny, rc, 1)
     with pytest.raises(CommlibError, match="whole rounds"):
         reasoning_mod.debate(item, tiny, tiny, rc, 2, opening=first_round[1:])  # B without A
+
+
+def test_single_answers_are_shared_between_pairs_through_the_answer_store(
+    tiny: Model, tiny_wide: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from commlib.experiments import run_reasoning
+    from commlib.methods import reasoning as reasoning_mod
+
+    calls = []
+    answer = reasoning_mod._answer
+    monkeypatch.setattr(reasoning_mod, "_answer", lambda *a, **k: calls.append(a[0].name) or answer(*a, **k))
+    singles = ["single-a", "single-b"]
+    # a run made before the store existed: re-running it with the store adds its answers
+    run_reasoning("gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5,
+                  progress=False)  # fmt: skip
+    calls.clear()
+    run_reasoning("gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5,
+                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    assert calls == []
+    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba", n=2, max_new_tokens=5,
+                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    assert calls == []  # the swapped pair: both models' answers were there
+    ab, ba = (pd.read_csv(tmp_path / d / "items.csv", keep_default_na=False).set_index(["method", "item_id"])
+              for d in ("ab", "ba"))  # fmt: skip
+    cols = ["output", "correct", "answer_tokens", "seconds"]
+    assert ba.loc["single-a", cols].equals(ab.loc["single-b", cols])
+    assert ba.loc["single-b", cols].equals(ab.loc["single-a", cols])
+    assert (ba.loc["single-a", "prompt_a"] == ab.loc["single-b", "prompt_b"]).all()
+    item = load_task("gsm8k", 2, 0)[0]  # and the shared answer is what the model writes
+    fresh = run_reasoning_method("single-a", item, tiny_wide, tiny, ReasoningConfig(max_new_tokens=5))
+    assert fresh.text == ba.loc[("single-a", item.id), "output"]
+    calls.clear()  # another decoding is another answer: generated, not taken from the store
+    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6", n=2, max_new_tokens=6,
+                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    assert sorted(calls) == sorted([tiny_wide.name, tiny.name] * 2)

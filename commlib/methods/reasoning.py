@@ -46,7 +46,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from commlib.backends import Decoding, get_backend
 from commlib.combine import LinearMap
@@ -154,18 +154,41 @@ def _generated(model: Model, ids: list[int]) -> int:
     return len(until_eos(ids, model))
 
 
+def _single_model(which: str, sender: Model, receiver: Model) -> Model:
+    return sender if which == "single-a" else receiver
+
+
+def _single_decoding(which: str, item: ReasoningItem, cfg: ReasoningConfig) -> Decoding:
+    return a_decoding(cfg, item) if which == "single-a" else Decoding(max_new_tokens=cfg.max_new_tokens)
+
+
+def single_answer_key(
+    which: str, item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig
+) -> dict[str, object]:
+    """What fixes a ``single-a`` / ``single-b`` answer: model, backend, prompt and decoding.
+
+    Two runs with equal keys generate the same text (see
+    :class:`commlib.results.AnswerStore`), whichever pair the model is in.
+    """
+    decoding = _single_decoding(which, item, cfg)
+    return {"model": _single_model(which, sender, receiver).name, "backend": cfg.backend,
+            "prompt": question_prompt(item), "decoding": asdict(decoding)}  # fmt: skip
+
+
+def single_output(which: str, text: str, prompt: int, answer: int, seconds: float) -> ReasoningOutput:
+    """A ``single-a`` / ``single-b`` output from its text, token counts and wall time."""
+    a = which == "single-a"
+    return ReasoningOutput(text, prompt if a else 0, 0 if a else prompt, 0, answer, seconds, [text])
+
+
 def _single(which: str) -> Callable[..., ReasoningOutput]:
     def method(
         item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
     ) -> ReasoningOutput:
-        model = sender if which == "a" else receiver
+        model = _single_model(which, sender, receiver)
         start = time.perf_counter()
-        decoding = a_decoding(cfg, item) if which == "a" else None
-        text, prompt, answer = _answer(model, question_prompt(item), cfg, decoding)
-        seconds = time.perf_counter() - start
-        return ReasoningOutput(
-            text, prompt if which == "a" else 0, prompt if which == "b" else 0, 0, answer, seconds, [text]
-        )
+        text, prompt, answer = _answer(model, question_prompt(item), cfg, _single_decoding(which, item, cfg))
+        return single_output(which, text, prompt, answer, time.perf_counter() - start)
 
     return method
 
@@ -288,8 +311,8 @@ def ac_cot(
 
 
 REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
-    "single-a": _single("a"),
-    "single-b": _single("b"),
+    "single-a": _single("single-a"),
+    "single-b": _single("single-b"),
     "nld": nld,
     "ac": _ac(False),
     "ac-w": _ac(True),
