@@ -464,3 +464,41 @@ def accuracy_distance_vs_n(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def compression_vs_k(table: pd.DataFrame, *, title: str = "") -> Figure:
+    """Interlat compressed to K vectors: accuracy (95% CI) and distance percentile against K.
+
+    ``table`` is :func:`commlib.experiments.run_compression`'s: the rows with
+    a compressor are points at their K (log scale), and the whole adapted
+    trajectory (``interlat-trained``) is a horizontal line with its interval
+    as a band, labelled with its mean length.
+    """
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH * 2.0, COLUMN_WIDTH * 0.8))
+    whole = table[table["method"] == "interlat-trained"].iloc[0]
+    points = table[table["method"] != "interlat-trained"].sort_values("K")
+    colour = method_colour("interlat-trained")
+    acc = 100 * points["accuracy"].astype(float)
+    err = [acc - 100 * points["ci_low"].astype(float), 100 * points["ci_high"].astype(float) - acc]
+    axes[0].errorbar(points["K"], acc, yerr=err, capsize=1.5, ms=4, marker="o", color=colour, lw=1.0,
+                     label="K compressed vectors")  # fmt: skip
+    axes[0].axhline(100 * whole["accuracy"], color="0.3", lw=0.9, ls="--",
+                    label=f"whole trajectory (mean {whole['K']:.0f} steps)")  # fmt: skip
+    axes[0].axhspan(100 * whole["ci_low"], 100 * whole["ci_high"], color="0.3", alpha=0.12, lw=0)
+    axes[0].set_ylim(-2, 102)
+    axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
+    axes[1].plot(points["K"], points["median_mahalanobis_pct"], marker="o", color=colour, lw=1.0, ms=4)
+    axes[1].axhline(whole["median_mahalanobis_pct"], color="0.3", lw=0.9, ls="--")
+    axes[1].axhline(50, ls=":", lw=0.8, color="0.4")
+    axes[1].set_ylim(0, 101)
+    axes[1].set_ylabel("Mahalanobis percentile, median\n(vs B's input embeddings)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(points["K"], [str(int(k)) for k in points["K"]])
+        ax.set_xlabel("K (vectors B reads between <bop> and <eop>)")
+    axes[0].legend(fontsize="x-small", loc="upper right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

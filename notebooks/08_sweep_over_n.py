@@ -56,6 +56,8 @@ MAX_NEW_TOKENS = 12
 MESSAGE_TOKENS = 48  # also the adapter's, as in notebook 07
 N_REFERENCE = 3072
 N_TRAIN, STEPS = 100, 300  # the adapter of notebook 07 (items of seed 1000)
+KS = [1, 2, 4, 8, 16]  # compression: K vectors in place of the whole trajectory
+COMPRESS_STEPS = 300
 DISTANCE = "mahalanobis_pct"
 RUNS_DIR = "../runs/latent"
 SWEEP_DIR = "../runs/sweep"
@@ -64,14 +66,15 @@ FIGURES_DIR = "../figures"
 # %%
 import pandas as pd
 
-from commlib.experiments import choose_layers, n_sweep_table, run_n_sweep
+from commlib.experiments import choose_layers, n_sweep_table, run_compression, run_n_sweep
 from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
-from commlib.plots import accuracy_distance_vs_n, accuracy_vs_distance, save_figure
+from commlib.plots import accuracy_distance_vs_n, accuracy_vs_distance, compression_vs_k, save_figure
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
     N, NS, N_TRAIN, STEPS, N_REFERENCE, MESSAGE_TOKENS, MAX_NEW_TOKENS = 2, [0, 1, "all"], 2, 4, 300, 4, 3
+    KS, COMPRESS_STEPS = [1, 2], 3
 suffix = "_fast" if FAST else ""
 sender = load_model(SENDER)
 receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
@@ -133,3 +136,27 @@ save_figure(fig, f"sweep_over_n_distance_{SENDER}_{GAME}{suffix}", directory=FIG
 items = pd.read_csv(f"{out_dir}/items.csv", dtype={"item_id": str, "n": str})
 first = items["item_id"].iloc[0]
 items[items["item_id"] == first][["method", "n", "n_sent", "message", "output", "correct"]]
+
+# %% [markdown]
+# ## Compression: K learned vectors in place of the whole trajectory
+#
+# Interlat's compression on the same items: for each K a compressor (K
+# learned queries cross-attending to the adapted trajectory) is trained on
+# the adapter's own training items, B and the adapter frozen, so that B's
+# answer distribution reading the K vectors matches reading the whole
+# adapted trajectory (`commlib train-adapter --compress K`). B then answers
+# reading the K vectors; `gain` is the paired difference from the whole
+# trajectory on the same items. Compressors are cached per K and resume.
+
+# %%
+from IPython.display import display
+
+if "interlat-trained" in METHODS:
+    compression = run_compression(GAME, sender, receiver, adapter_dir, KS, out_dir=f"{adapter_dir}/compression",
+                                  n=N, seed=SEED, steps=COMPRESS_STEPS, max_new_tokens=MAX_NEW_TOKENS,
+                                  n_reference=N_REFERENCE)  # fmt: skip
+    fig = compression_vs_k(compression, title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}")
+    save_figure(fig, f"compression_over_k_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
+                config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED, "ks": KS,
+                        "steps": COMPRESS_STEPS, "adapter": adapter_dir, "notebook": "08_sweep_over_n"})
+    display(compression.round(3))

@@ -155,3 +155,36 @@ def test_compressor_training_lowers_the_kl_resumes_and_round_trips(
     train_adapter(tiny, tiny_wide, "countries", base, steps=6, lr=3e-3, **TRAIN)
     with pytest.raises(CommlibError, match="retrain the compressor"):
         load_compressor(out)
+
+
+def test_compression_over_k_trains_each_k_once_and_compares_with_the_whole_trajectory(
+    tiny: Model, tiny_wide: Model, tmp_path
+) -> None:
+    import pandas as pd
+
+    from commlib.experiments import run_compression
+
+    base, out = tmp_path / "adapter", tmp_path / "compression"
+    train_adapter(tiny, tiny_wide, "countries", base, steps=3, **TRAIN)
+    run = {"out_dir": out, "n": 3, "seed": 1, "steps": 3, "max_new_tokens": 3, "n_reference": 64,
+           "progress": False}  # fmt: skip
+    table = run_compression("countries", tiny, tiny_wide, base, [1, 2], **run).set_index("method")
+    assert list(table.index) == ["interlat-trained", "interlat-compressed-k1", "interlat-compressed-k2"]
+    distances = pd.read_csv(out / "distance" / "latent_distances.csv")
+    assert (distances.groupby("method")["length"].min()[["interlat-compressed-k1", "interlat-compressed-k2"]]
+            == [3, 4]).all()  # <bop>, K vectors, <eop>  # fmt: skip
+    assert table.loc["interlat-compressed-k2", "K"] == 2 and table.loc["interlat-trained", "K"] > 2
+    assert table.loc["interlat-trained", ["gain", "gain_ci_low", "gain_ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    rows = pd.read_csv(out / "eval" / "items.csv")
+    acc = rows.assign(correct=rows["correct"].astype(str) == "True").groupby("method")["correct"].mean()
+    assert table["accuracy"].to_dict() == pytest.approx(acc.to_dict())
+    assert table.loc["interlat-compressed-k1", "gain"] == pytest.approx(
+        acc["interlat-compressed-k1"] - acc["interlat-trained"]
+    )
+    k1 = load_compressor(out / "compressor_k1")[2].losses
+    again = run_compression("countries", tiny, tiny_wide, base, [1, 2, 4], **run)  # adds K = 4 only
+    assert load_compressor(out / "compressor_k1")[2].losses == k1
+    assert len(pd.read_csv(out / "eval" / "items.csv")) == len(rows) + 3
+    assert again["method"].iloc[-1] == "interlat-compressed-k4"
+    with pytest.raises(CommlibError, match="at least one vector"):
+        run_compression("countries", tiny, tiny_wide, base, [0], **run)

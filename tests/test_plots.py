@@ -12,6 +12,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from commlib.plots import (
     METHOD_COLOURS,
+    compression_vs_k,
     compute_accuracy,
     gain_vs_distance,
     gain_vs_similarity,
@@ -121,3 +122,17 @@ def test_sweep_panels_draw_each_game_position_and_value_from_its_own_table() -> 
     gains = {ax.get_title(): ax.images[0].get_array().min() for ax in panels[::2]}
     assert gains == {"countries, last": -3.0, "countries, content": -1.0, "tipsheets, last": 2.0,
                      "tipsheets, content": 4.0}  # fmt: skip
+
+
+def test_compression_figure_puts_each_k_at_its_accuracy_and_the_whole_trajectory_as_a_line() -> None:
+    table = pd.DataFrame(
+        {"method": ["interlat-trained", "interlat-compressed-k1", "interlat-compressed-k4"],
+         "K": [37.5, 1.0, 4.0], "accuracy": [0.3, 0.1, 0.25], "ci_low": [0.2, 0.0, 0.1],
+         "ci_high": [0.4, 0.2, 0.4], "median_mahalanobis_pct": [100.0, 90.0, 95.0]}
+    )  # fmt: skip
+    acc, dist = compression_vs_k(table).axes
+    (points,) = [c for c in acc.containers if isinstance(c, ErrorbarContainer)]
+    assert points.lines[0].get_xydata().tolist() == [[1.0, 10.0], [4.0, 25.0]]
+    whole = [line for line in acc.lines if line.get_linestyle() == "--"]
+    assert whole[0].get_ydata()[0] == pytest.approx(30.0) and "38 steps" in whole[0].get_label()
+    assert dist.lines[0].get_xydata().tolist() == [[1.0, 90.0], [4.0, 95.0]]
