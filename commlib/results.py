@@ -213,7 +213,7 @@ class AnswerStore:
         size = path.stat().st_size if path.exists() else 0
         if self._sizes.get(model) != size:  # new lines from this or another process
             lines = path.read_text().splitlines() if size else []
-            records = [json.loads(line) for line in lines if line.strip()]
+            records = [r for line in lines if (r := _record(line)) is not None]
             self._answers[model] = {_key_text(r["key"]): r for r in records}
             self._sizes[model] = size
         return self._answers[model]
@@ -227,12 +227,27 @@ class AnswerStore:
         if self.get(key) is not None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self._path(str(key["model"])).open("a") as fh:
-            fh.write(json.dumps({"key": key, **answer}) + "\n")
+        path = self._path(str(key["model"]))
+        line = json.dumps({"key": key, **answer}) + "\n"
+        with path.open("ab+") as fh:
+            if fh.seek(0, 2) > 0:
+                fh.seek(-1, 2)
+                if fh.read(1) != b"\n":  # the end of a line cut short by a crash: start a new one
+                    line = "\n" + line
+            fh.write(line.encode())
 
 
 def _key_text(key: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One stored answer, or ``None`` for a blank line or one cut short by a crash mid-write."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "key" in record else None
 
 
 def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:

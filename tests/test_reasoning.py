@@ -373,7 +373,17 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     item = load_task("gsm8k", 2, 0)[0]  # and the shared answer is what the model writes
     fresh = run_reasoning_method("single-a", item, tiny_wide, tiny, ReasoningConfig(max_new_tokens=5))
     assert fresh.text == ba.loc[("single-a", item.id), "output"]
+    with (tmp_path / "answers" / f"{tiny.name}.jsonl").open("a") as fh:
+        fh.write('{"key": {"model": "cut')  # a crash mid-write: that line is skipped, the others still serve
+    calls.clear()
+    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba-again", n=2, max_new_tokens=5,
+                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    assert calls == []
     calls.clear()  # another decoding is another answer: generated, not taken from the store
     run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6", n=2, max_new_tokens=6,
                   answers=tmp_path / "answers", progress=False)  # fmt: skip
     assert sorted(calls) == sorted([tiny_wide.name, tiny.name] * 2)
+    calls.clear()  # answers stored after the cut line are read back
+    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6-again", n=2, max_new_tokens=6,
+                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    assert calls == []
