@@ -725,19 +725,18 @@ def run_reasoning(
     def shared_key(method: str, item: Any) -> dict[str, Any]:
         return single_answer_key(method, item, sender, receiver, cfg)
 
-    def share(method: str, item: Any, o: Any) -> None:
+    def share(method: str, item: Any, text: str, prompt: int, answer: int, seconds: float) -> None:
         if store is not None and method in singles:
-            answer = {"text": o.text, "prompt_tokens": o.prompt_a or o.prompt_b, "answer_tokens": o.answer,
-                      "seconds": o.seconds}  # fmt: skip
-            store.put(shared_key(method, item), answer)
+            stored = {"text": text, "prompt_tokens": prompt, "answer_tokens": answer, "seconds": seconds}
+            store.put(shared_key(method, item), stored)
 
     if store is not None:  # this directory's single answers serve other runs too
         by_id = {item.id: item for item in items}
         for r in rows:
             if r["method"] in singles and str(r["item_id"]) in by_id:
-                share(r["method"], by_id[str(r["item_id"])],
-                      single_output(r["method"], r["output"], int(r["prompt_a"]) or int(r["prompt_b"]),
-                                    int(r["answer_tokens"]), float(r["seconds"])))  # fmt: skip
+                prompt = int(r["prompt_a"]) or int(r["prompt_b"])
+                share(r["method"], by_id[str(r["item_id"])], r["output"], prompt, int(r["answer_tokens"]),
+                      float(r["seconds"]))  # fmt: skip
     for group in groups:
         for item in tqdm(items, desc=",".join(group), disable=not progress):
             todo = [m for m in group if (item.id, m) not in done]
@@ -753,7 +752,7 @@ def run_reasoning(
                 opening = _opening_round(rows, item.id) if group is debates else []
                 outputs.update(run_reasoning_methods(rest, item, sender, receiver, cfg, map, opening))
             for method, o in outputs.items():
-                share(method, item, o)
+                share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds)
                 flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
                                      prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
                                      rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
@@ -1330,12 +1329,14 @@ def run_compression(
     full = "interlat-trained"
     register_method(full, interlat_trained(str(adapter_dir)))
     names: dict[int | None, str] = {None: full}
+    losses: dict[int | None, tuple[float, ...]] = {None: ()}  # the whole trajectory trains no compressor
     for size in ks:
         where = out / f"compressor_k{size}"
         train_compressor(sender, receiver, adapter_dir, where, k=size, steps=steps, lr=lr,
                          ce_weight=ce_weight, progress=progress)  # fmt: skip
         names[size] = f"interlat-compressed-k{size}"
         register_method(names[size], interlat_compressed(str(where)))
+        losses[size] = load_compressor(where)[2].losses
     methods = list(names.values())
     evaluated = run_games(game, sender, receiver, methods, k=None, j=None, out_dir=out / "eval", n=n,
                           seed=seed, max_new_tokens=max_new_tokens, progress=progress)["methods"]  # fmt: skip
@@ -1348,14 +1349,14 @@ def run_compression(
     for k, name in names.items():
         gain, lo, hi = paired_difference(_correct_by_item(rows[rows["method"] == name]), whole, seed=seed)
         dist = distances[distances["method"] == name]
-        losses = load_compressor(out / f"compressor_k{k}")[2].losses if k is not None else ()
+        trained = losses[k]
         table.append({
             "method": name, "K": float(k) if k is not None else float(dist["length"].mean() - 2),
             **{key: evaluated[name][key] for key in ("accuracy", "ci_low", "ci_high", "n")},
             "gain": gain, "gain_ci_low": lo, "gain_ci_high": hi,
             "median_mahalanobis_pct": float(dist["mahalanobis_pct"].median()),
             "median_norm_ratio": float(dist["norm_ratio"].median()),
-            "loss_first": float(np.mean(losses[:30])) if losses else float("nan"),
-            "loss_last": float(np.mean(losses[-30:])) if losses else float("nan"),
+            "loss_first": float(np.mean(trained[:30])) if trained else float("nan"),
+            "loss_last": float(np.mean(trained[-30:])) if trained else float("nan"),
         })  # fmt: skip
     return pd.DataFrame(table)
