@@ -47,6 +47,7 @@ ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the
 ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # Table 4: ordered pairs
 CROSS_TASKS = ["biographies", "gsm8k"]
+CROSS_METHODS = ["single-a", "single-b", "nld", "ac"]  # Figure 11 needs only the first two and ac
 SAME_MODEL = "qwen2.5-coder-1.5b"  # Table 8: A and B two instances of it, A sampled
 A_TEMPERATURE = 0.7
 N = 100
@@ -64,6 +65,7 @@ FIGURES_DIR = "../figures"
 import functools
 
 import pandas as pd
+from IPython.display import display
 
 from commlib.distance import corpus_activations, paper_similarity
 from commlib.errors import CommlibError
@@ -123,6 +125,7 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 # shared by every pair it is in (`RUNS_DIR/answers`).
 
 # %%
+TABLE4_COLUMNS = {"A": "single-a", "B": "single-b", "NLD": "nld", "AC": "ac"}
 rows = []
 for sender in MODELS:
     for receiver in MODELS:
@@ -132,13 +135,13 @@ for sender in MODELS:
             if (sender, receiver) == PAIR:
                 done = table3[table3["task"] == task]
             else:
-                done = run(sender, receiver, task, ["single-a", "single-b", "nld", "ac"])
-            got = done.set_index("method")["accuracy"] * 100
-            rows.append({"pair": f"{sender} -> {receiver}", "task": task, "A": got["single-a"],
-                         "B": got["single-b"], "NLD": got["nld"], "AC": got["ac"],
+                done = run(sender, receiver, task, CROSS_METHODS)
+            got = done.set_index("method")["accuracy"].reindex(CROSS_METHODS) * 100
+            rows.append({"pair": f"{sender} -> {receiver}", "task": task,
+                         **{label: got.get(method) for label, method in TABLE4_COLUMNS.items()},
                          "k": int(done["k"].iloc[0]), "j": int(done["j"].iloc[0])})  # fmt: skip
 table4 = pd.DataFrame(rows)
-table4.pivot(index="pair", columns="task", values=["A", "B", "NLD", "AC"]).round(1)
+table4.pivot(index="pair", columns="task", values=list(TABLE4_COLUMNS)).dropna(axis=1, how="all").round(1)
 
 # %%
 pd.DataFrame({pair: {f"{m} {t}": v for m, by_task in methods.items() for t, v in by_task.items()}
@@ -162,11 +165,12 @@ ablation.pivot(index="method", columns="task", values="score")
 # answer; plain `ac` at k = j would write B's own state back.
 
 # %%
-same = pd.concat([run(SAME_MODEL, SAME_MODEL, task, ["single-a", "single-b", "nld", "ac", "ac-cot"],
-                      variant=f"sampled-t{A_TEMPERATURE}", a_temperature=A_TEMPERATURE)
-                  for task in ABLATION_TASKS])  # fmt: skip
-print(f"A = B = {SAME_MODEL}, A sampled at T = {A_TEMPERATURE}, (k, j) = {tuple(same[['k', 'j']].iloc[0])}")
-same.assign(score=(100 * same["accuracy"]).round(1)).pivot(index="method", columns="task", values="score")
+if ABLATION_TASKS:  # an empty list skips the ablations
+    same = pd.concat([run(SAME_MODEL, SAME_MODEL, task, ["single-a", "single-b", "nld", "ac", "ac-cot"],
+                          variant=f"sampled-t{A_TEMPERATURE}", a_temperature=A_TEMPERATURE)
+                      for task in ABLATION_TASKS])  # fmt: skip
+    print(f"A = B = {SAME_MODEL}, A sampled at T = {A_TEMPERATURE}, (k, j) = {tuple(same[['k', 'j']].iloc[0])}")
+    display(same.assign(score=(100 * same["accuracy"]).round(1)).pivot(index="method", columns="task", values="score"))
 
 # %% [markdown]
 # ## Figure 11 analog: AC's gain against the similarity of the pair
