@@ -978,6 +978,119 @@ def run_pair_reasoning(
     return read_reasoning(out)
 
 
+REASONING_REFERENCE_SEED = 7_919
+"""Seed (plus the run's) of the other task items :func:`run_reasoning_distance` fits B's manifold on."""
+
+
+def run_reasoning_distance(
+    task: str,
+    sender: Model,
+    receiver: Model,
+    *,
+    k: int,
+    j: int,
+    out_dir: str | Path,
+    n: int | None = 100,
+    seed: int = 0,
+    n_reference: int = 256,
+    map: LinearMap | None = None,
+    backend: str = "nnsight",
+) -> pd.DataFrame:
+    """How far AC's grafted state sits from B's own states on a reasoning task, and how much it moves B.
+
+    AC on a reasoning item (see :mod:`commlib.methods.reasoning`) writes
+    ``f(a, b)`` (``replace``, the paper's width rule, or ``map``) into B's
+    residual after block ``j`` at the last prompt token, where ``a`` is A's
+    state after block ``k`` on the same prompt. This measures that state
+    against B's own states there on ``n_reference`` other items of the task
+    (drawn with :data:`REASONING_REFERENCE_SEED` + ``seed``, never one the run
+    evaluates), with :class:`commlib.distance.Manifold` (raw metrics and
+    percentiles: 50 is a typical state of B's, 100 beyond all), its
+    displacement from B's own state, and the KL divergence it causes in B's
+    first answer token. Source ``b`` is B's own state on the same items, the
+    identity graft: displacement and KL 0, percentiles those of B's states.
+
+    Forward passes only (no generation), so it is cheap next to the run it
+    explains. Writes ``out_dir/distances.csv`` and ``out_dir/run.json``; a
+    finished directory is read back. B's reference states are cached in
+    ``out_dir``.
+
+    Returns:
+        One row per (item, source): ``item_id``, ``source`` (``ac`` or ``b``),
+        the metrics of :meth:`commlib.distance.Manifold.table` with their
+        ``_pct`` percentiles, ``displacement`` and ``next_token_kl``.
+
+    Example:
+        >>> import tempfile
+        >>> from commlib.models import load_model
+        >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     t = run_reasoning_distance("gsm8k", a, b, k=1, j=1, out_dir=out, n=3, n_reference=16)
+        >>> float(t.groupby("source")["displacement"].max()["b"])
+        0.0
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from commlib.backends import get_backend
+    from commlib.backends.base import check_layer
+    from commlib.combine import combine
+    from commlib.distance import Manifold, ReferenceSet, next_token_kl
+    from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_edit
+    from commlib.methods.reasoning import question_prompt
+    from commlib.prompts import encode, message_positions
+    from commlib.tasks.reasoning import load_task, sample_items
+
+    check_layer(sender, k, "k")
+    check_layer(receiver, j, "j")
+    if map is not None:
+        map.check_pair(sender.name, receiver.name, k, j)
+    items = load_task(task, n=n, seed=seed)
+    evaluated = {it.id for it in items}
+    others = [it for it in load_task(task, n=None) if it.id not in evaluated]
+    reference = sample_items(others, n_reference, REASONING_REFERENCE_SEED + seed)
+    if len(reference) < 8:
+        raise CommlibError(f"{task} has only {len(reference)} items beyond the {len(items)} evaluated: "
+                           "too few to fit B's manifold; evaluate fewer items")  # fmt: skip
+    out = Path(out_dir)
+    settings = {"task": task, "sender": sender.name, "receiver": receiver.name, "k": k, "j": j,
+                "f": "replace", "n": len(items), "seed": seed, "n_reference": len(reference),
+                "backend": backend, "map": asdict(map.info) if map is not None else None}  # fmt: skip
+    claim_run_dir(out, settings)
+    path = out / "distances.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    ref_path = out / "reference.safetensors"
+    if not ref_path.exists():
+        states = capture_corpus(receiver, [question_prompt(it) for it in reference], [j], backend=backend,
+                                formatted=True, desc=f"{receiver.name} L{j} on {task}")[j]  # fmt: skip
+        save_file({"states": states.contiguous()}, str(ref_path))
+    states = load_file(str(ref_path))["states"]
+    n_held = max(2, len(states) // 4)
+    manifold = Manifold.fit(ReferenceSet(fit=states[n_held:], held_out=states[:n_held], model=receiver.name,
+                                         layer=j, corpus=f"{task} prompts", seed=seed))  # fmt: skip
+    prompts = [question_prompt(it) for it in items]
+    rb = get_backend(receiver, backend)
+    a = capture_message(get_backend(sender, backend), prompts, k).float().cpu()
+    b = capture_message(rb, prompts, j).float().cpu()
+    batch = encode(receiver, prompts)
+    last = message_positions(receiver, prompts, batch, "last")
+    rows = torch.arange(len(prompts))
+    with torch.no_grad():
+        plain = rb.logits(batch)[rows, last]
+        grafted = rb.logits(batch, graft_edit(a, last, GraftConfig(k=k, j=j, f="replace"), map))[rows, last]
+    tables = []
+    for source, x, logits in (("ac", combine(a, b, "replace", map=map), grafted), ("b", b, plain)):
+        table = manifold.table(x, b)
+        table.insert(0, "source", source)
+        table.insert(0, "item_id", [it.id for it in items])
+        table["next_token_kl"] = next_token_kl(plain, logits).cpu().numpy()
+        tables.append(table)
+    result = pd.concat(tables, ignore_index=True)
+    result.to_csv(path, index=False)
+    return result
+
+
 def run_latent_distance(
     game: str,
     sender: Model,

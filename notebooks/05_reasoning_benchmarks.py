@@ -57,6 +57,7 @@ JUDGE = "qwen2.5-coder-1.5b"
 LAYER_GAME = "countries"
 N_MAP = 3072  # LAMBADA sentences for W
 N_SIMILARITY = 512  # LAMBADA sentences for the similarity of activation spaces
+N_REFERENCE = 256  # other items of the task: B's own states that AC's grafted state is measured against
 RUNS_DIR = "../runs/reasoning"
 SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
@@ -69,7 +70,7 @@ from IPython.display import display
 
 from commlib.distance import corpus_activations, paper_similarity
 from commlib.errors import CommlibError
-from commlib.experiments import SELECTION_N, run_pair_reasoning
+from commlib.experiments import SELECTION_N, reasoning_dir, run_pair_reasoning, run_reasoning_distance
 from commlib.models import load_model
 from commlib.paper import TABLE3, TABLE4
 from commlib.plots import gain_vs_similarity, save_figure
@@ -79,7 +80,7 @@ if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    N, MAX_NEW_TOKENS, N_MAP, N_SIMILARITY = 2, 4, 64, 64
+    N, MAX_NEW_TOKENS, N_MAP, N_SIMILARITY, N_REFERENCE = 2, 4, 64, 64, 16
     try:
         article_path()
     except CommlibError as exc:  # a clean clone has no ../shared: the fast run goes on without Biographies
@@ -192,3 +193,32 @@ save_figure(fig, f"reasoning_gain_vs_similarity{suffix}", directory=FIGURES_DIR,
             config={"models": MODELS, "tasks": CROSS_TASKS, "n": N, "seed": SEED, "judge": JUDGE,
                     "n_similarity": N_SIMILARITY, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
 gains[["pair", "task", "paper_similarity", "gain"]].round(3)
+
+# %% [markdown]
+# ## The project's thesis on the same runs: AC's gain against how far the graft moves B
+#
+# For each pair and task, the state AC writes (A's at block k, width rule
+# for unequal widths) on the evaluated items, measured against B's own
+# states at block j on `N_REFERENCE` other items of the task
+# (`run_reasoning_distance`): its Mahalanobis percentile (50: a typical
+# state of B's there, 100: beyond every one), its norm against B's, and the
+# KL divergence it causes in B's first answer token. Medians over items;
+# `b` rows (B's own state written back) are the identity control.
+
+# %%
+rows = []
+for (pair, task), (k, j) in table4.set_index(["pair", "task"])[["k", "j"]].iterrows():
+    sender, receiver = pair.split(" -> ")
+    out = reasoning_dir(RUNS_DIR, task, sender, receiver, seed=SEED, n=N) / "graft_distance"
+    d = run_reasoning_distance(task, load(sender), load(receiver), k=int(k), j=int(j), out_dir=out, n=N, seed=SEED,
+                               n_reference=N_REFERENCE)  # fmt: skip
+    for source, by_source in d.groupby("source"):
+        rows.append({"pair": pair, "task": task, "source": source,
+                     **by_source[["mahalanobis_pct", "norm_ratio", "next_token_kl"]].median()})  # fmt: skip
+distance = pd.DataFrame(rows)
+gains = gains.merge(distance[distance["source"] == "ac"].drop(columns="source"), on=["pair", "task"])
+fig = gain_vs_similarity(gains, x="next_token_kl", title=f"n = {N} per task, seed {SEED}")
+save_figure(fig, f"reasoning_gain_vs_graft_kl{suffix}", directory=FIGURES_DIR,
+            config={"models": MODELS, "tasks": CROSS_TASKS, "n": N, "seed": SEED, "judge": JUDGE,
+                    "n_reference": N_REFERENCE, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
+distance.pivot(index=["pair", "task"], columns="source", values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)

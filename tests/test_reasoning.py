@@ -16,6 +16,7 @@ from commlib.graft import map_layer
 from commlib.methods.reasoning import (
     ReasoningConfig,
     check_methods,
+    question_prompt,
     run_reasoning_method,
     run_reasoning_methods,
 )
@@ -387,3 +388,39 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6-again", n=2, max_new_tokens=6,
                   answers=tmp_path / "answers", progress=False)  # fmt: skip
     assert calls == []
+
+
+def test_reasoning_distance_identity_graft_is_zero_and_a_real_graft_moves_b(
+    tiny: Model, tiny_wide: Model, tmp_path: Path
+) -> None:
+    from commlib.experiments import run_reasoning_distance
+
+    def measure(sender: Model, receiver: Model, out: str, k: int = 1, j: int = 1) -> Any:
+        return run_reasoning_distance("gsm8k", sender, receiver, k=k, j=j, out_dir=tmp_path / out, n=3,
+                                      n_reference=16)  # fmt: skip
+
+    same = measure(tiny, tiny, "same")
+    assert same[["displacement", "next_token_kl"]].abs().max().max() < 1e-5  # A = B, k = j writes b back
+    cross = measure(tiny, tiny_wide, "x")
+    by = cross.set_index("source")
+    assert (by.loc["b", "displacement"] == 0).all() and by.loc["b", "next_token_kl"].abs().max() < 1e-5
+    assert (by.loc["ac", "displacement"] > 0).all() and (by.loc["ac", "next_token_kl"] > 1e-4).all()
+    assert cross[[c for c in cross if c.endswith("_pct")]].stack().between(0, 100).all()
+    written = (tmp_path / "x" / "distances.csv").stat().st_mtime_ns
+    again = measure(tiny, tiny_wide, "x")
+    assert (tmp_path / "x" / "distances.csv").stat().st_mtime_ns == written
+    assert again["mahalanobis"].tolist() == pytest.approx(cross["mahalanobis"].tolist())
+    with pytest.raises(CommlibError, match="other settings"):
+        measure(tiny, tiny_wide, "x", k=0)
+    with pytest.raises(CommlibError, match="j"):
+        measure(tiny, tiny_wide, "y", j=99)
+
+
+def test_reasoning_reference_states_are_the_states_ac_reads(tiny_wide: Model) -> None:
+    from commlib.backends import get_backend
+    from commlib.graft import capture_corpus, capture_message
+
+    prompts = [question_prompt(it) for it in load_task("gsm8k", n=3, seed=5)]
+    batched = capture_corpus(tiny_wide, prompts, [1], formatted=True)[1]
+    direct = torch.cat([capture_message(get_backend(tiny_wide), [p], 1) for p in prompts])
+    torch.testing.assert_close(batched, direct, atol=1e-4, rtol=1e-4)
