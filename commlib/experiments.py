@@ -1074,11 +1074,10 @@ def run_reasoning_distance(
     a = capture_message(get_backend(sender, backend), prompts, k).float().cpu()
     b = capture_message(rb, prompts, j).float().cpu()
     batch = encode(receiver, prompts)
-    last = message_positions(receiver, prompts, batch, "last")
-    rows = torch.arange(len(prompts))
-    with torch.no_grad():
-        plain = rb.logits(batch)[rows, last]
-        grafted = rb.logits(batch, graft_edit(a, last, GraftConfig(k=k, j=j, f="replace"), map))[rows, last]
+    last = message_positions(receiver, prompts, batch, "last")  # the final column: the batch is left-padded
+    edit = graft_edit(a, last, GraftConfig(k=k, j=j, f="replace"), map)
+    with torch.no_grad():  # B's next-token logits only (a full vocabulary at every position is GBs)
+        plain, grafted = (rb.forward(batch, e, last_only=True)[0][:, -1].float().cpu() for e in (None, edit))
     tables = []
     for source, x, logits in (("ac", combine(a, b, "replace", map=map), grafted), ("b", b, plain)):
         table = manifold.table(x, b)
