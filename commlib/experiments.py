@@ -26,6 +26,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from commlib.distance import Manifold
     from commlib.methods.reasoning import Turn
+    from commlib.tasks.reasoning import ReasoningItem
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
@@ -938,6 +939,7 @@ def run_pair_reasoning(
     seed: int = 0,
     variant: str = "",
     n_map: int = 3072,
+    map_source: str = "lambada",
     selection_n: int = SELECTION_N,
     progress: bool = True,
     **options: Any,
@@ -950,7 +952,10 @@ def run_pair_reasoning(
     methods, W is fitted once on ``n_map`` LAMBADA sentences at A's mapped
     block and B's j, and cached under ``runs_root/maps``; the map is part of a
     run directory's settings, so a (pair, task) directory is run with ``ac-w``
-    always or never. The run lives in :func:`reasoning_dir` (``variant`` for
+    always or never. ``map_source="task"`` fits an in-distribution W instead,
+    on up to ``n_map`` other items of the task (:func:`other_items`: none the
+    run scores), each read in the prompt format at the last token as AC reads
+    it; give such a run its own ``variant``. The run lives in :func:`reasoning_dir` (``variant`` for
     other settings); ``options`` go to :func:`run_reasoning`. Single-model
     answers are shared between pairs through ``runs_root/answers``
     (:class:`commlib.results.AnswerStore`): a model's answers alone are
@@ -961,15 +966,29 @@ def run_pair_reasoning(
     """
     from commlib.graft import fit_map, map_layer
 
+    if map_source not in ("lambada", "task"):
+        raise CommlibError(f"unknown map_source {map_source!r}; use lambada or task")
     pick = choose_layers(receiver, game, sweep_root=sweep_root, n=selection_n, positions=("last",),
                          progress=progress)  # fmt: skip
     k, j = int(pick["k"]), int(pick["j"])
     lin = None
     if "ac-w" in methods:
         k_a = map_layer(k, receiver.info.n_layers, sender.info.n_layers)
-        map_dir = Path(runs_root) / "maps" / f"{sender.name}__{receiver.name}_k{k_a}_j{j}_n{n_map}"
+        name = f"{sender.name}__{receiver.name}_k{k_a}_j{j}_n{n_map}"
+        if map_source == "task":
+            name += f"_{task.replace(':', '_')}-other-than-seed{seed}-n{n}"
+        map_dir = Path(runs_root) / "maps" / name
         if not (map_dir / "map.json").exists():
-            fit_map(sender, receiver, k_a, j, n=n_map).save(map_dir)
+            if map_source == "task":
+                from commlib.methods.reasoning import question_prompt
+                from commlib.tasks.reasoning import load_task
+
+                fitted = other_items(task, load_task(task, n, seed), n_map, seed)
+                lin = fit_map(sender, receiver, k_a, j, corpus=f"{task} other items", n=len(fitted),
+                              prompts=[question_prompt(it) for it in fitted])  # fmt: skip
+            else:
+                lin = fit_map(sender, receiver, k_a, j, n=n_map)
+            lin.save(map_dir)
         lin = LinearMap.load(map_dir)
     out = reasoning_dir(runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=variant)
     run_reasoning(task, sender, receiver, methods, out_dir=out, n=n, seed=seed, k=k, j=j,
@@ -980,6 +999,20 @@ def run_pair_reasoning(
 
 REASONING_REFERENCE_SEED = 7_919
 """Seed (plus the run's) of the other task items :func:`run_reasoning_distance` fits B's manifold on."""
+
+
+def other_items(task: str, evaluated: Sequence[ReasoningItem], n: int, seed: int = 0) -> list[ReasoningItem]:
+    """``n`` items of ``task`` not among ``evaluated`` (seed: :data:`REASONING_REFERENCE_SEED` + ``seed``).
+
+    What is fitted on a task next to a run of it (B's manifold in
+    :func:`run_reasoning_distance`, the in-distribution W of
+    :func:`run_pair_reasoning`) never sees an item the run scores.
+    """
+    from commlib.tasks.reasoning import load_task, sample_items
+
+    ids = {it.id for it in evaluated}
+    others = [it for it in load_task(task, n=None) if it.id not in ids]
+    return sample_items(others, n, REASONING_REFERENCE_SEED + seed)
 
 
 def run_reasoning_distance(
@@ -1039,16 +1072,14 @@ def run_reasoning_distance(
     from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_edit
     from commlib.methods.reasoning import question_prompt
     from commlib.prompts import encode, message_positions
-    from commlib.tasks.reasoning import load_task, sample_items
+    from commlib.tasks.reasoning import load_task
 
     check_layer(sender, k, "k")
     check_layer(receiver, j, "j")
     if map is not None:
         map.check_pair(sender.name, receiver.name, k, j)
     items = load_task(task, n=n, seed=seed)
-    evaluated = {it.id for it in items}
-    others = [it for it in load_task(task, n=None) if it.id not in evaluated]
-    reference = sample_items(others, n_reference, REASONING_REFERENCE_SEED + seed)
+    reference = other_items(task, items, n_reference, seed)
     if len(reference) < 8:
         raise CommlibError(f"{task} has only {len(reference)} items beyond the {len(items)} evaluated: "
                            "too few to fit B's manifold; evaluate fewer items")  # fmt: skip

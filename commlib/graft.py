@@ -326,11 +326,15 @@ def fit_map(
     batch_size: int = 32,
     lr: float = 1e-3,
     backend: str = "nnsight",
+    prompts: Sequence[str] | None = None,
 ) -> LinearMap:
     """Train the task-agnostic map ``W`` for a pair as in the paper.
 
     Final-token activations of A (block ``k``) and B (block ``j``) on the same
     ``n`` sentences of ``corpus``; Xavier init, Adam, MSE, batch 32, 10 epochs.
+    With ``prompts`` instead, an in-distribution ``W``: both models read each
+    prompt in their prompt format and the states at its last token, where AC
+    reads and writes, are paired (``corpus`` then names the prompts' source).
 
     Example:
         >>> from commlib.models import load_model
@@ -344,9 +348,14 @@ def fit_map(
 
     check_layer(sender, k, "k")
     check_layer(receiver, j, "j")
-    sentences = load_sentences(corpus, n=n, seed=seed)
-    a = capture_corpus(sender, sentences, [k], backend=backend)[k]
-    b = a if (sender is receiver and k == j) else capture_corpus(receiver, sentences, [j], backend=backend)[j]
+    formatted = prompts is not None
+    sentences = list(prompts) if prompts is not None else load_sentences(corpus, n=n, seed=seed)
+    if not sentences:
+        raise CommlibError("no prompts to fit W on: pass a non-empty list")
+    a = capture_corpus(sender, sentences, [k], backend=backend, formatted=formatted)[k]
+    b = a if (sender is receiver and k == j) else capture_corpus(
+        receiver, sentences, [j], backend=backend, formatted=formatted
+    )[j]  # fmt: skip
     return fit_linear_map(
         a,
         b,

@@ -43,6 +43,7 @@ PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # Table 3: one tokenizer, 8
 TASKS = ["biographies", "gsm8k", "mmlu:high_school_psychology", "mmlu:formal_logic", "mmlu:college_biology",
          "mmlu:professional_law", "mmlu:public_relations"]  # fmt: skip
 METHODS = ["single-a", "single-b", "nld", "ac", "ac-w"]
+IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the task
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
 ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # Table 4: ordered pairs
@@ -116,6 +117,21 @@ table3[table3["method"].isin(METHODS)].pivot(index="method", columns="task", val
 
 # %%
 pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
+
+# %% [markdown]
+# AC(W) in distribution: the paper fits W on GSM8k's train split, which no
+# offline source ships. Here W is fitted on up to `N_MAP` GSM8k test items
+# that the run does not score (`commlib.experiments.other_items`), each read
+# in the prompt format at its last token, where AC reads A and writes B. Its
+# run is its own directory (variant `w-task`); A and B alone come from the
+# answer store.
+
+# %%
+if IN_DISTRIBUTION_TASKS:
+    in_distribution = pd.concat([run(*PAIR, task, ["single-a", "single-b", "ac-w"], variant="w-task",
+                                     map_source="task") for task in IN_DISTRIBUTION_TASKS])  # fmt: skip
+    display(in_distribution.assign(score=(100 * in_distribution["accuracy"]).round(1))
+            .pivot(index="method", columns="task", values="score"))  # fmt: skip
 
 # %% [markdown]
 # ## Table 4 analog: every ordered pair, no W

@@ -424,3 +424,36 @@ def test_reasoning_reference_states_are_the_states_ac_reads(tiny_wide: Model) ->
     batched = capture_corpus(tiny_wide, prompts, [1], formatted=True)[1]
     direct = torch.cat([capture_message(get_backend(tiny_wide), [p], 1) for p in prompts])
     torch.testing.assert_close(batched, direct, atol=1e-4, rtol=1e-4)
+
+
+def test_in_distribution_w_fits_on_other_items_at_the_states_ac_reads(
+    tiny: Model, tiny_wide: Model, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib
+
+    combine = importlib.import_module("commlib.combine")  # the package exports a function of that name
+    from commlib.backends import get_backend
+    from commlib.experiments import other_items, run_pair_reasoning
+    from commlib.graft import capture_message, fit_map
+
+    evaluated = load_task("gsm8k", n=5, seed=2)
+    others = other_items("gsm8k", evaluated, 40, seed=2)
+    assert len(others) == 40 and not {it.id for it in others} & {it.id for it in evaluated}
+    assert [it.id for it in other_items("gsm8k", evaluated, 40, seed=2)] == [it.id for it in others]
+    prompts = [question_prompt(it) for it in others[:3]]
+    seen: dict[str, torch.Tensor] = {}
+    fit = combine.fit_linear_map
+
+    def spy(a: torch.Tensor, b: torch.Tensor, **kw: Any) -> Any:
+        seen.update(a=a, b=b)
+        return fit(a, b, **kw)
+
+    monkeypatch.setattr(combine, "fit_linear_map", spy)
+    w = fit_map(tiny, tiny_wide, 1, 0, corpus="gsm8k other items", n=3, epochs=1, prompts=prompts)
+    assert w.info.corpus == "gsm8k other items" and w.info.n == 3
+    for got, model, layer in ((seen["a"], tiny, 1), (seen["b"], tiny_wide, 0)):
+        want = capture_message(get_backend(model), prompts, layer)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(CommlibError, match="map_source"):
+        run_pair_reasoning("gsm8k", tiny, tiny_wide, ["ac-w"], runs_root=tmp_path, sweep_root=tmp_path,
+                           map_source="train")  # fmt: skip
