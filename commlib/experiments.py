@@ -955,8 +955,9 @@ def run_pair_reasoning(
     always or never. ``map_source="task"`` fits an in-distribution W instead,
     on up to ``n_map`` other items of the task (:func:`other_items`: none the
     run scores), each read in the prompt format at the last token as AC reads
-    it; give such a run its own ``variant``. The run lives in :func:`reasoning_dir` (``variant`` for
-    other settings); ``options`` go to :func:`run_reasoning`. Single-model
+    it; give such a run its own ``variant``. The run lives in
+    :func:`reasoning_dir` (``variant`` for other settings); ``options`` go to
+    :func:`run_reasoning`. Single-model
     answers are shared between pairs through ``runs_root/answers``
     (:class:`commlib.results.AnswerStore`): a model's answers alone are
     generated once per task, not once per pair.
@@ -998,7 +999,7 @@ def run_pair_reasoning(
 
 
 REASONING_REFERENCE_SEED = 7_919
-"""Seed (plus the run's) of the other task items :func:`run_reasoning_distance` fits B's manifold on."""
+"""Seed (plus the run's) of :func:`other_items`: B's manifold and the in-distribution W are fitted on them."""
 
 
 def other_items(task: str, evaluated: Sequence[ReasoningItem], n: int, seed: int = 0) -> list[ReasoningItem]:
