@@ -10,8 +10,9 @@ cached as JSON lines under the commlib cache (``commlib fetch gsm8k mmlu``):
 
 ``source="hub"`` loads the same with ``datasets`` (``openai/gsm8k``,
 ``cais/mmlu``) for users with a network; offline it fails at once with a
-clear error. No GSM8k train split is on the registry: the in-distribution W
-needs the hub. Biographies (read at run time from Du et al.'s file, judged
+clear error. No GSM8k train split is on the registry: offline, the
+in-distribution W is fitted on test items a run does not score
+(:func:`commlib.experiments.other_items`). Biographies (read at run time from Du et al.'s file, judged
 per fact by a model) live in :mod:`commlib.tasks.biographies`.
 
 Example:
