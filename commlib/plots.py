@@ -26,6 +26,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
 COLUMN_WIDTH = 3.4  # inches, one paper column
@@ -329,6 +330,10 @@ def compute_accuracy(
                         arrowprops={"arrowstyle": "->", "color": method_colour(end), "lw": 0.8, "alpha": 0.7},
                     )  # fmt: skip
         ax.set_xscale("log")
+        # a span under a decade gets labelled minor ticks that overprint each other: plain numbers at 1-2-5
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compute (forward passes of the smaller model)")
         ax.set_title(str(value))
     return _finish_panels(fig, axes, "accuracy (%), 95% bootstrap CI", title, fontsize="x-small")
