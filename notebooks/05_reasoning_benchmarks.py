@@ -47,6 +47,7 @@ IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the t
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
 ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # Table 4: ordered pairs
+PAIRS = []  # Table 4 pairs as "A -> B"; empty: every ordered pair of MODELS
 CROSS_TASKS = ["biographies", "gsm8k"]
 CROSS_METHODS = ["single-a", "single-b", "nld", "ac"]  # Figure 11 needs only the first two and ac
 SAME_MODEL = "qwen2.5-coder-1.5b"  # Table 8: A and B two instances of it, A sampled
@@ -144,19 +145,17 @@ if IN_DISTRIBUTION_TASKS:
 # %%
 TABLE4_COLUMNS = {"A": "single-a", "B": "single-b", "NLD": "nld", "AC": "ac"}
 rows = []
-for sender in MODELS:
-    for receiver in MODELS:
-        if sender == receiver:
-            continue
-        for task in CROSS_TASKS:
-            if (sender, receiver) == PAIR:
-                done = table3[table3["task"] == task]
-            else:
-                done = run(sender, receiver, task, CROSS_METHODS)
-            got = done.set_index("method")["accuracy"].reindex(CROSS_METHODS) * 100
-            rows.append({"pair": f"{sender} -> {receiver}", "task": task,
-                         **{label: got.get(method) for label, method in TABLE4_COLUMNS.items()},
-                         "k": int(done["k"].iloc[0]), "j": int(done["j"].iloc[0])})  # fmt: skip
+pairs = [tuple(p.split(" -> ")) for p in PAIRS] if PAIRS else [(a, b) for a in MODELS for b in MODELS if a != b]
+for sender, receiver in pairs:
+    for task in CROSS_TASKS:
+        if (sender, receiver) == PAIR and task in TASKS:
+            done = table3[table3["task"] == task]
+        else:
+            done = run(sender, receiver, task, CROSS_METHODS)
+        got = done.set_index("method")["accuracy"].reindex(CROSS_METHODS) * 100
+        rows.append({"pair": f"{sender} -> {receiver}", "task": task,
+                     **{label: got.get(method) for label, method in TABLE4_COLUMNS.items()},
+                     "k": int(done["k"].iloc[0]), "j": int(done["j"].iloc[0])})  # fmt: skip
 table4 = pd.DataFrame(rows)
 table4.pivot(index="pair", columns="task", values=list(TABLE4_COLUMNS)).dropna(axis=1, how="all").round(1)
 
@@ -206,7 +205,8 @@ gains = table4.assign(gain=table4["AC"] - (table4["A"] + table4["B"]) / 2,
                       paper_similarity=table4["pair"].map(similarity))  # fmt: skip
 fig = gain_vs_similarity(gains, title=f"n = {N} per task, seed {SEED}")
 save_figure(fig, f"reasoning_gain_vs_similarity{suffix}", directory=FIGURES_DIR,
-            config={"models": MODELS, "tasks": CROSS_TASKS, "n": N, "seed": SEED, "judge": JUDGE,
+            config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
+                    "judge": JUDGE,
                     "n_similarity": N_SIMILARITY, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
 gains[["pair", "task", "paper_similarity", "gain"]].round(3)
 
@@ -235,6 +235,7 @@ distance = pd.DataFrame(rows)
 gains = gains.merge(distance[distance["source"] == "ac"].drop(columns="source"), on=["pair", "task"])
 fig = gain_vs_similarity(gains, x="next_token_kl", title=f"n = {N} per task, seed {SEED}")
 save_figure(fig, f"reasoning_gain_vs_graft_kl{suffix}", directory=FIGURES_DIR,
-            config={"models": MODELS, "tasks": CROSS_TASKS, "n": N, "seed": SEED, "judge": JUDGE,
+            config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
+                    "judge": JUDGE,
                     "n_reference": N_REFERENCE, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
 distance.pivot(index=["pair", "task"], columns="source", values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)
