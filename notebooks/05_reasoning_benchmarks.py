@@ -145,7 +145,7 @@ if IN_DISTRIBUTION_TASKS:
 # %%
 TABLE4_COLUMNS = {"A": "single-a", "B": "single-b", "NLD": "nld", "AC": "ac"}
 rows = []
-pairs = [tuple(p.split(" -> ")) for p in PAIRS] if PAIRS else [(a, b) for a in MODELS for b in MODELS if a != b]
+pairs = [tuple(p.split(" -> ")) for p in PAIRS] or [(a, b) for a in MODELS for b in MODELS if a != b]
 for sender, receiver in pairs:
     for task in CROSS_TASKS:
         if (sender, receiver) == PAIR and task in TASKS:
@@ -186,7 +186,8 @@ if ABLATION_TASKS:  # an empty list skips the ablations
                           variant=f"sampled-t{A_TEMPERATURE}", a_temperature=A_TEMPERATURE)
                       for task in ABLATION_TASKS])  # fmt: skip
     print(f"A = B = {SAME_MODEL}, A sampled at T = {A_TEMPERATURE}, (k, j) = {tuple(same[['k', 'j']].iloc[0])}")
-    display(same.assign(score=(100 * same["accuracy"]).round(1)).pivot(index="method", columns="task", values="score"))
+    same["score"] = (100 * same["accuracy"]).round(1)
+    display(same.pivot(index="method", columns="task", values="score"))
 
 # %% [markdown]
 # ## Figure 11 analog: AC's gain against the similarity of the pair
@@ -238,4 +239,5 @@ save_figure(fig, f"reasoning_gain_vs_graft_kl{suffix}", directory=FIGURES_DIR,
             config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
                     "judge": JUDGE,
                     "n_reference": N_REFERENCE, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
-distance.pivot(index=["pair", "task"], columns="source", values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)
+distance.pivot(index=["pair", "task"], columns="source",
+               values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)  # fmt: skip
