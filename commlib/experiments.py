@@ -1046,8 +1046,8 @@ def run_reasoning_distance(
 
     Forward passes only (no generation), so it is cheap next to the run it
     explains. Writes ``out_dir/distances.csv`` and ``out_dir/run.json``; a
-    finished directory is read back. B's reference states are cached in
-    ``out_dir``.
+    finished directory is read back. B's reference states are cached under
+    the commlib cache directory, shared by every sender.
 
     Returns:
         One row per (item, source): ``item_id``, ``source`` (``ac`` or ``b``),
@@ -1072,6 +1072,7 @@ def run_reasoning_distance(
     from commlib.distance import Manifold, ReferenceSet, next_token_kl
     from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_edit
     from commlib.methods.reasoning import question_prompt
+    from commlib.models import cache_dir
     from commlib.prompts import encode, message_positions
     from commlib.tasks.reasoning import load_task
 
@@ -1092,8 +1093,10 @@ def run_reasoning_distance(
     path = out / "distances.csv"
     if path.exists():
         return pd.read_csv(path)
-    ref_path = out / "reference.safetensors"
+    key = f"{task.replace(':', '_')}-other-than-seed{seed}-n{len(items)}_L{j}_n{len(reference)}"
+    ref_path = cache_dir() / "reference" / receiver.name / f"{key}.safetensors"
     if not ref_path.exists():
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
         states = capture_corpus(receiver, [question_prompt(it) for it in reference], [j], backend=backend,
                                 formatted=True, desc=f"{receiver.name} L{j} on {task}")[j]  # fmt: skip
         save_file({"states": states.contiguous()}, str(ref_path))
