@@ -114,17 +114,15 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
     from commlib.graft import fit_map
 
     sender, receiver = _load_pair(args)
-    lin = fit_map(
-        sender,
-        receiver,
-        args.k,
-        args.j,
-        corpus=args.corpus,
-        n=args.n,
-        seed=args.seed,
-        epochs=args.epochs,
-        backend=args.backend,
-    )
+    common = {"seed": args.seed, "epochs": args.epochs, "backend": args.backend}
+    if args.task:
+        from commlib.experiments import fit_task_map
+
+        lin = fit_task_map(
+            args.task, sender, receiver, args.k, args.j, n_map=args.n, n_eval=args.eval_n, **common
+        )
+    else:
+        lin = fit_map(sender, receiver, args.k, args.j, corpus=args.corpus, n=args.n, **common)
     path = lin.save(args.out)
     info = lin.info
     print(
@@ -438,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=3072)
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--corpus", choices=("lambada", "c4"), default="lambada")
+    s.add_argument(
+        "--task",
+        help="in-distribution W instead: fit on --n items of this reasoning task (e.g. gsm8k) "
+        "that `commlib reasoning --n EVAL_N --seed SEED` does not score",
+    )
+    s.add_argument("--eval-n", type=int, default=100, help="with --task: the n of the run W is for")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--out", required=True)

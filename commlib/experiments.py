@@ -981,12 +981,7 @@ def run_pair_reasoning(
         map_dir = Path(runs_root) / "maps" / name
         if not (map_dir / "map.json").exists():
             if map_source == "task":
-                from commlib.methods.reasoning import question_prompt
-                from commlib.tasks.reasoning import load_task
-
-                fitted = other_items(task, load_task(task, n, seed), n_map, seed)
-                lin = fit_map(sender, receiver, k_a, j, corpus=f"{task} other items", n=len(fitted),
-                              prompts=[question_prompt(it) for it in fitted])  # fmt: skip
+                lin = fit_task_map(task, sender, receiver, k_a, j, n_map=n_map, n_eval=n, seed=seed)
             else:
                 lin = fit_map(sender, receiver, k_a, j, n=n_map)
             lin.save(map_dir)
@@ -1014,6 +1009,42 @@ def other_items(task: str, evaluated: Sequence[ReasoningItem], n: int, seed: int
     ids = {it.id for it in evaluated}
     others = [it for it in load_task(task, n=None) if it.id not in ids]
     return sample_items(others, n, REASONING_REFERENCE_SEED + seed)
+
+
+def fit_task_map(
+    task: str,
+    sender: Model,
+    receiver: Model,
+    k: int,
+    j: int,
+    *,
+    n_map: int,
+    n_eval: int | None,
+    seed: int = 0,
+    epochs: int = 10,
+    backend: str = "nnsight",
+) -> LinearMap:
+    """In-distribution ``W``, fitted on ``n_map`` items of ``task`` that a run of ``n_eval`` does not score.
+
+    The paper fits it on GSM8k's train split, which no offline source ships;
+    this fits it on :func:`other_items` of the run (seed ``seed``, ``n_eval``
+    items), each read in the prompt format at its last token, where AC reads
+    A and writes B (:func:`commlib.graft.fit_map` with ``prompts``).
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
+        >>> w = fit_task_map("gsm8k", a, b, 1, 1, n_map=8, n_eval=4)
+        >>> w.weight.shape, w.info.corpus, w.info.n
+        (torch.Size([96, 64]), 'gsm8k other items', 8)
+    """
+    from commlib.graft import fit_map
+    from commlib.methods.reasoning import question_prompt
+    from commlib.tasks.reasoning import load_task
+
+    fitted = other_items(task, load_task(task, n_eval, seed), n_map, seed)
+    return fit_map(sender, receiver, k, j, corpus=f"{task} other items", n=len(fitted), epochs=epochs,
+                   backend=backend, prompts=[question_prompt(it) for it in fitted])  # fmt: skip
 
 
 def run_reasoning_distance(

@@ -148,3 +148,23 @@ def test_fit_map_then_graft_with_it(tmp_path, capsys: pytest.CaptureFixture[str]
     assert result["map"]["n"] == 64 and result["map"]["corpus"] == "lambada"
     assert main([*base, "--k", "0", "--j", "2"]) == 2
     assert "map was trained for tiny-llama-random (k=1)" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_fit_map_on_a_task_is_run_pair_reasonings_in_distribution_w(tmp_path) -> None:
+    import torch
+
+    from commlib.combine import LinearMap
+    from commlib.experiments import fit_task_map
+    from commlib.models import load_model
+
+    out = tmp_path / "w"
+    args = ["--sender", "tiny-llama-random", "--receiver", "tiny-llama-wide-random", "--k", "1", "--j", "1"]
+    main(
+        ["fit-map", *args, "--task", "gsm8k", "--n", "6", "--eval-n", "3", "--epochs", "1", "--out", f"{out}"]
+    )
+    w = LinearMap.load(out)
+    a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
+    expected = fit_task_map("gsm8k", a, b, 1, 1, n_map=6, n_eval=3, epochs=1)
+    assert (w.info.corpus, w.info.n) == ("gsm8k other items", 6)
+    torch.testing.assert_close(w.weight, expected.weight)
