@@ -339,6 +339,14 @@ def compute_accuracy(
     return _finish_panels(fig, axes, "accuracy (%), 95% bootstrap CI", title, fontsize="x-small")
 
 
+GAIN_AXIS_LABELS = {
+    "paper_similarity": "similarity of A's and B's states (paper App. B.4)",
+    "next_token_kl": "KL the graft causes in B's first answer token (nats)",
+    "mahalanobis_pct": "Mahalanobis percentile among B's states",
+    "norm_ratio": "norm of the grafted state / B's",
+}
+
+
 def gain_vs_similarity(
     table: pd.DataFrame,
     *,
@@ -346,6 +354,7 @@ def gain_vs_similarity(
     y: str = "gain",
     label: str = "pair",
     hue: str = "task",
+    style: str | None = None,
     title: str = "",
 ) -> Figure:
     """AC's gain over A and B alone against the similarity of their activation spaces (paper Figure 11).
@@ -355,12 +364,20 @@ def gain_vs_similarity(
     :func:`commlib.distance.paper_similarity`), ``y`` (percentage points) and
     ``label`` (written next to each point). Each ``hue`` value is one series,
     with its least-squares line and Pearson r in the legend when it has three
-    points or more. Rows without a gain (NaN, e.g. nothing judged) are left out.
+    points or more. ``style`` names a column whose values get one marker
+    each (e.g. the receiver), listed in the legend too. Rows without a gain
+    (NaN, e.g. nothing judged) are left out.
     """
+    from matplotlib.lines import Line2D
+
     set_style()
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.2, COLUMN_WIDTH * 0.9))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * (1.8 if style else 1.2), COLUMN_WIDTH * 0.9))
     colours = sns.color_palette("colorblind", 10)
-    for i, (value, grp) in enumerate(table.dropna(subset=[x, y]).groupby(hue, sort=False)):
+    rows = table.dropna(subset=[x, y])
+    markers = (
+        {v: _SHAPES[i % len(_SHAPES)] for i, v in enumerate(dict.fromkeys(rows[style]))} if style else {}
+    )
+    for i, (value, grp) in enumerate(rows.groupby(hue, sort=False)):
         xs, ys = grp[x].to_numpy(dtype=float), grp[y].to_numpy(dtype=float)
         name = str(value)
         if len(grp) >= 3 and np.ptp(xs) > 0:
@@ -368,13 +385,24 @@ def gain_vs_similarity(
             grid = np.linspace(xs.min(), xs.max(), 2)
             ax.plot(grid, slope * grid + intercept, color=colours[i % 10], lw=0.8, ls="--")
             name += f" (r = {np.corrcoef(xs, ys)[0, 1]:.2f})"
-        ax.scatter(xs, ys, color=colours[i % 10], s=18, label=name, zorder=3)
+        shapes = grp[style].map(markers) if style else pd.Series("o", index=grp.index)
+        for shape in dict.fromkeys(shapes):
+            at = (shapes == shape).to_numpy()
+            ax.scatter(xs[at], ys[at], color=colours[i % 10], marker=shape, s=18, zorder=3,
+                       label=name if shape == shapes.iloc[0] else None)  # fmt: skip
         for px, py, text in zip(xs, ys, grp[label], strict=True):
             ax.annotate(str(text), (px, py), fontsize="xx-small", xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, ls="--", lw=0.8, color="0.4")
-    ax.set_xlabel(x.replace("_", " "))
+    ax.set_xlabel(GAIN_AXIS_LABELS.get(x, x.replace("_", " ")))
     ax.set_ylabel("AC gain over mean of A and B alone (points)")
-    ax.legend(fontsize="x-small")
+    handles, names = ax.get_legend_handles_labels()
+    for value, shape in markers.items():
+        handles.append(Line2D([], [], ls="", marker=shape, color="0.4", markersize=4))
+        names.append(f"{style} {value}")
+    if style:  # beside the axes: the points fill them
+        ax.legend(handles, names, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend(handles, names, fontsize="x-small")
     ax.set_title(title)
     fig.tight_layout()
     return fig

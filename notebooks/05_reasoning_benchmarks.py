@@ -58,6 +58,7 @@ MAX_NEW_TOKENS = 256
 JUDGE = "qwen2.5-coder-1.5b"
 LAYER_GAME = "countries"
 N_MAP = 3072  # LAMBADA sentences for W
+N_MAP_TASK = 512  # other GSM8k test items for the in-distribution W
 N_SIMILARITY = 512  # LAMBADA sentences for the similarity of activation spaces
 N_REFERENCE = 256  # other items of the task: B's own states that AC's grafted state is measured against
 RUNS_DIR = "../runs/reasoning"
@@ -82,7 +83,7 @@ if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    N, MAX_NEW_TOKENS, N_MAP, N_SIMILARITY, N_REFERENCE = 2, 4, 64, 64, 16
+    N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE = 2, 4, 64, 16, 64, 16
     try:
         article_path()
     except CommlibError as exc:  # a clean clone has no ../shared: the fast run goes on without Biographies
@@ -93,10 +94,10 @@ load = functools.cache(load_model)
 judge = load(JUDGE)
 
 
-def run(sender: str, receiver: str, task: str, methods: list[str], **options):
+def run(sender: str, receiver: str, task: str, methods: list[str], n_map: int = N_MAP, **options):
     """One resumable run (layers from B's own sweep, W cached): its results table."""
     return run_pair_reasoning(task, load(sender), load(receiver), methods, runs_root=RUNS_DIR,
-                              sweep_root=SWEEP_DIR, game=LAYER_GAME, n=N, seed=SEED, n_map=N_MAP,
+                              sweep_root=SWEEP_DIR, game=LAYER_GAME, n=N, seed=SEED, n_map=n_map,
                               selection_n=2 if FAST else SELECTION_N, progress=False,
                               max_new_tokens=MAX_NEW_TOKENS, judge=judge, **options)  # fmt: skip
 
@@ -121,7 +122,7 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 
 # %% [markdown]
 # AC(W) in distribution: the paper fits W on GSM8k's train split, which no
-# offline source ships. Here W is fitted on up to `N_MAP` GSM8k test items
+# offline source ships. Here W is fitted on up to `N_MAP_TASK` GSM8k test items
 # that the run does not score (`commlib.experiments.other_items`), each read
 # in the prompt format at its last token, where AC reads A and writes B. Its
 # run is its own directory (variant `w-task`); A and B alone come from the
@@ -130,7 +131,8 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 # %%
 if IN_DISTRIBUTION_TASKS:
     in_distribution = pd.concat([run(*PAIR, task, ["single-a", "single-b", "ac-w"], variant="w-task",
-                                     map_source="task") for task in IN_DISTRIBUTION_TASKS])  # fmt: skip
+                                     map_source="task", n_map=N_MAP_TASK)
+                                 for task in IN_DISTRIBUTION_TASKS])  # fmt: skip
     display(in_distribution.assign(score=(100 * in_distribution["accuracy"]).round(1))
             .pivot(index="method", columns="task", values="score"))  # fmt: skip
 
@@ -194,7 +196,8 @@ if ABLATION_TASKS:  # an empty list skips the ablations
 #
 # Similarity `||Y^T X||_F^2 / (||X||_F^2 ||Y||_F^2)` of A's states at block k
 # and B's at block j (the layers AC uses) on the same LAMBADA sentences. The
-# paper finds a positive correlation (its Appendix B.4).
+# paper finds a positive correlation (its Appendix B.4). Points are labelled
+# by A, with one marker per B.
 
 # %%
 similarity = {}
@@ -203,8 +206,11 @@ for pair, (k, j) in table4.groupby("pair")[["k", "j"]].first().iterrows():
     x, y = (corpus_activations(m, layer, n=N_SIMILARITY, seed=SEED) for m, layer in ((a, k), (b, j)))
     similarity[pair] = paper_similarity(x, y)
 gains = table4.assign(gain=table4["AC"] - (table4["A"] + table4["B"]) / 2,
-                      paper_similarity=table4["pair"].map(similarity))  # fmt: skip
-fig = gain_vs_similarity(gains, title=f"n = {N} per task, seed {SEED}")
+                      paper_similarity=table4["pair"].map(similarity),
+                      sender=table4["pair"].str.split(" -> ").str[0],
+                      receiver=table4["pair"].str.split(" -> ").str[1])  # fmt: skip
+by_receiver = {"label": "sender", "style": "receiver", "title": f"n = {N} per task, seed {SEED}"}
+fig = gain_vs_similarity(gains, **by_receiver)
 save_figure(fig, f"reasoning_gain_vs_similarity{suffix}", directory=FIGURES_DIR,
             config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
                     "judge": JUDGE,
@@ -234,7 +240,7 @@ for (pair, task), (k, j) in table4.set_index(["pair", "task"])[["k", "j"]].iterr
                      **by_source[["mahalanobis_pct", "norm_ratio", "next_token_kl"]].median()})  # fmt: skip
 distance = pd.DataFrame(rows)
 gains = gains.merge(distance[distance["source"] == "ac"].drop(columns="source"), on=["pair", "task"])
-fig = gain_vs_similarity(gains, x="next_token_kl", title=f"n = {N} per task, seed {SEED}")
+fig = gain_vs_similarity(gains, x="next_token_kl", **by_receiver)
 save_figure(fig, f"reasoning_gain_vs_graft_kl{suffix}", directory=FIGURES_DIR,
             config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
                     "judge": JUDGE,

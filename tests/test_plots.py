@@ -136,3 +136,20 @@ def test_compression_figure_puts_each_k_at_its_accuracy_and_the_whole_trajectory
     whole = [line for line in acc.lines if line.get_linestyle() == "--"]
     assert whole[0].get_ydata()[0] == pytest.approx(30.0) and "38 steps" in whole[0].get_label()
     assert dist.lines[0].get_xydata().tolist() == [[1.0, 90.0], [4.0, 95.0]]
+
+
+def test_similarity_figure_gives_each_style_value_its_marker_in_every_series() -> None:
+    table = pd.DataFrame(
+        {"pair": ["a -> q15", "b -> q15", "a -> q05", "b -> q05"], "task": ["gsm8k"] * 4,
+         "receiver": ["q15", "q15", "q05", "q05"], "gain": [5.0, 1.0, -2.0, -3.0],
+         "next_token_kl": [0.1, 0.2, 3.0, 5.0]}
+    )  # fmt: skip
+    fig = gain_vs_similarity(table, x="next_token_kl", style="receiver")
+    ax = fig.axes[0]
+    points = [(c.get_paths()[0].vertices.round(3).tolist(), c.get_offsets().tolist()) for c in ax.collections]
+    assert [offsets for _, offsets in points] == [[[0.1, 5.0], [0.2, 1.0]], [[3.0, -2.0], [5.0, -3.0]]]
+    assert points[0][0] != points[1][0]  # two receivers, two markers
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("gsm8k (r = -0.")  # the gain falls as the KL grows
+    assert legend[1:] == ["receiver q15", "receiver q05"]
+    assert "KL" in ax.get_xlabel()
