@@ -865,12 +865,11 @@ def judge_biographies(
 
     from tqdm.auto import tqdm
 
-    from commlib.tasks.biographies import fact_score, judge_biography
+    from commlib.tasks.biographies import judge_biography
 
     out = Path(out_dir)
     path = out / JUDGEMENTS
-    lines = [_json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    mine = {(r["item_id"], r["method"]): r for r in lines if r["judge"] == judge.name}
+    mine = _judged(path, judge.name)
     by_id = {it.id: it for it in items}
     generated = pd.read_csv(out / "items.csv", keep_default_na=False)
     if methods is not None:
@@ -881,17 +880,92 @@ def judge_biographies(
         if item is None:
             continue
         facts = judge_biography(judge, item, str(r["output"]), backend=backend)
-        verdicts = [f.verdict for f in facts]
-        line = {"judge": judge.name, "item_id": item.id, "method": r["method"], "person": item.question,
-                **{v: verdicts.count(v) for v in ("yes", "no", "uncertain", "unparsed")},
-                "score": score if (score := fact_score(verdicts)) == score else None,  # NaN -> null
-                "facts": [asdict(f) for f in facts]}  # fmt: skip
+        line = {
+            "judge": judge.name,
+            "item_id": item.id,
+            "method": r["method"],
+            **_judgement_line(item, facts),
+        }
         with path.open("a") as fh:
             fh.write(_json.dumps(line) + "\n")
         mine[(item.id, r["method"])] = line
     keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
     cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
     return pd.DataFrame([{c: r[c] for c in cols} for key, r in mine.items() if key in keys], columns=cols)
+
+
+def _judged(path: Path, judge: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The lines of a judgements file by ``judge``, by (item_id, method)."""
+    import json as _json
+
+    lines = [_json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {(r["item_id"], r["method"]): r for r in lines if r["judge"] == judge}
+
+
+def _judgement_line(item: Any, facts: Sequence[Any]) -> dict[str, Any]:
+    """What a judgements file keeps of one judged biography: counts, score (NaN as null), every fact."""
+    from commlib.tasks.biographies import fact_score
+
+    verdicts = [f.verdict for f in facts]
+    return {"person": item.question, **{v: verdicts.count(v) for v in ("yes", "no", "uncertain", "unparsed")},
+            "score": score if (score := fact_score(verdicts)) == score else None,
+            "facts": [asdict(f) for f in facts]}  # fmt: skip
+
+
+JUDGE_CONTROL = "judge_control.jsonl"
+
+
+def judge_control(
+    out_dir: str | Path,
+    items: Sequence[Any],
+    judge: Model,
+    *,
+    method: str = "single-b",
+    n: int = 5,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Negative control of a Biographies judge: biographies judged against another person's facts.
+
+    The first ``n`` people's ``method`` biographies of ``out_dir`` (a
+    :func:`run_reasoning` directory), each judged against the facts of the
+    next person (the last against the first's), under that person's name. A
+    judge that reads the biography scores these near 0; one that answers yes
+    whatever it reads scores near 1, and its scores on the run mean nothing.
+    Cached and resumable per judge in ``out_dir/judge_control.jsonl``.
+
+    Returns:
+        One row per biography: item_id, facts_of, yes, no, uncertain,
+        unparsed, score (the fraction of yes among yes and no).
+    """
+    import json as _json
+
+    from tqdm.auto import tqdm
+
+    from commlib.tasks.biographies import judge_biography
+
+    out = Path(out_dir)
+    path = out / JUDGE_CONTROL
+    mine = _judged(path, judge.name)
+    by_id = {it.id: it for it in items}
+    generated = pd.read_csv(out / "items.csv", keep_default_na=False)
+    ours = generated[generated["method"] == method].to_dict("records")
+    rows = [r for r in ours if str(r["item_id"]) in by_id][:n]
+    people = [str(r["item_id"]) for r in rows]
+    if len(people) < 2:
+        raise CommlibError(f"the judge control needs 2 or more {method} biographies in {out}; run them first")
+    pairs = list(zip(rows, people[1:] + people[:1], strict=True))
+    for r, other in tqdm(pairs, desc=f"control {judge.name}", disable=not progress):
+        if (str(r["item_id"]), method) in mine:
+            continue
+        facts = judge_biography(judge, by_id[other], str(r["output"]), backend=backend)
+        line = {"judge": judge.name, "item_id": str(r["item_id"]), "method": method, "facts_of": other,
+                **_judgement_line(by_id[other], facts)}  # fmt: skip
+        with path.open("a") as fh:
+            fh.write(_json.dumps(line) + "\n")
+        mine[(line["item_id"], method)] = line
+    cols = ["item_id", "facts_of", "yes", "no", "uncertain", "unparsed", "score"]
+    return pd.DataFrame([{c: mine[(p, method)][c] for c in cols} for p in people], columns=cols)
 
 
 def reasoning_dir(

@@ -231,6 +231,42 @@ def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating
         tiny.name, tiny_wide.name}  # fmt: skip
 
 
+def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
+    tiny: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import commlib.tasks.biographies as bio
+    from commlib.experiments import judge_control, run_reasoning
+
+    seen: list[tuple[str, str]] = []
+    fake = _fake_judge([])
+
+    def judge(model: Model, item: Any, output: str, **kwargs: Any) -> list[Judgement]:
+        seen.append((item.question, output))
+        return fake(model, item, output, **kwargs)
+
+    out = tmp_path / "bio"
+    run_reasoning(
+        "biographies", tiny, tiny, ["single-b"], out_dir=out, n=None, max_new_tokens=3, progress=False
+    )
+    monkeypatch.setattr(bio, "judge_biography", judge)
+    items = load_task("biographies", n=None)
+    control = judge_control(out, items, tiny, progress=False)
+    people = [it.id for it in items]
+    assert control["item_id"].tolist() == people
+    assert control["facts_of"].tolist() == people[1:] + people[:1]
+    outputs = pd.read_csv(out / "items.csv", keep_default_na=False).set_index("item_id")["output"]
+    by_id = {it.id: it.question for it in items}
+    assert seen == [(by_id[o], outputs[i]) for i, o in zip(people, people[1:] + people[:1], strict=True)]
+    expected = [EXPECTED[by_id[o]] for o in people[1:] + people[:1]]  # the other person's facts decide
+    assert control["score"].tolist() == pytest.approx(expected)
+    again = judge_control(out, items, tiny, progress=False)
+    assert len(seen) == 3 and again.equals(control)  # cached
+    with pytest.raises(CommlibError, match="2 or more"):
+        judge_control(out, items, tiny, n=1, progress=False)
+
+
 # --------------------------------------------------------------------------- #
 # Layers across depths, ablation methods
 # --------------------------------------------------------------------------- #
