@@ -1051,7 +1051,7 @@ def run_pair_reasoning(
         k_a = map_layer(k, receiver.info.n_layers, sender.info.n_layers)
         name = f"{sender.name}__{receiver.name}_k{k_a}_j{j}_n{n_map}"
         if map_source == "task":
-            name += f"_{task.replace(':', '_')}-other-than-seed{seed}-n{n}"
+            name += f"_{other_items_name(task, seed, n)}"
         map_dir = Path(runs_root) / "maps" / name
         if not (map_dir / "map.json").exists():
             if map_source == "task":
@@ -1083,6 +1083,16 @@ def other_items(task: str, evaluated: Sequence[ReasoningItem], n: int, seed: int
     ids = {it.id for it in evaluated}
     others = [it for it in load_task(task, n=None) if it.id not in ids]
     return sample_items(others, n, REASONING_REFERENCE_SEED + seed)
+
+
+def other_items_name(task: str, seed: int, n_eval: int | None) -> str:
+    """How a cache names :func:`other_items` of a run of ``n_eval`` items of ``task`` with ``seed``.
+
+    Example:
+        >>> other_items_name("mmlu:formal_logic", 0, 20)
+        'mmlu_formal_logic-other-than-seed0-n20'
+    """
+    return f"{task.replace(':', '_')}-other-than-seed{seed}-n{n_eval}"
 
 
 def fit_task_map(
@@ -1198,7 +1208,7 @@ def run_reasoning_distance(
     path = out / "distances.csv"
     if path.exists():
         return pd.read_csv(path)
-    key = f"{task.replace(':', '_')}-other-than-seed{seed}-n{len(items)}_L{j}_n{len(reference)}"
+    key = f"{other_items_name(task, seed, len(items))}_L{j}_n{len(reference)}"
     ref_path = cache_dir() / "reference" / receiver.name / f"{key}.safetensors"
     if not ref_path.exists():
         ref_path.parent.mkdir(parents=True, exist_ok=True)
