@@ -201,7 +201,7 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, map=LinearMap.load(args.map) if args.map else None,
         backend=args.backend, source=args.source, a_temperature=args.a_temperature, a_top_p=args.a_top_p,
         a_seed=args.a_seed, judge=model(args.judge) if args.task == "biographies" and args.judge else None,
-        answers=args.answers,
+        answers=args.answers, batch_size=args.batch_size,
     )  # fmt: skip
     label = "score" if args.task == "biographies" else "accuracy"
     print(f"{'method':<10}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
@@ -540,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="biographies: the judge model ('' to generate only)",
     )
     s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument(
+        "--batch-size", type=int, default=1,
+        help="items decoded together by single-a, single-b, ac and ac-w (same greedy answers, faster)",
+    )  # fmt: skip
     s.add_argument("--map", help="learned W for ac-w")
     s.add_argument("--source", choices=("offline", "hub"), default="offline")
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")

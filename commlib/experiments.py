@@ -641,6 +641,7 @@ def run_reasoning(
     a_seed: int = 0,
     judge: Model | None = None,
     answers: str | Path | None = None,
+    batch_size: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Reasoning methods on ``gsm8k``, ``mmlu:SUBJECT`` or ``biographies`` (paper Section 4.2); resumable.
@@ -674,6 +675,12 @@ def run_reasoning(
             and ``single-b`` answers found there are taken instead of generated
             again (a model alone answers the same in every pair), and this
             run's single answers, old and new, are added to it.
+        batch_size: Items decoded together by the methods that are one decode
+            per item (``single-a``, ``single-b``, ``ac``, ``ac-w``; see
+            :func:`commlib.methods.reasoning.run_reasoning_batch`): the same
+            greedy answers up to float rounding, faster on a CPU. Not a setting
+            of the directory: a run may resume with another batch size. A
+            crash loses at most the batch in progress.
 
     Returns:
         The content of ``results.json``.
@@ -685,11 +692,13 @@ def run_reasoning(
     from commlib.compute import Shape, forward_flops, method_flops
     from commlib.graft import map_layer
     from commlib.methods.reasoning import (
+        BATCHED_METHODS,
         ReasoningConfig,
         check_methods,
         compute_kind,
         debate_rounds,
         question_prompt,
+        run_reasoning_batch,
         run_reasoning_methods,
         single_answer_key,
         single_output,
@@ -700,6 +709,8 @@ def run_reasoning(
 
     methods = list(dict.fromkeys(methods))
     check_methods(methods)
+    if batch_size < 1:
+        raise CommlibError(f"batch_size must be at least 1, got {batch_size}")
     items = load_task(task, n, seed, source=source)  # type: ignore[arg-type]
     chosen = None
     if layers_from is not None and k is not None and j is not None:
@@ -738,35 +749,58 @@ def run_reasoning(
                 prompt = int(r["prompt_a"]) or int(r["prompt_b"])
                 share(r["method"], by_id[str(r["item_id"])], r["output"], prompt, int(r["answer_tokens"]),
                       float(r["seconds"]))  # fmt: skip
+
+    def record(item: Any, outputs: dict[str, Any]) -> None:
+        for method, o in outputs.items():
+            share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds)
+            flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
+                                 prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
+                                 rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
+            row = {
+                "item_id": item.id, "method": method, "answer": item.answer,
+                "extracted": extract_answer(item, o.text) or "",
+                "correct": "" if judged else is_correct(item, o.text), "output": o.text,
+                "transcript": _json.dumps(o.transcript),
+                "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
+                "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
+            }  # fmt: skip
+            append_rows(path, REASONING_FIELDS, [row])
+            rows.append(row)
+
+    def stored(method: str, item: Any) -> Any:
+        hit = store.get(shared_key(method, item)) if store is not None and method in singles else None
+        if hit is None:
+            return None
+        return single_output(method, hit["text"], hit["prompt_tokens"], hit["answer_tokens"], hit["seconds"])
+
+    def run_batch(method: str, batch: list[Any]) -> None:
+        outputs = run_reasoning_batch(method, batch, sender, receiver, cfg, map)
+        for item, o in zip(batch, outputs, strict=True):
+            record(item, {method: o})
+
     for group in groups:
-        for item in tqdm(items, desc=",".join(group), disable=not progress):
-            todo = [m for m in group if (item.id, m) not in done]
-            if not todo:
-                continue
-            outputs = {}
-            for method in todo:
-                hit = store.get(shared_key(method, item)) if store is not None and method in singles else None
-                if hit is not None:
-                    outputs[method] = single_output(method, hit["text"], hit["prompt_tokens"],
-                                                    hit["answer_tokens"], hit["seconds"])  # fmt: skip
-            if rest := [m for m in todo if m not in outputs]:
-                opening = _opening_round(rows, item.id) if group is debates else []
-                outputs.update(run_reasoning_methods(rest, item, sender, receiver, cfg, map, opening))
-            for method, o in outputs.items():
-                share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds)
-                flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
-                                     prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
-                                     rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
-                row = {
-                    "item_id": item.id, "method": method, "answer": item.answer,
-                    "extracted": extract_answer(item, o.text) or "",
-                    "correct": "" if judged else is_correct(item, o.text), "output": o.text,
-                    "transcript": _json.dumps(o.transcript),
-                    "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
-                    "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
-                }  # fmt: skip
-                append_rows(path, REASONING_FIELDS, [row])
-                rows.append(row)
+        batched = batch_size > 1 and len(group) == 1 and group[0] in BATCHED_METHODS
+        pending: list[Any] = []  # items waiting for a full batch
+        with tqdm(total=len(items), desc=",".join(group), disable=not progress) as bar:
+            for item in items:
+                todo = [m for m in group if (item.id, m) not in done]
+                outputs = {m: o for m in todo if (o := stored(m, item)) is not None}
+                rest = [m for m in todo if m not in outputs]
+                if rest and batched:
+                    pending.append(item)
+                    if len(pending) == batch_size:
+                        run_batch(group[0], pending)
+                        bar.update(len(pending))
+                        pending = []
+                    continue
+                if rest:
+                    opening = _opening_round(rows, item.id) if group is debates else []
+                    outputs.update(run_reasoning_methods(rest, item, sender, receiver, cfg, map, opening))
+                record(item, outputs)
+                bar.update()
+            if pending:
+                run_batch(group[0], pending)
+                bar.update(len(pending))
     df = pd.DataFrame(rows)
     df = df[df["method"].isin(methods)].copy()
     if judged:
@@ -809,6 +843,7 @@ def run_reasoning(
             "one_pass_flops": unit, "example_prompt": question_prompt(items[0]),
             "decoding": {"a": a_decoding, "b": "greedy"}, "judge": judging,
             "shared_answers": str(answers) if answers is not None else None,
+            "batch_size": batch_size, "seconds": "wall time per item (a batch's over its items)",
             "flops": "analytic, KV cache (commlib.compute.method_flops)",
             "ci": "95% percentile bootstrap, 1000 resamples", "versions": package_versions(),
         },

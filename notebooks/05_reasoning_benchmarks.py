@@ -55,6 +55,7 @@ A_TEMPERATURE = 0.7
 N = 100
 SEED = 0
 MAX_NEW_TOKENS = 256
+BATCH_SIZE = 8  # items decoded at once by single-a, single-b, ac, ac-w (same greedy answers, faster)
 JUDGE = "qwen2.5-coder-1.5b"
 LAYER_GAME = "countries"
 N_MAP = 3072  # LAMBADA sentences for W
@@ -99,7 +100,8 @@ def run(sender: str, receiver: str, task: str, methods: list[str], n_map: int = 
     return run_pair_reasoning(task, load(sender), load(receiver), methods, runs_root=RUNS_DIR,
                               sweep_root=SWEEP_DIR, game=LAYER_GAME, n=N, seed=SEED, n_map=n_map,
                               selection_n=2 if FAST else SELECTION_N, progress=False,
-                              max_new_tokens=MAX_NEW_TOKENS, judge=judge, **options)  # fmt: skip
+                              max_new_tokens=MAX_NEW_TOKENS, judge=judge, batch_size=BATCH_SIZE,
+                              **options)  # fmt: skip
 
 
 # %% [markdown]

@@ -17,6 +17,7 @@ from commlib.methods.reasoning import (
     ReasoningConfig,
     check_methods,
     question_prompt,
+    run_reasoning_batch,
     run_reasoning_method,
     run_reasoning_methods,
 )
@@ -101,6 +102,47 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     assert len(items) == 9 and len(json.loads(items[items["method"] == "nld"]["transcript"].iloc[0])) == 4
     assert main(args) == 0 and len(pd.read_csv(out / "items.csv")) == 9  # resumed, nothing redone
     assert main([*args[:-2], "--rounds", "3", "--out", str(out)]) == 2  # other settings refused
+
+
+@pytest.mark.parametrize("method", ["single-b", "ac"])
+def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -> None:
+    items = load_task("gsm8k", 3, seed=0)
+    cfg = ReasoningConfig(k=1, j=2, max_new_tokens=12)
+    batched = run_reasoning_batch(method, items, any_model, any_model, cfg)
+    assert len({o.prompt_b for o in batched}) == 3  # prompts of three lengths: the batch is padded
+    for item, o in zip(items, batched, strict=True):
+        one = run_reasoning_method(method, item, any_model, any_model, cfg)
+        assert (o.text, o.prompt_a, o.prompt_b, o.answer) == (one.text, one.prompt_a, one.prompt_b, one.answer)
+
+
+def test_sampled_a_in_a_batch_keeps_each_items_seed(tiny: Model) -> None:
+    items = load_task("gsm8k", 2, seed=0)
+    cfg = ReasoningConfig(max_new_tokens=6, a_temperature=1.0)
+    batched = run_reasoning_batch("single-a", items, tiny, tiny, cfg)
+    assert [o.text for o in batched] == [run_reasoning_method("single-a", i, tiny, tiny, cfg).text for i in items]
+    with pytest.raises(CommlibError, match="does not run in batches"):
+        run_reasoning_batch("nld", items, tiny, tiny, cfg)
+
+
+def test_a_batched_run_writes_the_rows_of_an_item_by_item_run_and_resumes(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from commlib.cli import main
+
+    def run(out: Path, batch_size: int) -> pd.DataFrame:
+        args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
+                "tiny-llama-random", "--methods", "single-b,ac", "--k", "1", "--j", "2", "--n", "3",
+                "--max-new-tokens", "6", "--batch-size", str(batch_size), "--out", str(out)]  # fmt: skip
+        assert main(args) == 0
+        columns = ["item_id", "method", "output", "prompt_a", "prompt_b", "answer_tokens", "flops"]
+        return pd.read_csv(out / "items.csv")[columns].sort_values(["method", "item_id"], ignore_index=True)
+
+    one_by_one, batched = run(tmp_path / "one", 1), run(tmp_path / "batched", 2)  # the last batch is partial
+    pd.testing.assert_frame_equal(batched, one_by_one)
+    pd.testing.assert_frame_equal(run(tmp_path / "batched", 3), batched)  # resumed: nothing redone
+    assert main(["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
+                 "tiny-llama-random", "--methods", "single-b", "--n", "1", "--batch-size", "0",
+                 "--out", str(tmp_path / "zero")]) == 2  # fmt: skip
 
 
 # --------------------------------------------------------------------------- #
@@ -360,8 +402,13 @@ def test_debate_takes_its_first_round_from_the_single_answers(
 
     cfg = {"max_new_tokens": 5, "a_temperature": 1.0, "a_seed": 3}  # A sampled: its seed must line up too
     calls = []
-    answer = reasoning_mod._answer
-    monkeypatch.setattr(reasoning_mod, "_answer", lambda *a, **k: calls.append(a[0].name) or answer(*a, **k))
+    answers = reasoning_mod._answers  # one call per decode; one name per prompt decoded
+
+    def spy(model: Model, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.extend([model.name] * len(prompts))
+        return answers(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(reasoning_mod, "_answers", spy)
     run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b"], out_dir=tmp_path, n=2, progress=False, **cfg)
     calls.clear()
     run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b", "nld"], out_dir=tmp_path, n=2, progress=False,
@@ -388,8 +435,13 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     from commlib.methods import reasoning as reasoning_mod
 
     calls = []
-    answer = reasoning_mod._answer
-    monkeypatch.setattr(reasoning_mod, "_answer", lambda *a, **k: calls.append(a[0].name) or answer(*a, **k))
+    answers = reasoning_mod._answers  # one call per decode; one name per prompt decoded
+
+    def spy(model: Model, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.extend([model.name] * len(prompts))
+        return answers(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(reasoning_mod, "_answers", spy)
     singles = ["single-a", "single-b"]
     # a run made before the store existed: re-running it with the store adds its answers
     run_reasoning("gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5,

@@ -140,14 +140,32 @@ def a_decoding(cfg: ReasoningConfig, item: ReasoningItem, turn: int = 0) -> Deco
     )  # fmt: skip
 
 
+def _answers(
+    model: Model, prompts: Sequence[str], cfg: ReasoningConfig, decoding: Decoding | None = None
+) -> list[tuple[str, int, int]]:
+    """One answer per prompt, decoded as one left-padded batch (greedy unless ``decoding`` says otherwise).
+
+    Returns:
+        Per prompt: the text (up to the first EOS), prompt tokens, generated tokens.
+    """
+    batch = encode(model, prompts)
+    decoding = decoding or Decoding(max_new_tokens=cfg.max_new_tokens)
+    gen = get_backend(model, cfg.backend).generate(batch, None, decoding)
+    lengths = batch.attention_mask.sum(-1).tolist()
+    return [(_text(model, ids.tolist()), int(n), _generated(model, ids.tolist()))
+            for ids, n in zip(gen.token_ids, lengths, strict=True)]  # fmt: skip
+
+
 def _answer(
     model: Model, prompt: str, cfg: ReasoningConfig, decoding: Decoding | None = None
 ) -> tuple[str, int, int]:
     """One answer (greedy unless ``decoding`` says otherwise): text, prompt tokens, generated tokens."""
-    batch = encode(model, [prompt])
-    decoding = decoding or Decoding(max_new_tokens=cfg.max_new_tokens)
-    gen = get_backend(model, cfg.backend).generate(batch, None, decoding)
-    return gen.texts[0], batch.length, _generated(model, gen.token_ids[0].tolist())
+    return _answers(model, [prompt], cfg, decoding)[0]
+
+
+def _text(model: Model, ids: list[int]) -> str:
+    """The text of generated ``ids`` up to the first EOS (a batch pads the rows that ended early)."""
+    return str(model.tokenizer.decode(until_eos(ids, model), skip_special_tokens=True))
 
 
 def _generated(model: Model, ids: list[int]) -> int:
@@ -181,14 +199,19 @@ def single_output(which: str, text: str, prompt: int, answer: int, seconds: floa
     return ReasoningOutput(text, prompt if a else 0, 0 if a else prompt, 0, answer, seconds, [text])
 
 
-def _single(which: str) -> Callable[..., ReasoningOutput]:
+def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
     def method(
-        item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
-    ) -> ReasoningOutput:
+        items: Sequence[ReasoningItem], sender: Model, receiver: Model, cfg: ReasoningConfig,
+        map: LinearMap | None,
+    ) -> list[ReasoningOutput]:  # fmt: skip
         model = _single_model(which, sender, receiver)
+        decodings = [_single_decoding(which, item, cfg) for item in items]
+        if len(set(decodings)) > 1:  # A sampled: each item its own seed, so one at a time
+            return [method([item], sender, receiver, cfg, map)[0] for item in items]
         start = time.perf_counter()
-        text, prompt, answer = _answer(model, question_prompt(item), cfg, _single_decoding(which, item, cfg))
-        return single_output(which, text, prompt, answer, time.perf_counter() - start)
+        answers = _answers(model, [question_prompt(item) for item in items], cfg, decodings[0])
+        seconds = (time.perf_counter() - start) / len(items)
+        return [single_output(which, text, prompt, answer, seconds) for text, prompt, answer in answers]
 
     return method
 
@@ -264,37 +287,44 @@ def _layers(cfg: ReasoningConfig, name: str) -> tuple[int, int]:
     return cfg.k, cfg.j
 
 
-def _graft(
-    item: ReasoningItem,
+def _grafts(
+    items: Sequence[ReasoningItem],
     sender: Model,
     receiver: Model,
     cfg: ReasoningConfig,
     map: LinearMap | None,
-    reasoning: str | None = None,
-) -> tuple[str, int, int, int]:
-    """B's answer with A's state grafted (after A's ``reasoning`` when given): text, A's and B's prompt
-    tokens, B's generated tokens."""
+    reasonings: Sequence[str] | None = None,
+) -> list[tuple[str, int, int, int]]:
+    """B's answers with A's state grafted (after A's ``reasonings`` when given), one batch for all items.
+
+    Returns:
+        Per item: B's text, A's and B's prompt tokens, B's generated tokens.
+    """
     k, j = _layers(cfg, "ac")
-    prompt = question_prompt(item)
+    prompts = [question_prompt(item) for item in items]
     out = communicate(
-        sender, receiver, [prompt], [prompt], GraftConfig(k=k, j=j, f="replace"), map=map,
-        backend=cfg.backend, decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
-        sender_replies=None if reasoning is None else [reasoning],
+        sender, receiver, prompts, prompts, GraftConfig(k=k, j=j, f="replace"), map=map,
+        backend=cfg.backend, decoding=Decoding(max_new_tokens=cfg.max_new_tokens), sender_replies=reasonings,
     )  # fmt: skip
-    n_a, n_b = encode(sender, [prompt]).length, encode(receiver, [prompt]).length
-    return out.texts[0], n_a, n_b, _generated(receiver, out.token_ids[0].tolist())
+    n_a = encode(sender, prompts).attention_mask.sum(-1).tolist()
+    n_b = encode(receiver, prompts).attention_mask.sum(-1).tolist()
+    return [(_text(receiver, ids.tolist()), int(a), int(b), _generated(receiver, ids.tolist()))
+            for ids, a, b in zip(out.token_ids, n_a, n_b, strict=True)]  # fmt: skip
 
 
-def _ac(use_map: bool) -> Callable[..., ReasoningOutput]:
+def _acs(use_map: bool) -> Callable[..., list[ReasoningOutput]]:
     def method(
-        item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
-    ) -> ReasoningOutput:
+        items: Sequence[ReasoningItem], sender: Model, receiver: Model, cfg: ReasoningConfig,
+        map: LinearMap | None,
+    ) -> list[ReasoningOutput]:  # fmt: skip
         _layers(cfg, "ac")
         if use_map and map is None:
             raise CommlibError("ac-w needs a learned map: pass --map (fit one with `commlib fit-map`)")
         start = time.perf_counter()
-        text, n_a, n_b, answer = _graft(item, sender, receiver, cfg, map if use_map else None)
-        return ReasoningOutput(text, n_a, n_b, 0, answer, time.perf_counter() - start, [text])
+        grafted = _grafts(items, sender, receiver, cfg, map if use_map else None)
+        seconds = (time.perf_counter() - start) / len(items)
+        return [ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text])
+                for text, n_a, n_b, answer in grafted]  # fmt: skip
 
     return method
 
@@ -306,16 +336,35 @@ def ac_cot(
     _layers(cfg, "ac-cot")
     start = time.perf_counter()
     reasoning, _, message = _answer(sender, question_prompt(item), cfg, a_decoding(cfg, item))
-    text, n_a, n_b, answer = _graft(item, sender, receiver, cfg, None, reasoning)
+    [(text, n_a, n_b, answer)] = _grafts([item], sender, receiver, cfg, None, [reasoning])
     return ReasoningOutput(text, n_a, n_b, message, answer, time.perf_counter() - start, [reasoning, text])
 
 
+BATCHED_METHODS: dict[str, Callable[..., list[ReasoningOutput]]] = {
+    "single-a": _singles("single-a"),
+    "single-b": _singles("single-b"),
+    "ac": _acs(False),
+    "ac-w": _acs(True),
+}
+"""Methods whose work on an item is one decode, by name: each runs a list of items as one left-padded
+batch (:func:`run_reasoning_batch`)."""
+
+
+def _one_item(batched: Callable[..., list[ReasoningOutput]]) -> Callable[..., ReasoningOutput]:
+    def method(
+        item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
+    ) -> ReasoningOutput:
+        return batched([item], sender, receiver, cfg, map)[0]
+
+    return method
+
+
 REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
-    "single-a": _single("single-a"),
-    "single-b": _single("single-b"),
+    "single-a": _one_item(BATCHED_METHODS["single-a"]),
+    "single-b": _one_item(BATCHED_METHODS["single-b"]),
     "nld": nld,
-    "ac": _ac(False),
-    "ac-w": _ac(True),
+    "ac": _one_item(BATCHED_METHODS["ac"]),
+    "ac-w": _one_item(BATCHED_METHODS["ac-w"]),
     "ac-cot": ac_cot,
     "cipher-debate": cipher_debate(),  # CIPHER debate (Pham et al., 2024), in commlib.methods.cipher
 }
@@ -361,6 +410,31 @@ def run_reasoning_method(
         CommlibError: an unknown method, or its settings missing.
     """
     return run_reasoning_methods([name], item, sender, receiver, cfg, map)[name]
+
+
+def run_reasoning_batch(
+    name: str,
+    items: Sequence[ReasoningItem],
+    sender: Model,
+    receiver: Model,
+    cfg: ReasoningConfig,
+    map: LinearMap | None = None,
+) -> list[ReasoningOutput]:
+    """Run one of :data:`BATCHED_METHODS` on several items, decoded as one left-padded batch.
+
+    Greedy answers equal those of :func:`run_reasoning_method` item by item up
+    to float rounding (padding changes the shapes of the matrix products); a
+    sampled A (``a_temperature > 0``) runs item by item, each with its seed.
+    Each output's ``seconds`` is the batch's wall time over its items.
+
+    Raises:
+        CommlibError: ``name`` is not batched, no items, or the method's settings missing.
+    """
+    if name not in BATCHED_METHODS:
+        raise CommlibError(f"{name} does not run in batches; batched methods: {', '.join(BATCHED_METHODS)}")
+    if not items:
+        raise CommlibError("no items to run: pass at least one")
+    return BATCHED_METHODS[name](items, sender, receiver, cfg, map)
 
 
 def run_reasoning_methods(
