@@ -613,7 +613,7 @@ def run_distance(
 
 REASONING_FIELDS = (
     "item_id", "method", "answer", "extracted", "correct", "output", "transcript", "seconds",
-    "prompt_a", "prompt_b", "message_tokens", "answer_tokens", "flops",
+    "prompt_a", "prompt_b", "message_tokens", "answer_tokens", "flops", "batch",
 )  # fmt: skip
 JUDGEMENTS = "judgements.jsonl"
 """Per (judge, item, method) file of a Biographies run: the judge's prompts, raw answers and verdicts."""
@@ -726,6 +726,10 @@ def run_reasoning(
     claim_run_dir(out, settings)
     path = out / "items.csv"
     rows = pd.read_csv(path, keep_default_na=False).to_dict("records") if path.exists() else []
+    if rows and "batch" not in rows[0]:  # written before batching: every item ran alone
+        rows = [{**r, "batch": 1} for r in rows]
+        pd.DataFrame(rows, columns=list(REASONING_FIELDS)).to_csv(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").replace(path)
     done = {(str(r["item_id"]), r["method"]) for r in rows}
     shape_a, shape_b = Shape.from_config(sender.hf.config), Shape.from_config(receiver.hf.config)
     debates = [m for m in methods if debate_rounds(m, cfg) is not None]
@@ -737,9 +741,10 @@ def run_reasoning(
     def shared_key(method: str, item: Any) -> dict[str, Any]:
         return single_answer_key(method, item, sender, receiver, cfg)
 
-    def share(method: str, item: Any, text: str, prompt: int, answer: int, seconds: float) -> None:
+    def share(method: str, item: Any, text: str, prompt: int, answer: int, secs: float, batch: int) -> None:
         if store is not None and method in singles:
-            stored = {"text": text, "prompt_tokens": prompt, "answer_tokens": answer, "seconds": seconds}
+            stored = {"text": text, "prompt_tokens": prompt, "answer_tokens": answer, "seconds": secs,
+                      "batch": batch}  # fmt: skip
             store.put(shared_key(method, item), stored)
 
     if store is not None:  # this directory's single answers serve other runs too
@@ -748,11 +753,11 @@ def run_reasoning(
             if r["method"] in singles and str(r["item_id"]) in by_id:
                 prompt = int(r["prompt_a"]) or int(r["prompt_b"])
                 share(r["method"], by_id[str(r["item_id"])], r["output"], prompt, int(r["answer_tokens"]),
-                      float(r["seconds"]))  # fmt: skip
+                      float(r["seconds"]), int(r["batch"]))  # fmt: skip
 
     def record(item: Any, outputs: dict[str, Any]) -> None:
         for method, o in outputs.items():
-            share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds)
+            share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds, o.batch)
             flops = method_flops(compute_kind(method), shape_a, shape_b, prompt_a=o.prompt_a,
                                  prompt_b=o.prompt_b, message=o.message, answer=o.answer, k=cfg.k,
                                  rounds=debate_rounds(method, cfg) or rounds)["total"]  # fmt: skip
@@ -762,7 +767,7 @@ def run_reasoning(
                 "correct": "" if judged else is_correct(item, o.text), "output": o.text,
                 "transcript": _json.dumps(o.transcript),
                 "seconds": o.seconds, "prompt_a": o.prompt_a, "prompt_b": o.prompt_b,
-                "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops,
+                "message_tokens": o.message, "answer_tokens": o.answer, "flops": flops, "batch": o.batch,
             }  # fmt: skip
             append_rows(path, REASONING_FIELDS, [row])
             rows.append(row)
@@ -771,7 +776,8 @@ def run_reasoning(
         hit = store.get(shared_key(method, item)) if store is not None and method in singles else None
         if hit is None:
             return None
-        return single_output(method, hit["text"], hit["prompt_tokens"], hit["answer_tokens"], hit["seconds"])
+        return single_output(method, hit["text"], hit["prompt_tokens"], hit["answer_tokens"], hit["seconds"],
+                             hit.get("batch", 1))  # fmt: skip
 
     def run_batch(method: str, batch: list[Any]) -> None:
         outputs = run_reasoning_batch(method, batch, sender, receiver, cfg, map)
@@ -825,7 +831,7 @@ def run_reasoning(
             "accuracy": float(scored.mean()) if len(scored) else float("nan"), "ci_low": lo, "ci_high": hi,
             "n": len(sub), "n_scored": len(scored),
             "flops": float(sub["flops"].mean()), "flops_vs_one_pass": float(sub["flops"].mean()) / unit,
-            "seconds": float(sub["seconds"].mean()),
+            "seconds": float(sub["seconds"].mean()), "batch_sizes": sorted({int(b) for b in sub["batch"]}),
             "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
         }  # fmt: skip
     a_decoding = "greedy" if a_temperature <= 0 else "sampled (temperature, top_p, seed per item and turn)"
@@ -843,7 +849,8 @@ def run_reasoning(
             "one_pass_flops": unit, "example_prompt": question_prompt(items[0]),
             "decoding": {"a": a_decoding, "b": "greedy"}, "judge": judging,
             "shared_answers": str(answers) if answers is not None else None,
-            "batch_size": batch_size, "seconds": "wall time per item (a batch's over its items)",
+            "batch_size": batch_size,
+            "seconds": "wall time per item; items decoded together (items.csv: batch > 1) split it",
             "flops": "analytic, KV cache (commlib.compute.method_flops)",
             "ci": "95% percentile bootstrap, 1000 resamples", "versions": package_versions(),
         },

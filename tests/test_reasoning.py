@@ -112,14 +112,21 @@ def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -
     assert len({o.prompt_b for o in batched}) == 3  # prompts of three lengths: the batch is padded
     for item, o in zip(items, batched, strict=True):
         one = run_reasoning_method(method, item, any_model, any_model, cfg)
-        assert (o.text, o.prompt_a, o.prompt_b, o.answer) == (one.text, one.prompt_a, one.prompt_b, one.answer)
+        assert (o.text, o.prompt_a, o.prompt_b, o.answer) == (
+            one.text,
+            one.prompt_a,
+            one.prompt_b,
+            one.answer,
+        )
+        assert (o.batch, one.batch) == (3, 1)
 
 
 def test_sampled_a_in_a_batch_keeps_each_items_seed(tiny: Model) -> None:
     items = load_task("gsm8k", 2, seed=0)
     cfg = ReasoningConfig(max_new_tokens=6, a_temperature=1.0)
     batched = run_reasoning_batch("single-a", items, tiny, tiny, cfg)
-    assert [o.text for o in batched] == [run_reasoning_method("single-a", i, tiny, tiny, cfg).text for i in items]
+    one_by_one = [run_reasoning_method("single-a", item, tiny, tiny, cfg) for item in items]
+    assert [o.text for o in batched] == [o.text for o in one_by_one]
     with pytest.raises(CommlibError, match="does not run in batches"):
         run_reasoning_batch("nld", items, tiny, tiny, cfg)
 
@@ -140,6 +147,11 @@ def test_a_batched_run_writes_the_rows_of_an_item_by_item_run_and_resumes(tmp_pa
     one_by_one, batched = run(tmp_path / "one", 1), run(tmp_path / "batched", 2)  # the last batch is partial
     pd.testing.assert_frame_equal(batched, one_by_one)
     pd.testing.assert_frame_equal(run(tmp_path / "batched", 3), batched)  # resumed: nothing redone
+    assert sorted(pd.read_csv(tmp_path / "batched" / "items.csv")["batch"]) == [1, 1, 2, 2, 2, 2]
+    old = pd.read_csv(tmp_path / "one" / "items.csv").drop(columns="batch")  # written before batching
+    old.to_csv(tmp_path / "one" / "items.csv", index=False)
+    pd.testing.assert_frame_equal(run(tmp_path / "one", 2), one_by_one)  # resumed: nothing redone
+    assert set(pd.read_csv(tmp_path / "one" / "items.csv")["batch"]) == {1}
     assert main(["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
                  "tiny-llama-random", "--methods", "single-b", "--n", "1", "--batch-size", "0",
                  "--out", str(tmp_path / "zero")]) == 2  # fmt: skip

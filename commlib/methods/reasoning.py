@@ -30,6 +30,10 @@ turns into FLOPs.
   paper's two instances of one model (Table 8): at ``k == j`` plain ``ac``
   writes B's own state back, a no-op.
 
+``single-a``, ``single-b``, ``ac`` and ``ac-w`` are one decode per item; they
+also run on a list of items as one left-padded batch
+(:func:`run_reasoning_batch`), with the same greedy answers.
+
 Example:
     >>> from commlib.models import load_model
     >>> from commlib.tasks.reasoning import ReasoningItem
@@ -108,8 +112,9 @@ class ReasoningOutput:
     prompt_b: int
     message: int  # tokens A generated that B read (nl-style methods; A's reasoning in ac-cot); 0 for AC
     answer: int  # tokens of B's final answer
-    seconds: float
+    seconds: float  # wall time; a batch's over its items
     transcript: list[str] = field(default_factory=list)
+    batch: int = 1  # items decoded together with this one (1: alone)
 
 
 def question_prompt(item: ReasoningItem) -> str:
@@ -193,10 +198,12 @@ def single_answer_key(
             "prompt": question_prompt(item), "decoding": asdict(decoding)}  # fmt: skip
 
 
-def single_output(which: str, text: str, prompt: int, answer: int, seconds: float) -> ReasoningOutput:
-    """A ``single-a`` / ``single-b`` output from its text, token counts and wall time."""
+def single_output(
+    which: str, text: str, prompt: int, answer: int, seconds: float, batch: int = 1
+) -> ReasoningOutput:
+    """A ``single-a`` / ``single-b`` output from its text, token counts, wall time and batch size."""
     a = which == "single-a"
-    return ReasoningOutput(text, prompt if a else 0, 0 if a else prompt, 0, answer, seconds, [text])
+    return ReasoningOutput(text, prompt if a else 0, 0 if a else prompt, 0, answer, seconds, [text], batch)
 
 
 def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
@@ -211,7 +218,8 @@ def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
         start = time.perf_counter()
         answers = _answers(model, [question_prompt(item) for item in items], cfg, decodings[0])
         seconds = (time.perf_counter() - start) / len(items)
-        return [single_output(which, text, prompt, answer, seconds) for text, prompt, answer in answers]
+        return [single_output(which, text, prompt, answer, seconds, len(items))
+                for text, prompt, answer in answers]  # fmt: skip
 
     return method
 
@@ -323,7 +331,7 @@ def _acs(use_map: bool) -> Callable[..., list[ReasoningOutput]]:
         start = time.perf_counter()
         grafted = _grafts(items, sender, receiver, cfg, map if use_map else None)
         seconds = (time.perf_counter() - start) / len(items)
-        return [ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text])
+        return [ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text], len(items))
                 for text, n_a, n_b, answer in grafted]  # fmt: skip
 
     return method
@@ -429,6 +437,14 @@ def run_reasoning_batch(
 
     Raises:
         CommlibError: ``name`` is not batched, no items, or the method's settings missing.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> from commlib.tasks.reasoning import ReasoningItem
+        >>> m = load_model("tiny-llama-random")
+        >>> items = [ReasoningItem("What is 2 + 2?", "4"), ReasoningItem("And 30 + 50?", "80")]
+        >>> len(run_reasoning_batch("single-b", items, m, m, ReasoningConfig(max_new_tokens=3)))
+        2
     """
     if name not in BATCHED_METHODS:
         raise CommlibError(f"{name} does not run in batches; batched methods: {', '.join(BATCHED_METHODS)}")
