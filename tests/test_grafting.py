@@ -228,6 +228,24 @@ def test_batched_equals_one_by_one(any_model: Model, backend: str) -> None:
         assert torch.equal(single.token_ids[0], batched.token_ids[i, :n])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(
+    tiny: Model, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    be = get_backend(tiny, backend)
+    prompts = ["The cat sat on the mat.", "Numbers: 1 2 3 4 5 6"]  # two lengths, two continuations
+    free = [be.generate(encode(tiny, [p]), None, Decoding(max_new_tokens=8, stop_at_eos=False)).token_ids[0]
+            for p in prompts]  # fmt: skip
+    step = next(i for i in range(1, 6) if int(free[0][i]) not in free[1].tolist())
+    monkeypatch.setattr(Model, "eos_token_ids", lambda self: [int(free[0][step])])  # row 0 ends there
+    decoding = Decoding(max_new_tokens=8)
+    batched = be.generate(encode(tiny, prompts), None, decoding).token_ids
+    alone = [be.generate(encode(tiny, [p]), None, decoding).token_ids[0] for p in prompts]
+    assert len(alone[0]) == step + 1 and len(alone[1]) == 8 == batched.shape[1]
+    assert torch.equal(batched[0, : step + 1], alone[0]) and torch.equal(batched[1], alone[1])
+    assert (batched[0, step + 1 :] == tiny.tokenizer.pad_token_id).all()
+
+
 def test_content_position_is_inside_the_user_text(smol: Model) -> None:
     batch = encode(smol, RECEIVER)
     pos = message_positions(smol, RECEIVER, batch, "content")

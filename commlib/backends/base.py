@@ -224,22 +224,32 @@ class Backend(ABC):
         step_logits = logits[:, -1].float()
         first_logits = step_logits
         mask = batch.attention_mask
+        # Greedy rows that reach EOS leave the batch (their KV cache rows too), so the rest decode at
+        # the cost of a smaller batch; sampled rows stay, so the generator's draws do not depend on it.
+        prune = decoding.stop_at_eos and not decoding.do_sample
+        rows = torch.arange(batch.size, device=mask.device)  # the batch rows still decoding
         done = torch.zeros(batch.size, dtype=torch.bool, device=mask.device)
-        out: list[Tensor] = []
+        ids = torch.full((batch.size, decoding.max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
+        steps = 0
         for step in range(decoding.max_new_tokens):
             nxt = _choose(step_logits, decoding, gen)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            out.append(nxt)
+            ids[rows, step] = nxt
+            steps = step + 1
             if decoding.stop_at_eos:
                 done = done | torch.isin(nxt, eos)
                 if bool(done.all()):
                     break
             if step == decoding.max_new_tokens - 1:
                 break
+            if prune and bool(done.any()):
+                keep = (~done).nonzero().squeeze(-1)
+                past.batch_select_indices(keep)
+                rows, mask, nxt, done = rows[keep], mask[keep], nxt[keep], done[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits, past = self.plain_forward(Batch(nxt[:, None], mask), past, last_only=True)
             step_logits = logits[:, -1].float()
-        ids = torch.stack(out, dim=1) if out else batch.input_ids[:, :0]
+        ids = ids[:, :steps]
         texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
 
