@@ -936,12 +936,15 @@ def judge_biographies(
     return pd.DataFrame([{c: r[c] for c in cols} for key, r in mine.items() if key in keys], columns=cols)
 
 
+def _judge_lines(path: Path, judge: str) -> list[dict[str, Any]]:
+    """The lines of a judgements file written for ``judge``."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in lines if r["judge"] == judge]
+
+
 def _judged(path: Path, judge: str) -> dict[tuple[str, str], dict[str, Any]]:
     """The lines of a judgements file by ``judge``, by (item_id, method)."""
-    import json as _json
-
-    lines = [_json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return {(r["item_id"], r["method"]): r for r in lines if r["judge"] == judge}
+    return {(r["item_id"], r["method"]): r for r in _judge_lines(path, judge)}
 
 
 def _judgement_line(item: Any, facts: Sequence[Any]) -> dict[str, Any]:
@@ -955,6 +958,8 @@ def _judgement_line(item: Any, facts: Sequence[Any]) -> dict[str, Any]:
 
 
 JUDGE_CONTROL = "judge_control.jsonl"
+TRUTH = "truth"
+"""``judge_control``'s method name for the ground-truth biography (the person's own facts as bullets)."""
 
 
 def judge_control(
@@ -963,51 +968,75 @@ def judge_control(
     judge: Model,
     *,
     method: str = "single-b",
+    facts_of: str = "next",
     n: int = 5,
     backend: str = "nnsight",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Negative control of a Biographies judge: biographies judged against another person's facts.
+    """Controls of a Biographies judge: biographies judged against facts whose answer is known.
 
     The first ``n`` people's ``method`` biographies of ``out_dir`` (a
-    :func:`run_reasoning` directory), each judged against the facts of the
-    next person (the last against the first's), under that person's name. A
-    judge that reads the biography scores these near 0; one that answers yes
-    whatever it reads scores near 1, and its scores on the run mean nothing.
+    :func:`run_reasoning` directory), or with ``method="truth"`` their
+    ground-truth facts written as a bullet biography (no run needed), each
+    judged against:
+
+    * ``facts_of="next"`` (negative control): the facts of the next person
+      (the last against the first's), under that person's name. A judge that
+      reads the biography scores these near 0; one that answers yes whatever
+      it reads scores near 1, and its scores on the run mean nothing.
+    * ``facts_of="own"``: the person's own facts. With ``method="truth"``
+      every fact is in the biography word for word (positive control): a
+      judge that reads it scores near 1.
+
     Cached and resumable per judge in ``out_dir/judge_control.jsonl``.
 
     Returns:
         One row per biography: item_id, facts_of, yes, no, uncertain,
-        unparsed, score (the fraction of yes among yes and no).
-    """
-    import json as _json
+        unparsed, score (the fraction of yes among yes and no), p_yes (the
+        judge's mean first-token probability of yes over yes and no).
 
+    Raises:
+        CommlibError: fewer than 2 biographies, or an unknown ``facts_of``.
+    """
     from tqdm.auto import tqdm
 
     from commlib.tasks.biographies import judge_biography
 
+    if facts_of not in ("next", "own"):
+        raise CommlibError(f"unknown facts_of {facts_of!r}; use next (negative control) or own")
     out = Path(out_dir)
     path = out / JUDGE_CONTROL
-    mine = _judged(path, judge.name)
+    done = {(r["item_id"], r["method"], r.get("control", "next")): r for r in _judge_lines(path, judge.name)}
     by_id = {it.id: it for it in items}
-    generated = pd.read_csv(out / "items.csv", keep_default_na=False)
-    ours = generated[generated["method"] == method].to_dict("records")
-    rows = [r for r in ours if str(r["item_id"]) in by_id][:n]
-    people = [str(r["item_id"]) for r in rows]
+    if method == TRUTH:
+        biographies = {it.id: "\n".join(f"- {fact}" for fact in it.answer.split("\n")) for it in items[:n]}
+    else:
+        generated = pd.read_csv(out / "items.csv", keep_default_na=False)
+        ours = generated[(generated["method"] == method) & generated["item_id"].astype(str).isin(by_id)]
+        biographies = {str(r["item_id"]): str(r["output"]) for r in ours.head(n).to_dict("records")}
+    people = list(biographies)
     if len(people) < 2:
         raise CommlibError(f"the judge control needs 2 or more {method} biographies in {out}; run them first")
-    pairs = list(zip(rows, people[1:] + people[:1], strict=True))
-    for r, other in tqdm(pairs, desc=f"control {judge.name}", disable=not progress):
-        if (str(r["item_id"]), method) in mine:
+    against = people[1:] + people[:1] if facts_of == "next" else people
+    for person, other in tqdm(list(zip(people, against, strict=True)), desc=f"control {judge.name}",
+                              disable=not progress):  # fmt: skip
+        if (person, method, facts_of) in done:
             continue
-        facts = judge_biography(judge, by_id[other], str(r["output"]), backend=backend)
-        line = {"judge": judge.name, "item_id": str(r["item_id"]), "method": method, "facts_of": other,
-                **_judgement_line(by_id[other], facts)}  # fmt: skip
+        facts = judge_biography(judge, by_id[other], biographies[person], backend=backend)
+        line = {"judge": judge.name, "item_id": person, "method": method, "control": facts_of,
+                "facts_of": other, **_judgement_line(by_id[other], facts)}  # fmt: skip
         with path.open("a") as fh:
-            fh.write(_json.dumps(line) + "\n")
-        mine[(line["item_id"], method)] = line
+            fh.write(json.dumps(line) + "\n")
+        done[(person, method, facts_of)] = line
     cols = ["item_id", "facts_of", "yes", "no", "uncertain", "unparsed", "score"]
-    return pd.DataFrame([{c: mine[(p, method)][c] for c in cols} for p in people], columns=cols)
+    rows = [done[(p, method, facts_of)] for p in people]
+    return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])} for r in rows])
+
+
+def _mean_p_yes(facts: Sequence[dict[str, Any]]) -> float:
+    """Mean over facts of p(yes) / (p(yes) + p(no)) at the judge's first token (NaN if not recorded)."""
+    shares = [f["p_yes"] / (f["p_yes"] + f["p_no"]) for f in facts if f.get("p_yes") is not None]
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 def reasoning_dir(

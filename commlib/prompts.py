@@ -138,6 +138,38 @@ def encode(
     return Batch(enc["input_ids"], enc["attention_mask"]).to(model.device)
 
 
+def split_shared_prefix(batch: Batch, pad_id: int) -> tuple[Int[Tensor, "1 prefix"], Batch]:
+    """Split a left-padded batch into the tokens every row starts with and the rest of each row.
+
+    The prefix is the longest run of token ids that all rows share from their
+    first real token on, leaving each row at least one token of its own. The
+    rest is a new left-padded batch whose attention mask covers the prefix
+    too (ones for it, then each row's padding and tokens), the layout
+    :meth:`commlib.backends.Backend.generate` takes after a cached prefix.
+
+    Example:
+        >>> b = Batch(torch.tensor([[0, 5, 6, 7], [5, 6, 8, 9]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]))
+        >>> prefix, rest = split_shared_prefix(b, pad_id=0)
+        >>> prefix.tolist(), rest.input_ids.tolist(), rest.attention_mask.tolist()
+        ([[5, 6]], [[0, 7], [8, 9]], [[1, 1, 0, 1], [1, 1, 1, 1]])
+    """
+    rows = [ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+    first = rows[0]
+    shared = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        differ = (row[:shared] != first[:shared]).nonzero()
+        shared = int(differ[0, 0]) if len(differ) else shared
+    rests = [r[shared:] for r in rows]
+    width = max(len(r) for r in rests)
+    ids = torch.full((len(rows), width), pad_id, dtype=batch.input_ids.dtype, device=batch.input_ids.device)
+    mask = torch.zeros((len(rows), shared + width), dtype=batch.attention_mask.dtype, device=ids.device)
+    mask[:, :shared] = 1
+    for i, rest in enumerate(rests):
+        ids[i, width - len(rest) :] = rest
+        mask[i, shared + width - len(rest) :] = 1
+    return first[None, :shared], Batch(ids, mask)
+
+
 def _content_suffix_length(model: Model, text: str, raw: bool, reply: str) -> int:
     """Number of tokens (template and reply) after the last token of ``text``."""
     full = format_prompt(model, text, raw=raw, reply=reply)

@@ -21,7 +21,7 @@ from commlib.errors import (
 )
 from commlib.graft import GraftConfig, capture_sender, communicate, graft_edit
 from commlib.models import Model
-from commlib.prompts import Batch, encode, message_positions, span_available
+from commlib.prompts import Batch, encode, message_positions, span_available, split_shared_prefix
 
 BACKENDS = ["nnsight", "transformer-lens"]
 SENDER = ["Alice is at the Eiffel Tower.", "Bob is at the Colosseum in Rome."]
@@ -339,3 +339,21 @@ def test_backends_leave_the_users_model_plain_and_share_its_weights() -> None:
     ptrs = {p.data_ptr() for p in model.hf.parameters()}
     assert all(p.data_ptr() in ptrs for p in nn.lm.parameters())
     assert all(p.data_ptr() in ptrs for p in tl.bridge.original_model.parameters())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_shared_prefix_prefilled_once_decodes_as_the_whole_prompts(any_model: Model, backend: str) -> None:
+    # One document, several questions of different lengths: the judge's layout.
+    doc = "Ada Lovelace wrote the first published algorithm for Babbage's Analytical Engine in 1843."
+    questions = ["Was she born in 1815?", "Did she work with Charles Babbage on the engine?", "Navy?"]
+    batch = encode(any_model, [f"{doc}\n{q}" for q in questions])
+    be = get_backend(any_model, backend)
+    decoding = Decoding(max_new_tokens=6, stop_at_eos=False)
+    whole = be.generate(batch, None, decoding)
+    shared = be.generate_shared_prefix(batch, decoding)
+    assert torch.equal(shared.token_ids, whole.token_ids)
+    assert (shared.first_logits - whole.first_logits).abs().max().item() <= 1e-4
+    prefix, rest = split_shared_prefix(batch, any_model.tokenizer.pad_token_id)
+    assert prefix.shape[1] > 10  # the document is shared, so it really ran once
+    assert torch.equal(rest.attention_mask.sum(-1), batch.attention_mask.sum(-1))  # every token, once
+    assert rest.attention_mask.shape[1] == prefix.shape[1] + rest.length == batch.length

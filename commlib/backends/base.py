@@ -32,7 +32,7 @@ from torch import Tensor
 
 from commlib.errors import CommlibError, LayerOutOfRangeError, NonFiniteActivationError
 from commlib.models import Model
-from commlib.prompts import Batch
+from commlib.prompts import Batch, split_shared_prefix
 
 EditFn = Callable[[Float[Tensor, "batch n d"]], Float[Tensor, "batch n d"]]
 
@@ -252,6 +252,23 @@ class Backend(ABC):
         ids = ids[:, :steps]
         texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+
+    @torch.no_grad()
+    def generate_shared_prefix(self, batch: Batch, decoding: Decoding = Decoding()) -> Generation:
+        """:meth:`generate` (no edit) for prompts that start alike: their shared tokens run once.
+
+        Rows that open with the same tokens (one document asked several
+        questions) share one prefill of those tokens, whose KV cache is copied
+        to every row; only each row's own tokens are prefilled per row. Same
+        greedy tokens as :meth:`generate` on ``batch`` (tested); the padding
+        then sits between the prefix and each row's tokens, masked out.
+        """
+        prefix, rest = split_shared_prefix(batch, self.model.tokenizer.pad_token_id)
+        if prefix.shape[1] == 0 or batch.size == 1:
+            return self.generate(batch, None, decoding)
+        _, past = self.plain_forward(Batch(prefix, torch.ones_like(prefix)))
+        past.batch_repeat_interleave(batch.size)
+        return self.generate(rest, None, decoding, past=past)
 
 
 def shared_weights_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -35,7 +35,11 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from commlib.errors import CommlibError, ModelUnavailableError
 from commlib.models import Model, cache_dir
@@ -193,12 +197,36 @@ def fact_score(verdicts: Sequence[str]) -> float:
 
 @dataclass(frozen=True)
 class Judgement:
-    """The judge on one fact of one biography: the prompt it read, its raw answer, the verdict."""
+    """The judge on one fact of one biography: the prompt it read, its raw answer, the verdict.
+
+    ``p_yes``, ``p_no`` and ``p_uncertain`` are the probabilities the judge
+    gave each verdict word as its first answer token (every casing and
+    leading-space variant summed; :func:`verdict_probabilities`), the judge's
+    leaning even where it answered something else. ``None`` where not measured.
+    """
 
     fact: str
     prompt: str
     answer: str
     verdict: Verdict
+    p_yes: float | None = None
+    p_no: float | None = None
+    p_uncertain: float | None = None
+
+
+def verdict_token_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """Each verdict word's first token ids over its spellings: yes, Yes, YES, with or without a space."""
+    out: dict[str, list[int]] = {}
+    for word in _VERDICTS:
+        spellings = {v for w in (word, word.capitalize(), word.upper()) for v in (w, " " + w)}
+        out[word] = sorted({tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in spellings})
+    return out
+
+
+def verdict_probabilities(logits: Float[Tensor, "facts vocab"], tokenizer: Any) -> dict[str, list[float]]:
+    """Per row of first-token ``logits``: the probability of each verdict word (:func:`verdict_token_ids`)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return {word: probs[:, ids].sum(-1).tolist() for word, ids in verdict_token_ids(tokenizer).items()}
 
 
 def judge_biography(
@@ -211,17 +239,20 @@ def judge_biography(
 ) -> list[Judgement]:
     """Judge ``output`` (a biography of ``item.question``) against each of ``item``'s facts, greedily.
 
-    All facts of one biography go through ``judge`` as one batch.
+    All facts of one biography go through ``judge`` as one batch, and the
+    prompt up to the fact (template, instruction and biography), the same for
+    every fact, is prefilled once (:meth:`~commlib.backends.Backend.generate_shared_prefix`).
     """
     from commlib.backends import Decoding, get_backend
     from commlib.prompts import encode
 
     facts = item.answer.split("\n")
     prompts = judge_prompts(item.question, output, facts)
-    gen = get_backend(judge, backend).generate(
-        encode(judge, prompts), None, Decoding(max_new_tokens=max_new_tokens)
+    gen = get_backend(judge, backend).generate_shared_prefix(
+        encode(judge, prompts), Decoding(max_new_tokens=max_new_tokens)
     )
+    p = verdict_probabilities(gen.first_logits, judge.tokenizer)
     return [
-        Judgement(fact, prompt, answer, parse_verdict(answer))
-        for fact, prompt, answer in zip(facts, prompts, gen.texts, strict=True)
+        Judgement(fact, prompt, answer, parse_verdict(answer), p["yes"][i], p["no"][i], p["uncertain"][i])
+        for i, (fact, prompt, answer) in enumerate(zip(facts, prompts, gen.texts, strict=True))
     ]
