@@ -725,16 +725,26 @@ def run_reasoning(
                 "map": asdict(map.info) if map is not None else None}  # fmt: skip
     claim_run_dir(out, settings)
     path = out / "items.csv"
-    rows = pd.read_csv(path, keep_default_na=False).to_dict("records") if path.exists() else []
-    if rows and "batch" not in rows[0]:  # written before batching: every item ran alone
-        rows = [{**r, "batch": 1} for r in rows]
-        pd.DataFrame(rows, columns=list(REASONING_FIELDS)).to_csv(path.with_suffix(".tmp"), index=False)
-        path.with_suffix(".tmp").replace(path)
+    judged = task == "biographies"
+    text = {"extracted": str, "correct": str}
+    rows = pd.read_csv(path, keep_default_na=False, dtype=text).to_dict("records") if path.exists() else []
+    if rows:
+        # Older files: rows of before batching ran alone; rows are scored again from their outputs, so a
+        # run scores as the current answer extraction does.
+        by_item = {item.id: item for item in items}
+        updated = [{"batch": 1, **r, **({} if judged else _scored(by_item.get(str(r["item_id"])), r))}
+                   for r in rows]  # fmt: skip
+        if any({k: str(v) for k, v in u.items()} != {k: str(v) for k, v in r.items()}
+               for u, r in zip(updated, rows, strict=True)):  # fmt: skip
+            pd.DataFrame(updated, columns=list(REASONING_FIELDS)).to_csv(
+                path.with_suffix(".tmp"), index=False
+            )
+            path.with_suffix(".tmp").replace(path)
+        rows = updated
     done = {(str(r["item_id"]), r["method"]) for r in rows}
     shape_a, shape_b = Shape.from_config(sender.hf.config), Shape.from_config(receiver.hf.config)
     debates = [m for m in methods if debate_rounds(m, cfg) is not None]
     groups = [[m] for m in methods if m not in debates] + ([debates] if debates else [])
-    judged = task == "biographies"
     store = AnswerStore(answers) if answers is not None else None
     singles = ("single-a", "single-b")
 
@@ -857,6 +867,18 @@ def run_reasoning(
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def _scored(item: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row's ``extracted`` and ``correct``, from its output (as stored when the item is unknown)."""
+    from commlib.tasks.reasoning import extract_answer, is_correct
+
+    if item is None:
+        return {}
+    return {
+        "extracted": extract_answer(item, str(row["output"])) or "",
+        "correct": is_correct(item, str(row["output"])),
+    }
 
 
 def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Turn]:

@@ -59,6 +59,51 @@ def test_extract_choice(text: str, expected: str | None) -> None:
     assert extract_choice(text) == expected
 
 
+CHOICES = ("state", "trait", "Sigmund Freud", "Freud's daughter")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("X) trait", "B"),  # Qwen-0.5B's way: the option written out, no letter
+        ("It is a  TRAIT.", "B"),
+        ("The answer is (A), a trait", "A"),  # a letter wins over option text
+        ("Freud's daughter", "D"),  # "Freud" alone is no option
+        ("sigmund freud", "C"),
+        ("a state or a trait", None),  # two options: no choice
+        ("the states of matter", None),  # "state" only inside a longer word
+    ],
+)
+def test_extract_choice_reads_an_option_written_out(text: str, expected: str | None) -> None:
+    assert extract_choice(text, CHOICES) == expected
+
+
+def test_a_run_scores_stored_outputs_as_the_current_extraction_does(tiny: Model, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from commlib.experiments import run_reasoning
+
+    run = {"out_dir": tmp_path, "n": 2, "max_new_tokens": 3, "progress": False}
+    run_reasoning("gsm8k", tiny, tiny, ["single-b"], **run)  # type: ignore[arg-type]
+    rows = pd.read_csv(tmp_path / "items.csv", keep_default_na=False, dtype=str)
+    gold = rows.loc[0, "answer"]
+    rows.loc[0, ["output", "extracted", "correct"]] = [
+        f"so the total is {gold}",
+        "",
+        "False",
+    ]  # as scored by an
+    rows.to_csv(tmp_path / "items.csv", index=False)  # older extraction that missed it
+    result = run_reasoning("gsm8k", tiny, tiny, ["single-b"], **run)  # type: ignore[arg-type]
+    again = pd.read_csv(tmp_path / "items.csv", keep_default_na=False, dtype=str)
+    assert (again.loc[0, "extracted"], again.loc[0, "correct"]) == (gold, "True")
+    assert again.drop(columns=["extracted", "correct"]).equals(rows.drop(columns=["extracted", "correct"]))
+    truth = [
+        str(is_correct(it, o)) == "True"
+        for it, o in zip(load_task("gsm8k", 2, 0), again["output"], strict=True)
+    ]
+    assert result["methods"]["single-b"]["accuracy"] == pytest.approx(sum(truth) / 2) and truth[0]
+
+
 def test_scoring_compares_numbers_and_letters() -> None:
     assert is_correct(ReasoningItem("q", "18"), "That makes 18.00 dollars")
     assert not is_correct(ReasoningItem("q", "18"), "That makes 81")
@@ -231,6 +276,19 @@ def test_judge_reads_du_et_al_prompt_with_the_bullets(tiny: Model, article: Path
     assert "mathematician. She was born in 1815. \n\n Is the above biography above consistent" in first
     assert "\n\n Ada Lovelace was born in 1815 in London \n Give a single word answer, yes, no, or" in first
     assert all(j.verdict == parse_verdict(j.answer) for j in judged)
+    for j in judged:  # the verdict words' first-token probabilities are probabilities of distinct tokens
+        p = (j.p_yes, j.p_no, j.p_uncertain)
+        assert all(v is not None and 0 < v < 1 for v in p) and sum(p) <= 1  # type: ignore[operator,misc]
+
+
+def test_verdict_token_ids_cover_each_spelling_and_are_disjoint(smol: Model) -> None:
+    from commlib.tasks.biographies import verdict_token_ids
+
+    ids = verdict_token_ids(smol.tokenizer)
+    for word in ("yes", "no", "uncertain"):
+        for spelling in (word, word.capitalize(), " " + word.capitalize()):
+            assert smol.tokenizer(spelling, add_special_tokens=False)["input_ids"][0] in ids[word]
+    assert not set(ids["yes"]) & set(ids["no"]) and not set(ids["no"]) & set(ids["uncertain"])
 
 
 def _fake_judge(calls: list[str]) -> Any:
@@ -319,6 +377,20 @@ def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
     assert len(seen) == 3 and again.equals(control)  # cached
     with pytest.raises(CommlibError, match="2 or more"):
         judge_control(out, items, tiny, n=1, progress=False)
+    with pytest.raises(CommlibError, match="facts_of"):
+        judge_control(out, items, tiny, facts_of="previous", progress=False)
+
+    # The ground truth as the biography: against one's own facts (positive), the next person's (negative).
+    seen.clear()
+    own = judge_control(out, items, tiny, method="truth", facts_of="own", progress=False)
+    wrong = judge_control(out, items, tiny, method="truth", progress=False)
+    bullets = {it.id: "\n".join(f"- {f}" for f in it.answer.split("\n")) for it in items}
+    assert seen[:3] == [(it.question, bullets[it.id]) for it in items]
+    assert seen[3:] == [(by_id[o], bullets[i]) for i, o in zip(people, people[1:] + people[:1], strict=True)]
+    assert own["facts_of"].tolist() == people and wrong["facts_of"].tolist() == people[1:] + people[:1]
+    assert own["score"].tolist() == pytest.approx([EXPECTED[it.question] for it in items])
+    judge_control(out, items, tiny, method="truth", facts_of="own", progress=False)
+    assert len(seen) == 6  # each control cached on its own
 
 
 # --------------------------------------------------------------------------- #

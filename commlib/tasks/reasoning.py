@@ -29,6 +29,7 @@ import json
 import random
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,17 +240,38 @@ _CHOICE_PATTERNS = [
 ]
 
 
-def extract_choice(text: str) -> str | None:
+def extract_choice(text: str, choices: Sequence[str] = ()) -> str | None:
     """The chosen letter (A-D) of a multiple-choice answer, or ``None``.
 
     Tries, in order: "answer is (B)" / "Answer: B", a letter in parentheses,
-    a line starting with "B." or "B)", then a lone capital A-D.
+    a line starting with "B." or "B)", then a lone capital A-D. Given the
+    item's ``choices``, an answer that names no letter but writes out exactly
+    one option's text (case and spacing aside; an option inside a longer
+    matched one does not count) is that option.
+
+    Example:
+        >>> extract_choice("X) trait", ("state", "trait", "type", "temperament"))
+        'B'
     """
     for pattern in _CHOICE_PATTERNS:
         match = pattern.search(text)
         if match:
             return match.group(1).upper()
-    return None
+    said = _norm(text)
+    named = [i for i, c in enumerate(choices) if _norm(c) and _contains(said, _norm(c))]
+    named = [
+        i for i in named if not any(i != o and _contains(_norm(choices[o]), _norm(choices[i])) for o in named)
+    ]
+    return LETTERS[named[0]] if len(named) == 1 else None
+
+
+def _norm(option: str) -> str:
+    return " ".join(option.lower().split())
+
+
+def _contains(text: str, phrase: str) -> bool:
+    """``phrase`` in ``text`` as whole words."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
 def extract_answer(item: ReasoningItem, output: str) -> str | None:
@@ -262,7 +284,7 @@ def extract_answer(item: ReasoningItem, output: str) -> str | None:
         from commlib.tasks.biographies import biography_text
 
         return biography_text(output) or None
-    return extract_choice(output) if item.choices else extract_number(output)
+    return extract_choice(output, item.choices) if item.choices else extract_number(output)
 
 
 def is_correct(item: ReasoningItem, output: str) -> bool:
@@ -274,7 +296,7 @@ def is_correct(item: ReasoningItem, output: str) -> bool:
     if item.task == "biographies":
         raise CommlibError("biographies are scored by a judge model: use commlib.tasks.biographies")
     if item.choices:
-        return extract_choice(output) == item.answer
+        return extract_choice(output, item.choices) == item.answer
     got = extract_number(output)
     if got is None:
         return False
