@@ -40,6 +40,7 @@ from commlib.results import (
     contains_answer,
     exact_match,
     package_versions,
+    paired_difference,
     write_json,
 )
 from commlib.tasks.games import GameItem, load_game
@@ -1055,6 +1056,44 @@ def judge_control(
     return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])} for r in rows])
 
 
+def biographies_against_control(
+    out_dir: str | Path,
+    items: Sequence[Any],
+    judge: Model,
+    methods: Sequence[str],
+    *,
+    backend: str = "nnsight",
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Each method's Biographies score next to its negative control, and the gap, paired by person.
+
+    A vague biography is "consistent" with anyone's facts, so its score says
+    little about what it knows of its own person. Here every method's
+    biographies are judged against their own person's facts
+    (:func:`judge_biographies`) and against the next person's
+    (:func:`judge_control`, ``facts_of="next"``), both cached; the gap, own
+    minus next over the same biographies, is what the biography says of its
+    own person beyond what it would say of anyone.
+
+    Returns:
+        One row per method: method, score (own facts), control (next
+        person's facts), gap, gap_ci_low, gap_ci_high (95% bootstrap over
+        people), n (people scored on both).
+    """
+    scores = judge_biographies(out_dir, items, judge, methods=methods, backend=backend, progress=progress)
+    rows = []
+    for method in methods:
+        own = scores[scores["method"] == method].set_index("item_id")["score"].astype(float)
+        control = judge_control(out_dir, items, judge, method=method, n=len(items), backend=backend,
+                                progress=progress).set_index("item_id")["score"].astype(float)  # fmt: skip
+        gap, lo, hi = paired_difference(own, control, seed=seed)
+        both = (own - control).dropna()
+        rows.append({"method": method, "score": own.mean(), "control": control.mean(), "gap": gap,
+                     "gap_ci_low": lo, "gap_ci_high": hi, "n": len(both)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _mean_p_yes(facts: Sequence[dict[str, Any]]) -> float:
     """Mean over facts of p(yes) / (p(yes) + p(no)) at the judge's first token (NaN if not recorded)."""
     shares = [f["p_yes"] / (f["p_yes"] + f["p_no"]) for f in facts if f.get("p_yes") is not None]
@@ -1495,7 +1534,7 @@ def run_n_sweep(
 
     from commlib.distance import Manifold, input_reference
     from commlib.methods.series import ALL, adapter_identity, parse_ns, series_for
-    from commlib.results import bootstrap_ci, paired_difference
+    from commlib.results import bootstrap_ci
 
     if reference not in REFERENCES:
         raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
@@ -1675,7 +1714,6 @@ def run_compression(
     """
     from commlib.methods import interlat_compressed, interlat_trained, register_method
     from commlib.methods.interlat import load_adapter, load_compressor, train_compressor
-    from commlib.results import paired_difference
 
     if not ks or min(ks) < 1:
         raise CommlibError(f"compress to at least one vector: got K = {list(ks)}")

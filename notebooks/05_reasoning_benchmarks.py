@@ -57,6 +57,7 @@ SEED = 0
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 8  # items decoded at once by single-a, single-b, ac, ac-w (same greedy answers, faster)
 JUDGE = "qwen2.5-coder-1.5b"
+N_JUDGE_CHECK = 10  # people whose true biography the judge reads against own and next facts
 LAYER_GAME = "countries"
 N_MAP = 3072  # LAMBADA sentences for W
 N_MAP_TASK = 512  # other GSM8k test items for the in-distribution W
@@ -68,23 +69,33 @@ FIGURES_DIR = "../figures"
 
 # %%
 import functools
+from pathlib import Path
 
 import pandas as pd
 from IPython.display import display
 
 from commlib.distance import corpus_activations, paper_similarity
 from commlib.errors import CommlibError
-from commlib.experiments import SELECTION_N, reasoning_dir, run_pair_reasoning, run_reasoning_distance
+from commlib.experiments import (
+    SELECTION_N,
+    biographies_against_control,
+    judge_control,
+    reasoning_dir,
+    run_pair_reasoning,
+    run_reasoning_distance,
+)
 from commlib.models import load_model
 from commlib.paper import TABLE3, TABLE4
 from commlib.plots import gain_vs_similarity, save_figure
+from commlib.results import paired_difference
 from commlib.tasks.biographies import article_path
+from commlib.tasks.reasoning import load_task
 
 if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE = 2, 4, 64, 16, 64, 16
+    N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK = 2, 4, 64, 16, 64, 16, 2
     try:
         article_path()
     except CommlibError as exc:  # a clean clone has no ../shared: the fast run goes on without Biographies
@@ -105,6 +116,32 @@ def run(sender: str, receiver: str, task: str, methods: list[str], n_map: int = 
 
 
 # %% [markdown]
+# ## Does the Biographies judge read the biography?
+#
+# Before any Biographies score: the judge reads the ground truth itself,
+# each of `N_JUDGE_CHECK` people's facts written as a bullet biography,
+# against the person's own facts (every fact is in it word for word: a
+# reading judge says yes) and, under the next person's name, against that
+# person's facts (a reading judge says no). `gap` is own minus other, paired
+# by biography; `p_yes` the judge's first-token p(yes) / (p(yes) + p(no)).
+# No model's biography enters, so the check is the judge's alone.
+
+# %%
+if "biographies" in TASKS and N_JUDGE_CHECK:
+    people = load_task("biographies", n=N, seed=SEED)
+    check_dir = Path(RUNS_DIR) / "judge_checks" / f"seed{SEED}_n{N}{suffix}"
+    check_dir.mkdir(parents=True, exist_ok=True)
+    checks = {facts_of: judge_control(check_dir, people, judge, method="truth", facts_of=facts_of,
+                                      n=N_JUDGE_CHECK, progress=False).set_index("item_id")
+              for facts_of in ("own", "next")}  # fmt: skip
+    gap = paired_difference(checks["own"]["score"], checks["next"]["score"], seed=SEED)
+    display(pd.DataFrame({f"{facts_of} facts": {"yes": c["yes"].sum(), "no": c["no"].sum(),
+                                                "uncertain": c["uncertain"].sum() + c["unparsed"].sum(),
+                                                "score": c["score"].mean(), "p_yes": c["p_yes"].mean()}
+                          for facts_of, c in checks.items()}).T)  # fmt: skip
+    print(f"judge {JUDGE}, {N_JUDGE_CHECK} people: gap own - other {gap[0]:.2f} [{gap[1]:.2f}, {gap[2]:.2f}]")
+
+# %% [markdown]
 # ## Table 3 analog: one pair, every task
 #
 # Scores in percent (Biographies: mean fraction of facts judged consistent).
@@ -121,6 +158,21 @@ table3[table3["method"].isin(METHODS)].pivot(index="method", columns="task", val
 
 # %%
 pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
+
+# %% [markdown]
+# Biographies against the wrong person: a vague biography ("a computer
+# scientist who made significant contributions") is "consistent" with
+# anyone's facts. So each method's biographies are also judged against the
+# next person's facts (`commlib.experiments.biographies_against_control`);
+# `gap` is the score minus that control, paired by person: what a biography
+# says of its own person beyond what it would say of anyone.
+
+# %%
+if "biographies" in TASKS:
+    against = biographies_against_control(reasoning_dir(RUNS_DIR, "biographies", *PAIR, seed=SEED, n=N),
+                                          load_task("biographies", n=N, seed=SEED), judge, METHODS,
+                                          seed=SEED, progress=False)  # fmt: skip
+    display(against.set_index("method").round(3))
 
 # %% [markdown]
 # AC(W) in distribution: the paper fits W on GSM8k's train split, which no

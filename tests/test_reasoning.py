@@ -393,6 +393,27 @@ def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
     assert len(seen) == 6  # each control cached on its own
 
 
+def test_biographies_against_control_pairs_each_score_with_the_wrong_persons_facts(
+    tiny: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import commlib.tasks.biographies as bio
+    from commlib.experiments import biographies_against_control, run_reasoning
+
+    out = tmp_path / "bio"
+    run_reasoning("biographies", tiny, tiny, ["single-a", "single-b"], out_dir=out, n=None, max_new_tokens=3,
+                  progress=False)  # fmt: skip
+    monkeypatch.setattr(bio, "judge_biography", _fake_judge([]))
+    items = load_task("biographies", n=None)
+    table = biographies_against_control(out, items, tiny, ["single-a", "single-b"], progress=False)
+    own = [EXPECTED[it.question] for it in items]  # the fake judge reads only the facts
+    other = own[1:] + own[:1]
+    for row in table.to_dict("records"):
+        assert row["score"] == pytest.approx(sum(own) / 3) and row["control"] == pytest.approx(sum(other) / 3)
+        assert row["gap"] == pytest.approx(row["score"] - row["control"]) and row["n"] == 3
+        assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
+    assert table["method"].tolist() == ["single-a", "single-b"]
+
+
 # --------------------------------------------------------------------------- #
 # Layers across depths, ablation methods
 # --------------------------------------------------------------------------- #
