@@ -115,6 +115,8 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
 
     sender, receiver = _load_pair(args)
     common = {"seed": args.seed, "epochs": args.epochs, "backend": args.backend}
+    if args.task and args.corpus:
+        raise CommlibError(f"--task fits W on {args.task} items, --corpus on general text: give one of them")
     if args.task:
         from commlib.experiments import fit_task_map
 
@@ -122,7 +124,7 @@ def _cmd_fit_map(args: argparse.Namespace) -> int:
             args.task, sender, receiver, args.k, args.j, n_map=args.n, n_eval=args.eval_n, **common
         )
     else:
-        lin = fit_map(sender, receiver, args.k, args.j, corpus=args.corpus, n=args.n, **common)
+        lin = fit_map(sender, receiver, args.k, args.j, corpus=args.corpus or "lambada", n=args.n, **common)
     path = lin.save(args.out)
     info = lin.info
     print(
@@ -435,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--j", type=int, required=True)
     s.add_argument("--n", type=int, default=3072)
     s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--corpus", choices=("lambada", "c4"), default="lambada")
+    s.add_argument("--corpus", choices=("lambada", "c4"), help="general text for W (default: lambada)")
     s.add_argument(
         "--task",
         help="in-distribution W instead: fit on --n items of this reasoning task (e.g. gsm8k) "

@@ -168,3 +168,10 @@ def test_fit_map_on_a_task_is_run_pair_reasonings_in_distribution_w(tmp_path) ->
     expected = fit_task_map("gsm8k", a, b, 1, 1, n_map=6, n_eval=3, epochs=1)
     assert (w.info.corpus, w.info.n) == ("gsm8k other items", 6)
     torch.testing.assert_close(w.weight, expected.weight)
+
+
+def test_fit_map_refuses_a_corpus_with_a_task(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--sender", "tiny-llama-random", "--receiver", "tiny-llama-random", "--k", "1", "--j", "1"]
+    assert main(["fit-map", *args, "--task", "gsm8k", "--corpus", "c4", "--out", f"{tmp_path / 'w'}"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
