@@ -1062,6 +1062,7 @@ def biographies_against_control(
     judge: Model,
     methods: Sequence[str],
     *,
+    n_control: int | None = None,
     backend: str = "nnsight",
     seed: int = 0,
     progress: bool = True,
@@ -1074,23 +1075,26 @@ def biographies_against_control(
     (:func:`judge_biographies`) and against the next person's
     (:func:`judge_control`, ``facts_of="next"``), both cached; the gap, own
     minus next over the same biographies, is what the biography says of its
-    own person beyond what it would say of anyone.
+    own person beyond what it would say of anyone. ``n_control`` limits the
+    control to the first people of ``items`` (the control doubles the judging).
 
     Returns:
-        One row per method: method, score (own facts), control (next
-        person's facts), gap, gap_ci_low, gap_ci_high (95% bootstrap over
-        people), n (people scored on both).
+        One row per method: method, score (own facts, all people), control
+        (next person's facts), gap, gap_ci_low, gap_ci_high (95% bootstrap
+        over the people with both), n (people scored), n_control (people in
+        the gap).
     """
     scores = judge_biographies(out_dir, items, judge, methods=methods, backend=backend, progress=progress)
     rows = []
     for method in methods:
         own = scores[scores["method"] == method].set_index("item_id")["score"].astype(float)
-        control = judge_control(out_dir, items, judge, method=method, n=len(items), backend=backend,
-                                progress=progress).set_index("item_id")["score"].astype(float)  # fmt: skip
+        control = judge_control(out_dir, items, judge, method=method, n=n_control or len(items),
+                                backend=backend, progress=progress)  # fmt: skip
+        control = control.set_index("item_id")["score"].astype(float)
         gap, lo, hi = paired_difference(own, control, seed=seed)
-        both = (own - control).dropna()
         rows.append({"method": method, "score": own.mean(), "control": control.mean(), "gap": gap,
-                     "gap_ci_low": lo, "gap_ci_high": hi, "n": len(both)})  # fmt: skip
+                     "gap_ci_low": lo, "gap_ci_high": hi, "n": int(own.notna().sum()),
+                     "n_control": int((own - control).notna().sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -58,6 +58,7 @@ MAX_NEW_TOKENS = 256
 BATCH_SIZE = 8  # items decoded at once by single-a, single-b, ac, ac-w (same greedy answers, faster)
 JUDGE = "qwen2.5-coder-1.5b"
 N_JUDGE_CHECK = 10  # people whose true biography the judge reads against own and next facts
+N_CONTROL = 10  # people whose biographies are also judged against the next person's facts
 LAYER_GAME = "countries"
 N_MAP = 3072  # LAMBADA sentences for W
 N_MAP_TASK = 512  # other GSM8k test items for the in-distribution W
@@ -95,7 +96,8 @@ if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK = 2, 4, 64, 16, 64, 16, 2
+    (N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK,
+     N_CONTROL) = 2, 4, 64, 16, 64, 16, 2, 2
     try:
         article_path()
     except CommlibError as exc:  # a clean clone has no ../shared: the fast run goes on without Biographies
@@ -171,7 +173,7 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 if "biographies" in TASKS:
     against = biographies_against_control(reasoning_dir(RUNS_DIR, "biographies", *PAIR, seed=SEED, n=N),
                                           load_task("biographies", n=N, seed=SEED), judge, METHODS,
-                                          seed=SEED, progress=False)  # fmt: skip
+                                          n_control=N_CONTROL, seed=SEED, progress=False)  # fmt: skip
     display(against.set_index("method").round(3))
 
 # %% [markdown]

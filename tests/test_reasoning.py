@@ -409,9 +409,15 @@ def test_biographies_against_control_pairs_each_score_with_the_wrong_persons_fac
     other = own[1:] + own[:1]
     for row in table.to_dict("records"):
         assert row["score"] == pytest.approx(sum(own) / 3) and row["control"] == pytest.approx(sum(other) / 3)
-        assert row["gap"] == pytest.approx(row["score"] - row["control"]) and row["n"] == 3
+        assert (
+            row["gap"] == pytest.approx(row["score"] - row["control"]) and row["n"] == row["n_control"] == 3
+        )
         assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
     assert table["method"].tolist() == ["single-a", "single-b"]
+    two = biographies_against_control(out, items, tiny, ["single-b"], n_control=2, progress=False).iloc[0]
+    assert (two["n"], two["n_control"]) == (3, 2) and two["score"] == pytest.approx(sum(own) / 3)
+    assert two["control"] == pytest.approx(sum(other[:2]) / 2)
+    assert two["gap"] == pytest.approx((own[0] - other[0] + own[1] - other[1]) / 2)
 
 
 # --------------------------------------------------------------------------- #
