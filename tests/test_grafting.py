@@ -357,3 +357,7 @@ def test_a_shared_prefix_prefilled_once_decodes_as_the_whole_prompts(any_model: 
     assert prefix.shape[1] > 10  # the document is shared, so it really ran once
     assert torch.equal(rest.attention_mask.sum(-1), batch.attention_mask.sum(-1))  # every token, once
     assert rest.attention_mask.shape[1] == prefix.shape[1] + rest.length == batch.length
+    apart = encode(any_model, ["Cats purr.", "Dogs bark at night."], raw=True)  # little or nothing shared
+    assert torch.equal(
+        be.generate_shared_prefix(apart, decoding).token_ids, be.generate(apart, None, decoding).token_ids
+    )
