@@ -924,7 +924,9 @@ def judge_biographies(
 
     Returns:
         One row per (item, method) judged by ``judge``: item_id, method, yes,
-        no, uncertain, unparsed, score (NaN when no fact was judged yes or no).
+        no, uncertain, unparsed, score (NaN when no fact was judged yes or
+        no), p_yes (the judge's mean first-token p(yes) / (p(yes) + p(no))
+        over facts; NaN for judgements that did not record it).
     """
     import json as _json
 
@@ -956,7 +958,8 @@ def judge_biographies(
         mine[(item.id, r["method"])] = line
     keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
     cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
-    return pd.DataFrame([{c: r[c] for c in cols} for key, r in mine.items() if key in keys], columns=cols)
+    return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])}
+                         for key, r in mine.items() if key in keys], columns=[*cols, "p_yes"])  # fmt: skip
 
 
 def _judge_lines(path: Path, judge: str) -> list[dict[str, Any]]:
@@ -1082,7 +1085,9 @@ def biographies_against_control(
         One row per method: method, score (own facts, all people), control
         (next person's facts), gap, gap_ci_low, gap_ci_high (95% bootstrap
         over the people with both), n (people scored), n_control (people in
-        the gap).
+        the gap), and the same three for the judge's first-token leaning
+        instead of its verdicts (mean p(yes) / (p(yes) + p(no)), no
+        threshold): p_yes, p_yes_control, p_yes_gap.
     """
     scores = judge_biographies(out_dir, items, judge, methods=methods, backend=backend, progress=progress)
     rows = []
@@ -1090,11 +1095,14 @@ def biographies_against_control(
         own = scores[scores["method"] == method].set_index("item_id")["score"].astype(float)
         control = judge_control(out_dir, items, judge, method=method, n=n_control or len(items),
                                 backend=backend, progress=progress)  # fmt: skip
+        p_own = scores[scores["method"] == method].set_index("item_id")["p_yes"].astype(float)
+        p_control = control.set_index("item_id")["p_yes"].astype(float)
         control = control.set_index("item_id")["score"].astype(float)
         gap, lo, hi = paired_difference(own, control, seed=seed)
         rows.append({"method": method, "score": own.mean(), "control": control.mean(), "gap": gap,
                      "gap_ci_low": lo, "gap_ci_high": hi, "n": int(own.notna().sum()),
-                     "n_control": int((own - control).notna().sum())})  # fmt: skip
+                     "n_control": int((own - control).notna().sum()), "p_yes": p_own.mean(),
+                     "p_yes_control": p_control.mean(), "p_yes_gap": (p_own - p_control).mean()})  # fmt: skip
     return pd.DataFrame(rows)
 
 

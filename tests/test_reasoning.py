@@ -296,7 +296,9 @@ def _fake_judge(calls: list[str]) -> Any:
         calls.append(model.name)
         facts = item.answer.split("\n")
         answers = [next((a for w, a in FAKE_ANSWERS.items() if w in f), "**No**") for f in facts]
-        return [Judgement(f, f"about {f}", a, parse_verdict(a)) for f, a in zip(facts, answers, strict=True)]
+        leaning = {True: (0.9, 0.1, 0.0), False: (0.3, 0.6, 0.1)}  # p(yes), p(no), p(uncertain) by a yes
+        return [Judgement(f, f"about {f}", a, parse_verdict(a), *leaning[parse_verdict(a) == "yes"])
+                for f, a in zip(facts, answers, strict=True)]  # fmt: skip
 
     return judge
 
@@ -414,6 +416,15 @@ def test_biographies_against_control_pairs_each_score_with_the_wrong_persons_fac
         )
         assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
     assert table["method"].tolist() == ["single-a", "single-b"]
+
+    def leaning(person: str) -> float:  # the mean of p(yes) / (p(yes) + p(no)) over the person's facts
+        facts = next(it for it in items if it.question == person).answer.split("\n")
+        return sum(0.9 if "born" in f else 0.3 / 0.9 for f in facts) / len(facts)
+
+    p_own = [leaning(it.question) for it in items]
+    assert table["p_yes"].tolist() == pytest.approx([sum(p_own) / 3] * 2)
+    assert table["p_yes_control"].tolist() == pytest.approx([sum(p_own[1:] + p_own[:1]) / 3] * 2)
+    assert table["p_yes_gap"].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)  # the same people, rotated
     two = biographies_against_control(out, items, tiny, ["single-b"], n_control=2, progress=False).iloc[0]
     assert (two["n"], two["n_control"]) == (3, 2) and two["score"] == pytest.approx(sum(own) / 3)
     assert two["control"] == pytest.approx(sum(other[:2]) / 2)
