@@ -257,11 +257,9 @@ def extract_choice(text: str, choices: Sequence[str] = ()) -> str | None:
         match = pattern.search(text)
         if match:
             return match.group(1).upper()
-    said = _norm(text)
-    named = [i for i, c in enumerate(choices) if _norm(c) and _contains(said, _norm(c))]
-    named = [
-        i for i in named if not any(i != o and _contains(_norm(choices[o]), _norm(choices[i])) for o in named)
-    ]
+    said, options = _norm(text), [_norm(c) for c in choices]
+    named = [i for i, option in enumerate(options) if option and _contains(said, option)]
+    named = [i for i in named if not any(i != o and _contains(options[o], options[i]) for o in named)]
     return LETTERS[named[0]] if len(named) == 1 else None
 
 
