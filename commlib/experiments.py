@@ -675,7 +675,8 @@ def run_reasoning(
         answers: A :class:`commlib.results.AnswerStore` directory: ``single-a``
             and ``single-b`` answers found there are taken instead of generated
             again (a model alone answers the same in every pair), and this
-            run's single answers, old and new, are added to it.
+            run's single answers, old and new, are added to it. Biographies'
+            judgements are shared the same way (:func:`judge_biographies`).
         batch_size: Items decoded together by the methods that are one decode
             per item (``single-a``, ``single-b``, ``ac``, ``ac-w``; see
             :func:`commlib.methods.reasoning.run_reasoning_batch`): the same
@@ -821,11 +822,12 @@ def run_reasoning(
     df = pd.DataFrame(rows)
     df = df[df["method"].isin(methods)].copy()
     if judged:
-        scores = (
-            judge_biographies(out, items, judge, methods=methods, backend=backend, progress=progress)
-            if judge is not None
-            else pd.DataFrame(columns=["item_id", "method", "score"])
-        )
+        if judge is not None:
+            scores = judge_biographies(
+                out, items, judge, methods=methods, backend=backend, answers=answers, progress=progress
+            )
+        else:
+            scores = pd.DataFrame(columns=["item_id", "method", "score"])
         keyed = scores.set_index(["item_id", "method"])["score"]
         pairs = zip(df["item_id"].astype(str), df["method"], strict=True)
         df["score"] = [keyed.get(key, float("nan")) for key in pairs]
@@ -911,6 +913,7 @@ def judge_biographies(
     *,
     methods: Sequence[str] | None = None,
     backend: str = "nnsight",
+    answers: str | Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Judge the biographies of a :func:`run_reasoning` directory per fact; cached and resumable.
@@ -922,6 +925,14 @@ def judge_biographies(
     there is one (judge, item, method): every fact's prompt, the judge's raw
     answer and verdict, the counts and the score.
 
+    With ``answers`` (the :class:`commlib.results.AnswerStore` directory of
+    :func:`run_reasoning`), judgements are shared between run directories
+    too, in ``answers/judgements``, keyed by the judge, backend and the exact
+    judge prompts (:func:`judge_key`): the greedy judge reads a biography the
+    same way whatever pair wrote it, so a model's biographies alone are judged
+    once, not once per pair. This directory's judgements, old and new, are
+    added to the store.
+
     Returns:
         One row per (item, method) judged by ``judge``: item_id, method, yes,
         no, uncertain, unparsed, score (NaN when no fact was judged yes or
@@ -932,6 +943,7 @@ def judge_biographies(
 
     from tqdm.auto import tqdm
 
+    from commlib.results import AnswerStore
     from commlib.tasks.biographies import judge_biography
 
     out = Path(out_dir)
@@ -941,25 +953,50 @@ def judge_biographies(
     generated = pd.read_csv(out / "items.csv", keep_default_na=False)
     if methods is not None:
         generated = generated[generated["method"].isin(list(methods))]
-    todo = [r for r in generated.to_dict("records") if (str(r["item_id"]), r["method"]) not in mine]
+    store = AnswerStore(Path(answers) / "judgements") if answers is not None else None
+    rows = [r for r in generated.to_dict("records") if str(r["item_id"]) in by_id]
+    todo = [r for r in rows if (str(r["item_id"]), r["method"]) not in mine]
     for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress):
-        item = by_id.get(str(r["item_id"]))
-        if item is None:
-            continue
-        facts = judge_biography(judge, item, str(r["output"]), backend=backend)
-        line = {
-            "judge": judge.name,
-            "item_id": item.id,
-            "method": r["method"],
-            **_judgement_line(item, facts),
-        }
+        item = by_id[str(r["item_id"])]
+        key = judge_key(judge, item, str(r["output"]), backend)
+        shared = store.get(key) if store is not None else None
+        if shared is None:
+            judged = _judgement_line(item, judge_biography(judge, item, str(r["output"]), backend=backend))
+            if store is not None:
+                store.put(key, judged)
+        else:
+            judged = {k: v for k, v in shared.items() if k != "key"}
+        line = {"judge": judge.name, "item_id": item.id, "method": r["method"], **judged}
         with path.open("a") as fh:
             fh.write(_json.dumps(line) + "\n")
         mine[(item.id, r["method"])] = line
+    if store is not None:
+        for r in rows:
+            item, line = by_id[str(r["item_id"])], mine[(str(r["item_id"]), r["method"])]
+            store.put(judge_key(judge, item, str(r["output"]), backend),
+                      {k: v for k, v in line.items() if k not in ("judge", "item_id", "method")})  # fmt: skip
     keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
     cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
     return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])}
                          for key, r in mine.items() if key in keys], columns=[*cols, "p_yes"])  # fmt: skip
+
+
+def judge_key(judge: Model, item: Any, output: str, backend: str = "nnsight") -> dict[str, Any]:
+    """The :class:`commlib.results.AnswerStore` key of one judged biography.
+
+    The judge model, the backend, greedy decoding of
+    :data:`~commlib.tasks.biographies.JUDGE_MAX_NEW_TOKENS` and the SHA-256 of
+    the exact judge prompts (:func:`~commlib.tasks.biographies.judge_prompts`:
+    person, biography and facts), which decide what the greedy judge answers.
+    """
+    import hashlib
+
+    from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, judge_prompts
+
+    prompts = judge_prompts(item.question, output, item.answer.split("\n"))
+    digest = hashlib.sha256("\0".join(prompts).encode()).hexdigest()
+    return {"model": judge.name, "backend": backend, "person": item.id, "prompts_sha256": digest,
+            "decoding": {"greedy": True, "max_new_tokens": JUDGE_MAX_NEW_TOKENS}}  # fmt: skip
 
 
 def _judge_lines(path: Path, judge: str) -> list[dict[str, Any]]:

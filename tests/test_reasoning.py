@@ -345,6 +345,48 @@ def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating
         tiny.name, tiny_wide.name}  # fmt: skip
 
 
+def test_judgements_are_shared_between_run_directories_through_the_answer_store(
+    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import pandas as pd
+
+    import commlib.tasks.biographies as bio
+    from commlib.experiments import judge_key, run_reasoning
+    from commlib.tasks.reasoning import load_task
+
+    calls: list[str] = []
+    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    answers = tmp_path / "answers"
+    people = {it.id: it for it in load_task("biographies", None)}
+
+    def run(sender: Model, name: str, store: Path | None) -> dict[str, Any]:
+        return run_reasoning("biographies", sender, tiny, ["single-a", "single-b"], out_dir=tmp_path / name,
+                             n=None, max_new_tokens=3, judge=tiny, answers=store, progress=False)  # fmt: skip
+
+    def keys(name: str) -> set[str]:
+        rows = pd.read_csv(tmp_path / name / "items.csv", keep_default_na=False).to_dict("records")
+        return {json.dumps(judge_key(tiny, people[str(r["item_id"])], str(r["output"])), sort_keys=True)
+                for r in rows}  # fmt: skip
+
+    def lines(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+        text = (tmp_path / name / "judgements.jsonl").read_text()
+        return {(r["item_id"], r["method"]): r for r in map(json.loads, text.splitlines())}
+
+    alone = run(tiny, "alone", None)
+    assert len(calls) == 6  # no store: every (person, method) judged
+    run(tiny, "alone", answers)  # its judgements go into the store; nothing judged again
+    same = run(tiny, "same", answers)  # the same pair in another directory: every biography in the store
+    assert len(calls) == 6
+    assert same["methods"]["single-b"]["accuracy"] == alone["methods"]["single-b"]["accuracy"]
+    assert lines("same") == lines("alone")
+    run(tiny_wide, "wide", answers)  # B's biographies are stored; only A's new ones are judged
+    assert len(calls) == 6 + len(keys("wide") - keys("alone"))
+    assert {k: v for k, v in lines("wide").items() if k[1] == "single-b"} == {
+        k: v for k, v in lines("alone").items() if k[1] == "single-b"}  # fmt: skip
+
+
 def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
     tiny: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
