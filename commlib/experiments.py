@@ -1215,7 +1215,7 @@ def run_pair_reasoning(
     :func:`run_reasoning`. Single-model
     answers are shared between pairs through ``runs_root/answers``
     (:class:`commlib.results.AnswerStore`): a model's answers alone are
-    generated once per task, not once per pair.
+    generated (on Biographies, also judged) once per task, not once per pair.
 
     Returns:
         :func:`read_reasoning` of the run.
