@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--methods",
         default="single-a,single-b,nld,ac",
-        help="single-a,single-b,nld,nld-r<N>,cipher-debate,ac,ac-w,ac-cot",
+        help="single-a,single-b,nld,nld-r<N>,cipher-debate,ac,ac-w,ac-unrelated,ac-cot",
     )
     s.add_argument("--n", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument(
         "--batch-size", type=int, default=1,
-        help="items decoded together by single-a, single-b, ac and ac-w (same greedy answers, faster)",
+        help="items decoded together by single-a, single-b, ac, ac-w, ac-unrelated (same greedy answers)",
     )  # fmt: skip
     s.add_argument("--map", help="learned W for ac-w")
     s.add_argument("--source", choices=("offline", "hub"), default="offline")

@@ -149,7 +149,7 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     assert main([*args[:-2], "--rounds", "3", "--out", str(out)]) == 2  # other settings refused
 
 
-@pytest.mark.parametrize("method", ["single-b", "ac"])
+@pytest.mark.parametrize("method", ["single-b", "ac", "ac-unrelated"])
 def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -> None:
     items = load_task("gsm8k", 3, seed=0)
     cfg = ReasoningConfig(k=1, j=2, max_new_tokens=12)
@@ -164,6 +164,25 @@ def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -
             one.answer,
         )
         assert (o.batch, one.batch) == (3, 1)
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "mmlu:high_school_psychology"])
+def test_ac_unrelated_is_ac_with_a_reading_the_fixed_unrelated_question(tiny: Model, task: str) -> None:
+    from dataclasses import replace
+
+    from commlib.methods.reasoning import question_prompt, unrelated_item
+    from commlib.prompts import encode
+
+    [item] = load_task(task, 1, seed=0)
+    cfg = ReasoningConfig(k=1, j=2, max_new_tokens=6)
+    control = unrelated_item(item)
+    assert control.question != item.question and bool(control.choices) == bool(item.choices)
+    out = run_reasoning_method("ac-unrelated", item, tiny, tiny, cfg)
+    assert out.prompt_a == int(encode(tiny, [question_prompt(control)]).attention_mask.sum())
+    assert out.prompt_b == run_reasoning_method("ac", item, tiny, tiny, cfg).prompt_b
+    # on the unrelated question itself A reads what B reads: ac-unrelated is ac
+    same = [run_reasoning_method(m, control, tiny, tiny, cfg) for m in ("ac", "ac-unrelated")]
+    assert replace(same[0], seconds=0) == replace(same[1], seconds=0)
 
 
 def test_sampled_a_in_a_batch_keeps_each_items_seed(tiny: Model) -> None:

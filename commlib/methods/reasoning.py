@@ -23,6 +23,10 @@ turns into FLOPs.
 * ``ac``, ``ac-w``: A and B read the same question; A's residual at block k
   (last prompt token) replaces B's at block j (last prompt token),
   optionally through W; B answers.
+* ``ac-unrelated``: the control of ``ac``: A reads a fixed question unrelated
+  to the item, in the item's own format (:func:`unrelated_item`), while B
+  reads the item. Where it scores as ``ac`` does, AC's effect does not come
+  from what A read: it is that of the state written, whatever the question.
 * ``ac-cot``: chain of thought on A before the graft (paper Table 6): A
   first answers the question in text, then its residual at block k at the
   last token of its own answer replaces B's at block j; B answers the
@@ -30,7 +34,7 @@ turns into FLOPs.
   paper's two instances of one model (Table 8): at ``k == j`` plain ``ac``
   writes B's own state back, a no-op.
 
-``single-a``, ``single-b``, ``ac`` and ``ac-w`` are one decode per item; they
+``single-a``, ``single-b``, ``ac``, ``ac-w`` and ``ac-unrelated`` are one decode per item; they
 also run on a list of items as one left-padded batch
 (:func:`run_reasoning_batch`), with the same greedy answers.
 
@@ -50,7 +54,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from commlib.backends import Decoding, get_backend
 from commlib.combine import LinearMap
@@ -125,6 +129,20 @@ def question_prompt(item: ReasoningItem) -> str:
         a, b, c, d = item.choices
         return MMLU_PROMPT.format(question=item.question, a=a, b=b, c=c, d=d)
     return GSM8K_PROMPT.format(question=item.question)
+
+
+UNRELATED_QUESTIONS: dict[str, ReasoningItem] = {
+    "gsm8k": ReasoningItem("A farmer has 3 red hens and 4 brown hens. How many hens are there?", "7"),
+    "mmlu": ReasoningItem("Which of the following is a colour", "A", ("red", "seven", "Tuesday", "Paris")),
+    biographies.TASK: ReasoningItem("Claude Monet", ""),  # a painter: no computer scientist of the data
+}
+"""The question A reads in ``ac-unrelated``, per task family: one fixed question, unrelated to any item."""
+
+
+def unrelated_item(item: ReasoningItem) -> ReasoningItem:
+    """The fixed unrelated question of :data:`UNRELATED_QUESTIONS` for ``item``'s task, as an item of it."""
+    family = "mmlu" if item.choices else item.task if item.task == biographies.TASK else "gsm8k"
+    return replace(UNRELATED_QUESTIONS[family], id=f"unrelated-{family}", task=item.task)
 
 
 def debate_prompt(item: ReasoningItem, other: str) -> str:
@@ -302,25 +320,29 @@ def _grafts(
     cfg: ReasoningConfig,
     map: LinearMap | None,
     reasonings: Sequence[str] | None = None,
+    unrelated: bool = False,
 ) -> list[tuple[str, int, int, int]]:
     """B's answers with A's state grafted (after A's ``reasonings`` when given), one batch for all items.
+
+    With ``unrelated``, A reads :func:`unrelated_item` instead of the item.
 
     Returns:
         Per item: B's text, A's and B's prompt tokens, B's generated tokens.
     """
     k, j = _layers(cfg, "ac")
     prompts = [question_prompt(item) for item in items]
+    a_prompts = [question_prompt(unrelated_item(item)) for item in items] if unrelated else prompts
     out = communicate(
-        sender, receiver, prompts, prompts, GraftConfig(k=k, j=j, f="replace"), map=map,
+        sender, receiver, a_prompts, prompts, GraftConfig(k=k, j=j, f="replace"), map=map,
         backend=cfg.backend, decoding=Decoding(max_new_tokens=cfg.max_new_tokens), sender_replies=reasonings,
     )  # fmt: skip
-    n_a = encode(sender, prompts).attention_mask.sum(-1).tolist()
+    n_a = encode(sender, a_prompts).attention_mask.sum(-1).tolist()
     n_b = encode(receiver, prompts).attention_mask.sum(-1).tolist()
     return [(_text(receiver, ids.tolist()), int(a), int(b), _generated(receiver, ids.tolist()))
             for ids, a, b in zip(out.token_ids, n_a, n_b, strict=True)]  # fmt: skip
 
 
-def _acs(use_map: bool) -> Callable[..., list[ReasoningOutput]]:
+def _acs(use_map: bool, unrelated: bool = False) -> Callable[..., list[ReasoningOutput]]:
     def method(
         items: Sequence[ReasoningItem], sender: Model, receiver: Model, cfg: ReasoningConfig,
         map: LinearMap | None,
@@ -329,7 +351,7 @@ def _acs(use_map: bool) -> Callable[..., list[ReasoningOutput]]:
         if use_map and map is None:
             raise CommlibError("ac-w needs a learned map: pass --map (fit one with `commlib fit-map`)")
         start = time.perf_counter()
-        grafted = _grafts(items, sender, receiver, cfg, map if use_map else None)
+        grafted = _grafts(items, sender, receiver, cfg, map if use_map else None, unrelated=unrelated)
         seconds = (time.perf_counter() - start) / len(items)
         return [ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text], len(items))
                 for text, n_a, n_b, answer in grafted]  # fmt: skip
@@ -353,6 +375,7 @@ BATCHED_METHODS: dict[str, Callable[..., list[ReasoningOutput]]] = {
     "single-b": _singles("single-b"),
     "ac": _acs(False),
     "ac-w": _acs(True),
+    "ac-unrelated": _acs(False, unrelated=True),
 }
 """Methods whose work on an item is one decode, by name: each runs a list of items as one left-padded
 batch (:func:`run_reasoning_batch`)."""
@@ -373,6 +396,7 @@ REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
     "nld": nld,
     "ac": _one_item(BATCHED_METHODS["ac"]),
     "ac-w": _one_item(BATCHED_METHODS["ac-w"]),
+    "ac-unrelated": _one_item(BATCHED_METHODS["ac-unrelated"]),
     "ac-cot": ac_cot,
     "cipher-debate": cipher_debate(),  # CIPHER debate (Pham et al., 2024), in commlib.methods.cipher
 }
@@ -399,7 +423,7 @@ def check_methods(names: Sequence[str]) -> None:
 
 def compute_kind(name: str) -> str:
     """The :func:`commlib.compute.method_flops` method that counts a reasoning method's FLOPs."""
-    if name in ("ac", "ac-w"):
+    if name in ("ac", "ac-w", "ac-unrelated"):
         return "ac"
     return "nld" if debate_rounds(name, ReasoningConfig()) is not None else name
 
