@@ -27,7 +27,10 @@
 # last-prompt-token state at block j by A's at block k, with (k, j) chosen on
 # B's own Countries sweep (A = B, last position, seed 0; notebook 02) and k
 # moved to A's depth by relative depth (`commlib.graft.map_layer`). AC(W)
-# uses the task-agnostic W fitted on LAMBADA sentences. Biographies are scored
+# uses the task-agnostic W fitted on LAMBADA sentences. `ac-unrelated` is
+# AC's control: A reads one fixed question unrelated to the item (same
+# format), so where it scores as AC does, what A read did not matter.
+# Biographies are scored
 # by a judge model per ground-truth fact (Du et al.'s prompt; uncertain
 # dropped), GSM8k and MMLU by the extracted answer. Intervals: 95% bootstrap
 # over items. Each run is a directory under `RUNS_DIR` that resumes item by
@@ -42,7 +45,7 @@ FAST = False
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # Table 3: one tokenizer, 896 -> 1536 wide
 TASKS = ["biographies", "gsm8k", "mmlu:high_school_psychology", "mmlu:formal_logic", "mmlu:college_biology",
          "mmlu:professional_law", "mmlu:public_relations"]  # fmt: skip
-METHODS = ["single-a", "single-b", "nld", "ac", "ac-w"]
+METHODS = ["single-a", "single-b", "nld", "ac", "ac-w", "ac-unrelated"]  # ac-unrelated: A reads a fixed unrelated question
 IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the task
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
 ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
