@@ -678,7 +678,7 @@ def run_reasoning(
             run's single answers, old and new, are added to it. Biographies'
             judgements are shared the same way (:func:`judge_biographies`).
         batch_size: Items decoded together by the methods that are one decode
-            per item (``single-a``, ``single-b``, ``ac``, ``ac-w``; see
+            per item (``single-a``, ``single-b``, ``ac``, ``ac-w``, ``ac-unrelated``; see
             :func:`commlib.methods.reasoning.run_reasoning_batch`): the same
             greedy answers up to float rounding, faster on a CPU. Not a setting
             of the directory: a run may resume with another batch size. A

@@ -141,7 +141,9 @@ UNRELATED_QUESTIONS: dict[str, ReasoningItem] = {
 
 def unrelated_item(item: ReasoningItem) -> ReasoningItem:
     """The fixed unrelated question of :data:`UNRELATED_QUESTIONS` for ``item``'s task, as an item of it."""
-    family = "mmlu" if item.choices else item.task if item.task == biographies.TASK else "gsm8k"
+    family = "mmlu" if item.choices else "gsm8k"
+    if item.task == biographies.TASK:
+        family = biographies.TASK
     return replace(UNRELATED_QUESTIONS[family], id=f"unrelated-{family}", task=item.task)
 
 
