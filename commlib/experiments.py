@@ -956,6 +956,11 @@ def judge_biographies(
     store = AnswerStore(Path(answers) / "judgements") if answers is not None else None
     rows = [r for r in generated.to_dict("records") if str(r["item_id"]) in by_id]
     todo = [r for r in rows if (str(r["item_id"]), r["method"]) not in mine]
+    if store is not None:  # this directory's judgements serve other runs too
+        for r in rows:
+            if (done := mine.get((str(r["item_id"]), r["method"]))) is not None:
+                judged = {k: v for k, v in done.items() if k not in ("judge", "item_id", "method")}
+                store.put(judge_key(judge, by_id[str(r["item_id"])], str(r["output"]), backend), judged)
     for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress):
         item = by_id[str(r["item_id"])]
         key = judge_key(judge, item, str(r["output"]), backend)
@@ -970,11 +975,6 @@ def judge_biographies(
         with path.open("a") as fh:
             fh.write(_json.dumps(line) + "\n")
         mine[(item.id, r["method"])] = line
-    if store is not None:
-        for r in rows:
-            item, line = by_id[str(r["item_id"])], mine[(str(r["item_id"]), r["method"])]
-            store.put(judge_key(judge, item, str(r["output"]), backend),
-                      {k: v for k, v in line.items() if k not in ("judge", "item_id", "method")})  # fmt: skip
     keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
     cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
     return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])}

@@ -45,7 +45,7 @@ FAST = False
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # Table 3: one tokenizer, 896 -> 1536 wide
 TASKS = ["biographies", "gsm8k", "mmlu:high_school_psychology", "mmlu:formal_logic", "mmlu:college_biology",
          "mmlu:professional_law", "mmlu:public_relations"]  # fmt: skip
-METHODS = ["single-a", "single-b", "nld", "ac", "ac-w", "ac-unrelated"]  # ac-unrelated: A reads a fixed unrelated question
+METHODS = ["single-a", "single-b", "nld", "ac", "ac-w", "ac-unrelated"]  # ac-unrelated: AC's control
 IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the task
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
 ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
