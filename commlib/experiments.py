@@ -1248,6 +1248,103 @@ def run_pair_reasoning(
     return read_reasoning(out)
 
 
+DEPTH_METHODS = ("single-a", "single-b", "ac", "ac-unrelated")
+"""What :func:`run_reasoning_depths` runs at each depth: the models alone, AC and its control."""
+
+
+def run_reasoning_depths(
+    task: str,
+    sender: Model,
+    receiver: Model,
+    blocks: Sequence[int],
+    *,
+    runs_root: str | Path,
+    n: int | None = 20,
+    seed: int = 0,
+    distance: bool = True,
+    n_reference: int = 256,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """AC against its control at one relative depth of A and B, for each of B's ``blocks`` (resumable).
+
+    The games sweep picks (k, j) on a coordination game; on a reasoning task
+    the pick can be a block where A's last-token state carries nothing of
+    the question, and AC then acts as a fixed steering vector. The control
+    ``ac-unrelated`` (A reads one fixed unrelated question) tells the two
+    apart: only AC's lead over it is communication. For each block ``b`` of
+    B this runs :func:`run_reasoning` with :data:`DEPTH_METHODS` at ``j = b``
+    and ``k = b`` mapped to A's depth (``layers_from=receiver``: the paper's
+    k = j, for models of different depth), in :func:`reasoning_dir`'s
+    variant ``depth-j{b}``. Single answers come from ``runs_root/answers``,
+    so a block costs its two AC runs. With ``distance``,
+    :func:`run_reasoning_distance` of AC's graft at that block goes to the
+    run's ``graft_distance`` (forward passes only).
+
+    Args:
+        blocks: B's blocks, each used for both models by relative depth.
+        n_reference: B's own states the graft is measured against (:func:`run_reasoning_distance`).
+        options: Passed to :func:`run_reasoning` (e.g. ``batch_size``).
+
+    Returns:
+        One row per (block, method): ``block``, ``k``, ``j``, ``depth``
+        (``block / (B's blocks - 1)``), ``method``, ``accuracy``, ``ci_low``,
+        ``ci_high``, ``n``, the paired differences over items with B alone
+        (``vs_b``, ``vs_b_low``, ``vs_b_high``) and with the control
+        (``vs_control``, ...), and with ``distance`` the median
+        ``next_token_kl`` and ``mahalanobis_pct`` of AC's graft (the same on
+        every row of a block).
+
+    Raises:
+        CommlibError: ``task`` is Biographies (scored per fact by a judge, not per item).
+
+    Example:
+        >>> import tempfile
+        >>> from commlib.models import load_model
+        >>> m = load_model("tiny-llama-random")
+        >>> with tempfile.TemporaryDirectory() as runs:
+        ...     t = run_reasoning_depths("gsm8k", m, m, [0, 3], runs_root=runs, n=2, max_new_tokens=2,
+        ...                              distance=False, progress=False)
+        >>> t.groupby("block")["k"].first().tolist(), t["vs_control"][t["method"] == "ac-unrelated"].tolist()
+        ([0, 3], [0.0, 0.0])
+    """
+    from commlib.graft import map_layer
+
+    if task == "biographies":
+        raise CommlibError("run_reasoning_depths scores accuracy per item: use gsm8k or mmlu:SUBJECT")
+    rows = []
+    for block in blocks:
+        out = reasoning_dir(
+            runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=f"depth-j{block}"
+        )
+        run_reasoning(task, sender, receiver, DEPTH_METHODS, out_dir=out, n=n, seed=seed, k=block, j=block,
+                      layers_from=receiver, answers=Path(runs_root) / "answers", progress=progress,
+                      **options)  # fmt: skip
+        k = map_layer(block, receiver.info.n_layers, sender.info.n_layers)
+        graft: dict[str, float] = {}
+        if distance:
+            table = run_reasoning_distance(
+                task, sender, receiver, k=k, j=block, out_dir=out / "graft_distance", n=n, seed=seed,
+                n_reference=n_reference, backend=options.get("backend", "nnsight"),
+            )  # fmt: skip
+            ac = table[table["source"] == "ac"]
+            graft = {"next_token_kl": float(ac["next_token_kl"].median()),
+                     "mahalanobis_pct": float(ac["mahalanobis_pct"].median())}  # fmt: skip
+        items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype={"item_id": str, "correct": str})
+        correct = {m: _correct_by_item(items[items["method"] == m]) for m in DEPTH_METHODS}
+        summary = read_reasoning(out).set_index("method")
+        depth = block / max(receiver.info.n_layers - 1, 1)
+        for method in DEPTH_METHODS:
+            scores = summary.loc[method, ["accuracy", "ci_low", "ci_high", "n"]].to_dict()
+            row = {"block": block, "k": k, "j": block, "depth": depth, "method": method, **scores}
+            for name, other in (("vs_b", "single-b"), ("vs_control", "ac-unrelated")):
+                row[name], row[f"{name}_low"], row[f"{name}_high"] = paired_difference(
+                    correct[method], correct[other], seed=seed
+                )
+            rows.append({**row, **graft})
+    return pd.DataFrame(rows)
+
+
 REASONING_REFERENCE_SEED = 7_919
 """Seed (plus the run's) of :func:`other_items`: B's manifold and the in-distribution W are fitted on them."""
 

@@ -535,3 +535,49 @@ def compression_vs_k(table: pd.DataFrame, *, title: str = "") -> Figure:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
+    """AC and its control against the depth they graft at, with the models alone (the layer choice).
+
+    ``table`` is :func:`commlib.experiments.run_reasoning_depths`. Left:
+    accuracy (95% CI) per method against B's relative depth, the models
+    alone as flat lines. Middle: AC minus the control ``ac-unrelated``,
+    paired over items: above 0 only where what A read reaches B. Right
+    (when the table has it): the median KL divergence AC's graft causes in
+    B's first answer token.
+    """
+    set_style()
+    with_kl = "next_token_kl" in table
+    fig, axes = plt.subplots(1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2),
+                                                             COLUMN_WIDTH * 0.8))  # fmt: skip
+    for i, (method, grp) in enumerate(table.groupby("method", sort=False)):
+        grp = grp.sort_values("depth")
+        acc = 100 * grp["accuracy"].astype(float)
+        err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
+        alone = str(method).startswith("single")
+        axes[0].errorbar(grp["depth"], acc, yerr=None if alone else err, color=method_colour(str(method)),
+                         marker=None if alone else _SHAPES[i % len(_SHAPES)], ls=":" if alone else "-",
+                         ms=4, lw=1.0, capsize=1.5, label=str(method))  # fmt: skip
+    axes[0].set_ylim(-2, 102)
+    axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
+    axes[0].legend(fontsize="x-small")
+    ac = table[table["method"] == "ac"].sort_values("depth")
+    gap = 100 * ac["vs_control"].astype(float)
+    gap_err = [gap - 100 * ac["vs_control_low"], 100 * ac["vs_control_high"] - gap]
+    axes[1].errorbar(ac["depth"], gap, yerr=gap_err, color=method_colour("ac"), marker="o", ms=4, lw=1.0,
+                     capsize=1.5)  # fmt: skip
+    axes[1].axhline(0, ls="--", lw=0.8, color="0.4")
+    axes[1].set_ylabel("AC − control, paired (points)")
+    if with_kl:
+        axes[2].plot(
+            ac["depth"], ac["next_token_kl"].astype(float), color=method_colour("ac"), marker="o", ms=4
+        )
+        axes[2].set_ylabel("KL in B's first answer token\n(nats, median over items)")
+    for ax in axes:
+        ax.set_xlim(-0.03, 1.03)
+    fig.supxlabel("relative depth of the graft (k = j; B's block / (blocks - 1))", fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -728,3 +728,35 @@ def test_in_distribution_w_fits_on_other_items_at_the_states_ac_reads(
     with pytest.raises(CommlibError, match="map_source"):
         run_pair_reasoning("gsm8k", tiny, tiny_wide, ["ac-w"], runs_root=tmp_path, sweep_root=tmp_path,
                            map_source="train")  # fmt: skip
+
+
+def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_ac_with_its_control(
+    tmp_path: Path, tiny: Model, tiny_wide: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import commlib.methods.reasoning as reasoning
+    from commlib.experiments import read_reasoning, reasoning_dir, run_reasoning_depths
+
+    def sweep() -> pd.DataFrame:  # A has 4 blocks, B 3: B's blocks 0, 1, 2 are A's 0, 2, 3
+        return run_reasoning_depths("gsm8k", tiny, tiny_wide, [0, 1, 2], runs_root=tmp_path, n=3,
+                                    max_new_tokens=4, n_reference=16, progress=False)  # fmt: skip
+
+    table = sweep()
+    assert table.groupby("block")["k"].first().to_dict() == {0: 0, 1: 2, 2: 3}
+    for block, k in ((0, 0), (1, 2), (2, 3)):
+        run = read_reasoning(reasoning_dir(tmp_path, "gsm8k", tiny.name, tiny_wide.name, seed=0, n=3,
+                                           variant=f"depth-j{block}"))  # fmt: skip
+        assert set(run["k"]) == {k} and set(run["j"]) == {block}
+        assert set(run["method"]) == {"single-a", "single-b", "ac", "ac-unrelated"}
+    assert (table[table["method"] == "single-b"]["vs_b"] == 0).all()
+    assert (table[table["method"] == "ac-unrelated"]["vs_control"] == 0).all()
+    assert (table["next_token_kl"] > 0).all()  # A's state, another model's, moves B's next token
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished depth was decoded again")
+
+    monkeypatch.setattr(reasoning, "run_reasoning_batch", no_decoding)
+    pd.testing.assert_frame_equal(sweep(), table)
+    with pytest.raises(CommlibError, match="gsm8k or mmlu"):
+        run_reasoning_depths("biographies", tiny, tiny_wide, [0], runs_root=tmp_path, progress=False)
