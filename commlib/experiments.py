@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from commlib.prompts import Position, format_prompt
 from commlib.results import (
     ItemStore,
     append_rows,
+    bootstrap_ci,
     claim_run_dir,
     contains_answer,
     exact_match,
@@ -705,7 +706,7 @@ def run_reasoning(
         single_answer_key,
         single_output,
     )
-    from commlib.results import AnswerStore, bootstrap_ci
+    from commlib.results import AnswerStore
     from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
     from commlib.tasks.reasoning import extract_answer, is_correct, load_task
 
@@ -1263,6 +1264,7 @@ def run_reasoning_depths(
     seed: int = 0,
     distance: bool = True,
     n_reference: int = 256,
+    exclude: Collection[str] = (),
     progress: bool = True,
     **options: Any,
 ) -> pd.DataFrame:
@@ -1284,6 +1286,8 @@ def run_reasoning_depths(
     Args:
         blocks: B's blocks, each used for both models by relative depth.
         n_reference: B's own states the graft is measured against (:func:`run_reasoning_distance`).
+        exclude: Item ids left out of the scores (all are run): e.g. those a depth was chosen on,
+            to report it on the others.
         options: Passed to :func:`run_reasoning` (e.g. ``batch_size``).
 
     Returns:
@@ -1331,12 +1335,14 @@ def run_reasoning_depths(
             graft = {"next_token_kl": float(ac["next_token_kl"].median()),
                      "mahalanobis_pct": float(ac["mahalanobis_pct"].median())}  # fmt: skip
         items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype={"item_id": str, "correct": str})
+        items = items[~items["item_id"].isin(set(exclude))]
         correct = {m: _correct_by_item(items[items["method"] == m]) for m in DEPTH_METHODS}
-        summary = read_reasoning(out).set_index("method")
         depth = block / max(receiver.info.n_layers - 1, 1)
         for method in DEPTH_METHODS:
-            scores = summary.loc[method, ["accuracy", "ci_low", "ci_high", "n"]].to_dict()
-            row = {"block": block, "k": k, "j": block, "depth": depth, "method": method, **scores}
+            scored = correct[method]
+            lo, hi = bootstrap_ci(scored.tolist(), seed=seed)
+            row = {"block": block, "k": k, "j": block, "depth": depth, "method": method,
+                   "accuracy": scored.mean(), "ci_low": lo, "ci_high": hi, "n": len(scored)}  # fmt: skip
             for name, other in (("vs_b", "single-b"), ("vs_control", "ac-unrelated")):
                 row[name], row[f"{name}_low"], row[f"{name}_high"] = paired_difference(
                     correct[method], correct[other], seed=seed
@@ -1680,7 +1686,6 @@ def run_n_sweep(
 
     from commlib.distance import Manifold, input_reference
     from commlib.methods.series import ALL, adapter_identity, parse_ns, series_for
-    from commlib.results import bootstrap_ci
 
     if reference not in REFERENCES:
         raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
