@@ -551,14 +551,20 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
     with_kl = "next_token_kl" in table
     fig, axes = plt.subplots(1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2),
                                                              COLUMN_WIDTH * 0.8))  # fmt: skip
-    for i, (method, grp) in enumerate(table.groupby("method", sort=False)):
+    looks = {  # AC solid, its control the same colour open and dashed, the models alone flat and grey
+        "ac": {"color": method_colour("ac"), "marker": "o", "ls": "-"},
+        "ac-unrelated": {"color": method_colour("ac"), "marker": "o", "ls": "--", "mfc": "none"},
+        "single-b": {"color": "0.2", "marker": None, "ls": ":"},
+        "single-a": {"color": "0.6", "marker": None, "ls": "-."},
+    }
+    for method, grp in table.groupby("method", sort=False):
         grp = grp.sort_values("depth")
         acc = 100 * grp["accuracy"].astype(float)
         err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
+        look = looks.get(str(method), {"color": method_colour(str(method)), "marker": "s", "ls": "-"})
         alone = str(method).startswith("single")
-        axes[0].errorbar(grp["depth"], acc, yerr=None if alone else err, color=method_colour(str(method)),
-                         marker=None if alone else _SHAPES[i % len(_SHAPES)], ls=":" if alone else "-",
-                         ms=4, lw=1.0, capsize=1.5, label=str(method))  # fmt: skip
+        axes[0].errorbar(grp["depth"], acc, yerr=None if alone else err, ms=4, lw=1.0, capsize=1.5,
+                         label=str(method), **look)  # fmt: skip
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
     axes[0].legend(fontsize="x-small")
@@ -574,6 +580,8 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
             ac["depth"], ac["next_token_kl"].astype(float), color=method_colour("ac"), marker="o", ms=4
         )
         axes[2].set_ylabel("KL in B's first answer token\n(nats, median over items)")
+        if (ac["next_token_kl"] > 0).all():
+            axes[2].set_yscale("log")
     for ax in axes:
         ax.set_xlim(-0.03, 1.03)
     fig.supxlabel("relative depth of the graft (k = j; B's block / (blocks - 1))", fontsize="small")

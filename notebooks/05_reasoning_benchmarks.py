@@ -223,7 +223,10 @@ for task, by_task in depths.groupby("task", sort=False):
     save_figure(fig, f"reasoning_depth_{task.replace(':', '_')}{suffix}", directory=FIGURES_DIR,
                 config={"pair": list(PAIR), "task": task, "blocks": DEPTH_BLOCKS, "n": DEPTH_N, "seed": SEED,
                         "notebook": "05_reasoning_benchmarks"})  # fmt: skip
-depths.pivot(index=["task", "block", "k", "next_token_kl"], columns="method", values="accuracy").mul(100).round(1)
+ac_rows = depths[depths["method"] == "ac"].set_index(["task", "block", "k"])
+(depths.pivot(index=["task", "block", "k"], columns="method", values="accuracy").mul(100)
+ .join(ac_rows[["vs_control", "vs_control_low", "vs_control_high"]].mul(100))
+ .join(ac_rows[["next_token_kl", "mahalanobis_pct"]]).round(1))  # fmt: skip
 
 # %% [markdown]
 # The depth with AC's largest lead over its control, chosen on those
