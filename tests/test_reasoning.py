@@ -322,18 +322,26 @@ def _fake_judge(calls: list[str]) -> Any:
     return judge
 
 
+@pytest.fixture
+def judge_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The fake judge in the real one's place: the list of its calls (the judge's name per biography)."""
+    import commlib.tasks.biographies as bio
+
+    calls: list[str] = []
+    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    return calls
+
+
 def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating(
-    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, judge_calls: list[str]
 ) -> None:
     import json
 
     import pandas as pd
 
-    import commlib.tasks.biographies as bio
     from commlib.experiments import run_reasoning
 
-    calls: list[str] = []
-    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    calls = judge_calls
     out = tmp_path / "bio"
 
     def run(judge: Model | None) -> dict[str, Any]:
@@ -365,18 +373,16 @@ def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating
 
 
 def test_judgements_are_shared_between_run_directories_through_the_answer_store(
-    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Model, tiny_wide: Model, article: Path, tmp_path: Path, judge_calls: list[str]
 ) -> None:
     import json
 
     import pandas as pd
 
-    import commlib.tasks.biographies as bio
     from commlib.experiments import judge_key, run_reasoning
     from commlib.tasks.reasoning import load_task
 
-    calls: list[str] = []
-    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    calls = judge_calls
     answers = tmp_path / "answers"
     people = {it.id: it for it in load_task("biographies", None)}
 
@@ -457,15 +463,13 @@ def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
 
 
 def test_biographies_against_control_pairs_each_score_with_the_wrong_persons_facts(
-    tiny: Model, article: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Model, article: Path, tmp_path: Path, judge_calls: list[str]
 ) -> None:
-    import commlib.tasks.biographies as bio
     from commlib.experiments import biographies_against_control, run_reasoning
 
     out = tmp_path / "bio"
     run_reasoning("biographies", tiny, tiny, ["single-a", "single-b"], out_dir=out, n=None, max_new_tokens=3,
                   progress=False)  # fmt: skip
-    monkeypatch.setattr(bio, "judge_biography", _fake_judge([]))
     items = load_task("biographies", n=None)
     table = biographies_against_control(out, items, tiny, ["single-a", "single-b"], progress=False)
     own = [EXPECTED[it.question] for it in items]  # the fake judge reads only the facts
