@@ -20,8 +20,9 @@
 # Biographies, GSM8k and five MMLU subjects), Table 4 (every ordered pair of
 # the offline families on Biographies and GSM8k), the appendix ablations
 # (chain of thought on A before the graft, Table 6; two instances of one model
-# with A sampled, Table 8; debate of 1 to 4 rounds, Table 9) and Figure 11
-# (AC's gain against the similarity of the pair's activation spaces).
+# with A sampled, Table 8; debate of 1 to 4 rounds, Table 9), where to graft
+# (AC against its control at each depth) and Figure 11 (AC's gain against
+# the similarity of the pair's activation spaces).
 #
 # Every method reads Du et al.'s prompts; B decodes greedily. AC replaces B's
 # last-prompt-token state at block j by A's at block k, with (k, j) chosen on
