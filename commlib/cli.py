@@ -206,10 +206,11 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         answers=args.answers, batch_size=args.batch_size,
     )  # fmt: skip
     label = "score" if args.task == "biographies" else "accuracy"
-    print(f"{'method':<10}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
+    width = max(len("method"), *map(len, result["methods"])) + 1
+    print(f"{'method':<{width}}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
     for method, r in result["methods"].items():
         ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        print(f"{method:<10}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
+        print(f"{method:<{width}}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
               f"{r['n']:>5}")  # fmt: skip
     config = result["config"]
     if config["layers_chosen_on"]:
