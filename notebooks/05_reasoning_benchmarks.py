@@ -20,9 +20,10 @@
 # Biographies, GSM8k and five MMLU subjects), Table 4 (every ordered pair of
 # the offline families on Biographies and GSM8k), the appendix ablations
 # (chain of thought on A before the graft, Table 6; two instances of one model
-# with A sampled, Table 8; debate of 1 to 4 rounds, Table 9), where to graft
-# (AC against its control at each depth) and Figure 11 (AC's gain against
-# the similarity of the pair's activation spaces).
+# with A sampled, Table 8; debate of 1 to 4 rounds, Table 9) and Figure 11
+# (AC's gain against the similarity of the pair's activation spaces). Where
+# to graft for a reasoning task, with AC's control at each depth, is
+# notebook 09.
 #
 # Every method reads Du et al.'s prompts; B decodes greedily. AC replaces B's
 # last-prompt-token state at block j by A's at block k, with (k, j) chosen on
@@ -68,9 +69,6 @@ N_MAP = 3072  # LAMBADA sentences for W
 N_MAP_TASK = 512  # other GSM8k test items for the in-distribution W
 N_SIMILARITY = 512  # LAMBADA sentences for the similarity of activation spaces
 N_REFERENCE = 256  # other items of the task: B's own states that AC's grafted state is measured against
-DEPTH_TASKS = ["mmlu:high_school_psychology"]  # AC and its control at one depth of A and B per block
-DEPTH_BLOCKS = [0, 7, 14, 20, 23, 27]  # B's blocks (Qwen-1.5B has 28; the paper's k = j = 26 of 32 is 23)
-DEPTH_N = 20  # items the depth is chosen on; the chosen depth then runs on N items, reported on the others
 RUNS_DIR = "../runs/reasoning"
 SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
@@ -90,12 +88,11 @@ from commlib.experiments import (
     judge_control,
     reasoning_dir,
     run_pair_reasoning,
-    run_reasoning_depths,
     run_reasoning_distance,
 )
 from commlib.models import load_model
 from commlib.paper import TABLE3, TABLE4
-from commlib.plots import accuracy_vs_depth, gain_vs_similarity, save_figure
+from commlib.plots import gain_vs_similarity, save_figure
 from commlib.results import paired_difference
 from commlib.tasks.biographies import article_path
 from commlib.tasks.reasoning import load_task
@@ -104,7 +101,6 @@ if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    DEPTH_TASKS, DEPTH_BLOCKS, DEPTH_N = ["gsm8k"], [0, 2], 2
     (N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK,
      N_CONTROL) = 2, 4, 64, 16, 64, 16, 2, 2
     try:
@@ -200,53 +196,6 @@ if IN_DISTRIBUTION_TASKS:
                                  for task in IN_DISTRIBUTION_TASKS])  # fmt: skip
     display(in_distribution.assign(score=(100 * in_distribution["accuracy"]).round(1))
             .pivot(index="method", columns="task", values="score"))  # fmt: skip
-
-# %% [markdown]
-# ## Where to graft: AC against its control at each depth
-#
-# The games sweep picks (k, j) on a coordination game. Where it picks k = 0
-# (both Qwen receivers), A's state at the prompt's last token, a template
-# token one block into the model, carries almost nothing of the question,
-# and `ac-unrelated` scores as `ac` does: a fixed steering vector, not a
-# message. Here A and B are grafted at one relative depth (k = j, the
-# paper's choice, mapped between depths), for each of B's `DEPTH_BLOCKS`, on
-# `DEPTH_N` items (`commlib.experiments.run_reasoning_depths`). `vs_control`
-# is AC minus the control, paired over items: what A's reading of the item
-# adds. `next_token_kl` is how far AC's graft moves B's first answer token.
-
-# %%
-depths = pd.concat([run_reasoning_depths(task, *(load(m) for m in PAIR), DEPTH_BLOCKS, runs_root=RUNS_DIR,
-                                         n=DEPTH_N, seed=SEED, n_reference=N_REFERENCE, progress=False,
-                                         max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE).assign(task=task)
-                    for task in DEPTH_TASKS], ignore_index=True)  # fmt: skip
-for task, by_task in depths.groupby("task", sort=False):
-    fig = accuracy_vs_depth(by_task, title=f"{PAIR[0]} -> {PAIR[1]}, {task}, n = {DEPTH_N}, seed {SEED}")
-    save_figure(fig, f"reasoning_depth_{task.replace(':', '_')}{suffix}", directory=FIGURES_DIR,
-                config={"pair": list(PAIR), "task": task, "blocks": DEPTH_BLOCKS, "n": DEPTH_N, "seed": SEED,
-                        "notebook": "05_reasoning_benchmarks"})  # fmt: skip
-ac_rows = depths[depths["method"] == "ac"].set_index(["task", "block", "k"])
-(depths.pivot(index=["task", "block", "k"], columns="method", values="accuracy").mul(100)
- .join(ac_rows[["vs_control", "vs_control_low", "vs_control_high"]].mul(100))
- .join(ac_rows[["next_token_kl", "mahalanobis_pct"]]).round(1))  # fmt: skip
-
-# %% [markdown]
-# The depth with AC's largest lead over its control, chosen on those
-# `DEPTH_N` items, then runs on `N` items; its lead is reported on the items
-# it was not chosen on (paired over items, B alone and the control).
-
-# %%
-chosen = []
-for task, by_task in depths.groupby("task", sort=False):
-    ac = by_task[by_task["method"] == "ac"]
-    block = int(ac.loc[ac["vs_control"].idxmax(), "block"])
-    chosen_on = [item.id for item in load_task(task, n=DEPTH_N, seed=SEED)]
-    chosen.append(run_reasoning_depths(task, *(load(m) for m in PAIR), [block], runs_root=RUNS_DIR, n=N,
-                                       seed=SEED, distance=False, exclude=chosen_on, progress=False,
-                                       max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE).assign(task=task))  # fmt: skip
-chosen = pd.concat(chosen, ignore_index=True)
-print(f"on the items of {N} not among the {DEPTH_N} the block was chosen on; vs_*: paired over items")
-chosen.set_index(["task", "block", "k", "n", "method"])[["accuracy", "vs_b", "vs_b_low", "vs_b_high", "vs_control",
-                                                         "vs_control_low", "vs_control_high"]].mul(100).round(1)  # fmt: skip
 
 # %% [markdown]
 # ## Table 4 analog: every ordered pair, no W
