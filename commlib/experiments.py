@@ -1316,6 +1316,13 @@ def run_reasoning_depths(
 
     if task == "biographies":
         raise CommlibError("run_reasoning_depths scores accuracy per item: use gsm8k or mmlu:SUBJECT")
+    if distance:  # B's own states at every block in one pass, before the runs that use them
+        from commlib.tasks.reasoning import load_task
+
+        backend = options.get("backend", "nnsight")
+        evaluated = load_task(task, n=n, seed=seed)
+        reasoning_reference_states(task, receiver, evaluated, blocks, n_reference=n_reference, seed=seed,
+                                   backend=backend)  # fmt: skip
     rows = []
     for block in blocks:
         out = reasoning_dir(
@@ -1415,6 +1422,47 @@ def fit_task_map(
                    backend=backend, prompts=[question_prompt(it) for it in fitted])  # fmt: skip
 
 
+def reasoning_reference_states(
+    task: str,
+    receiver: Model,
+    evaluated: Sequence[ReasoningItem],
+    layers: Sequence[int],
+    *,
+    n_reference: int = 256,
+    seed: int = 0,
+    backend: str = "nnsight",
+) -> dict[int, Tensor]:
+    """B's own states after each of ``layers`` at the last prompt token of other items of ``task``; cached.
+
+    The items are :func:`other_items` (never one of ``evaluated``), read in
+    the prompt format as every reasoning method reads them. Layers not yet
+    cached are captured in one pass over the items and cached per layer
+    under the commlib cache directory, shared by every sender.
+
+    Returns:
+        Per layer, a tensor of shape (items, d_model).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from commlib.graft import capture_corpus
+    from commlib.methods.reasoning import question_prompt
+    from commlib.models import cache_dir
+
+    reference = other_items(task, evaluated, n_reference, seed)
+    name = other_items_name(task, seed, len(evaluated))
+    paths = {j: cache_dir() / "reference" / receiver.name / f"{name}_L{j}_n{len(reference)}.safetensors"
+             for j in layers}  # fmt: skip
+    missing = sorted({j for j, path in paths.items() if not path.exists()})
+    if missing:
+        prompts = [question_prompt(it) for it in reference]
+        captured = capture_corpus(receiver, prompts, missing, backend=backend, formatted=True,
+                                  desc=f"{receiver.name} L{missing} on {task}")  # fmt: skip
+        for j in missing:
+            paths[j].parent.mkdir(parents=True, exist_ok=True)
+            save_file({"states": captured[j].contiguous()}, str(paths[j]))
+    return {j: load_file(str(paths[j]))["states"] for j in layers}
+
+
 def run_reasoning_distance(
     task: str,
     sender: Model,
@@ -1463,15 +1511,13 @@ def run_reasoning_distance(
         0.0
     """
     import torch
-    from safetensors.torch import load_file, save_file
 
     from commlib.backends import get_backend
     from commlib.backends.base import check_layer
     from commlib.combine import combine
     from commlib.distance import Manifold, ReferenceSet, next_token_kl
-    from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_edit
+    from commlib.graft import GraftConfig, capture_message, graft_edit
     from commlib.methods.reasoning import question_prompt
-    from commlib.models import cache_dir
     from commlib.prompts import encode, message_positions
     from commlib.tasks.reasoning import load_task
 
@@ -1492,14 +1538,8 @@ def run_reasoning_distance(
     path = out / "distances.csv"
     if path.exists():
         return pd.read_csv(path)
-    key = f"{other_items_name(task, seed, len(items))}_L{j}_n{len(reference)}"
-    ref_path = cache_dir() / "reference" / receiver.name / f"{key}.safetensors"
-    if not ref_path.exists():
-        ref_path.parent.mkdir(parents=True, exist_ok=True)
-        states = capture_corpus(receiver, [question_prompt(it) for it in reference], [j], backend=backend,
-                                formatted=True, desc=f"{receiver.name} L{j} on {task}")[j]  # fmt: skip
-        save_file({"states": states.contiguous()}, str(ref_path))
-    states = load_file(str(ref_path))["states"]
+    states = reasoning_reference_states(task, receiver, items, [j], n_reference=n_reference, seed=seed,
+                                        backend=backend)[j]  # fmt: skip
     n_held = max(2, len(states) // 4)
     manifold = Manifold.fit(ReferenceSet(fit=states[n_held:], held_out=states[:n_held], model=receiver.name,
                                          layer=j, corpus=f"{task} prompts", seed=seed))  # fmt: skip

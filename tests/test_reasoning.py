@@ -764,3 +764,31 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
     pd.testing.assert_frame_equal(sweep(), table)
     with pytest.raises(CommlibError, match="gsm8k or mmlu"):
         run_reasoning_depths("biographies", tiny, tiny_wide, [0], runs_root=tmp_path, progress=False)
+
+
+def test_reference_states_of_several_blocks_in_one_pass_equal_one_block_at_a_time_and_are_cached(
+    tiny: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import commlib.graft as graft
+    from commlib.experiments import reasoning_reference_states
+    from commlib.models import cache_dir
+
+    data = cache_dir() / "data"  # the fetched tasks, seen from two empty caches
+    for name in ("together", "alone"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data").symlink_to(data)
+    evaluated = load_task("gsm8k", 3, seed=0)
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "together"))
+    together = reasoning_reference_states("gsm8k", tiny, evaluated, [0, 3], n_reference=12)
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "alone"))
+    for layer in (0, 3):
+        alone = reasoning_reference_states("gsm8k", tiny, evaluated, [layer], n_reference=12)[layer]
+        assert alone.shape == (12, tiny.info.d_model)
+        torch.testing.assert_close(together[layer], alone, atol=1e-5, rtol=1e-5)
+
+    def no_capture(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cached states were captured again")
+
+    monkeypatch.setattr(graft, "capture_corpus", no_capture)
+    cached = reasoning_reference_states("gsm8k", tiny, evaluated, [3, 0], n_reference=12)
+    assert all(torch.equal(cached[layer], states) for layer, states in together.items())
