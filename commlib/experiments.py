@@ -1316,10 +1316,10 @@ def run_reasoning_depths(
 
     if task == "biographies":
         raise CommlibError("run_reasoning_depths scores accuracy per item: use gsm8k or mmlu:SUBJECT")
+    backend = options.get("backend", "nnsight")
     if distance:  # B's own states at every block in one pass, before the runs that use them
         from commlib.tasks.reasoning import load_task
 
-        backend = options.get("backend", "nnsight")
         evaluated = load_task(task, n=n, seed=seed)
         reasoning_reference_states(task, receiver, evaluated, blocks, n_reference=n_reference, seed=seed,
                                    backend=backend)  # fmt: skip
@@ -1336,7 +1336,7 @@ def run_reasoning_depths(
         if distance:
             table = run_reasoning_distance(
                 task, sender, receiver, k=k, j=block, out_dir=out / "graft_distance", n=n, seed=seed,
-                n_reference=n_reference, backend=options.get("backend", "nnsight"),
+                n_reference=n_reference, backend=backend,
             )  # fmt: skip
             ac = table[table["source"] == "ac"]
             graft = {"next_token_kl": float(ac["next_token_kl"].median()),
