@@ -1312,8 +1312,6 @@ def run_reasoning_depths(
         >>> t.groupby("block")["k"].first().tolist(), t["vs_control"][t["method"] == "ac-unrelated"].tolist()
         ([0, 3], [0.0, 0.0])
     """
-    from commlib.graft import map_layer
-
     if task == "biographies":
         raise CommlibError("run_reasoning_depths scores accuracy per item: use gsm8k or mmlu:SUBJECT")
     backend = options.get("backend", "nnsight")
@@ -1328,10 +1326,10 @@ def run_reasoning_depths(
         out = reasoning_dir(
             runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=f"depth-j{block}"
         )
-        run_reasoning(task, sender, receiver, DEPTH_METHODS, out_dir=out, n=n, seed=seed, k=block, j=block,
-                      layers_from=receiver, answers=Path(runs_root) / "answers", progress=progress,
-                      **options)  # fmt: skip
-        k = map_layer(block, receiver.info.n_layers, sender.info.n_layers)
+        result = run_reasoning(task, sender, receiver, DEPTH_METHODS, out_dir=out, n=n, seed=seed, k=block,
+                               j=block, layers_from=receiver, answers=Path(runs_root) / "answers",
+                               progress=progress, **options)  # fmt: skip
+        k = int(result["config"]["k"])  # block mapped to A's depth
         graft: dict[str, float] = {}
         if distance:
             table = run_reasoning_distance(

@@ -551,9 +551,8 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
     with_kl = "next_token_kl" in table
     fig, axes = plt.subplots(1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2),
                                                              COLUMN_WIDTH * 0.8))  # fmt: skip
-    looks: dict[
-        str, dict[str, Any]
-    ] = {  # AC solid, its control the same colour open and dashed, the models alone flat and grey
+    # AC solid, its control the same colour open and dashed, the models alone flat and grey
+    looks: dict[str, dict[str, Any]] = {
         "ac": {"color": method_colour("ac"), "marker": "o", "ls": "-"},
         "ac-unrelated": {"color": method_colour("ac"), "marker": "o", "ls": "--", "mfc": "none"},
         "single-b": {"color": "0.2", "marker": None, "ls": ":"},
