@@ -753,6 +753,8 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
                                            variant=f"depth-j{block}"))  # fmt: skip
         assert set(run["k"]) == {k} and set(run["j"]) == {block}
         assert set(run["method"]) == {"single-a", "single-b", "ac", "ac-unrelated"}
+        scores = table[table["block"] == block].set_index("method")["accuracy"]  # as the run scored them
+        assert scores.to_dict() == run.set_index("method")["accuracy"].to_dict()
     assert (table[table["method"] == "single-b"]["vs_b"] == 0).all()
     assert (table[table["method"] == "ac-unrelated"]["vs_control"] == 0).all()
     assert (table["next_token_kl"] > 0).all()  # A's state, another model's, moves B's next token
@@ -762,6 +764,10 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
 
     monkeypatch.setattr(reasoning, "run_reasoning_batch", no_decoding)
     pd.testing.assert_frame_equal(sweep(), table)
+    first = load_task("gsm8k", 3, seed=0)[0].id
+    held_out = run_reasoning_depths("gsm8k", tiny, tiny_wide, [1], runs_root=tmp_path, n=3, max_new_tokens=4,
+                                    distance=False, exclude=[first], progress=False)  # fmt: skip
+    assert set(held_out["n"]) == {2}  # scored without the excluded item, and nothing decoded again
     with pytest.raises(CommlibError, match="gsm8k or mmlu"):
         run_reasoning_depths("biographies", tiny, tiny_wide, [0], runs_root=tmp_path, progress=False)
 
