@@ -207,11 +207,18 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
     )  # fmt: skip
     label = "score" if args.task == "biographies" else "accuracy"
     width = max(len("method"), *map(len, result["methods"])) + 1
-    print(f"{'method':<{width}}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}")
+    paired = "single-b" in result["methods"]  # then each other method's paired difference with B alone
+    print(f"{'method':<{width}}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}"
+          + (f"{'- B':>8}{'95% CI':>18}{'better/worse':>14}" if paired else ""))  # fmt: skip
     for method, r in result["methods"].items():
         ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        print(f"{method:<{width}}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}{r['seconds']:>9.1f}"
-              f"{r['n']:>5}")  # fmt: skip
+        line = (f"{method:<{width}}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}"
+                f"{r['seconds']:>9.1f}{r['n']:>5}")  # fmt: skip
+        if "vs_b" in r:
+            vs = r["vs_b"]
+            vs_ci, counts = f"[{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]", f"{vs['better']}/{vs['worse']}"
+            line += f"{vs['difference']:>+8.2f}{vs_ci:>18}{counts:>14}"
+        print(line)
     config = result["config"]
     if config["layers_chosen_on"]:
         print(f"layers (k, j) = ({config['k']}, {config['j']}), mapped by relative depth from "

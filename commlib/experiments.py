@@ -655,7 +655,11 @@ def run_reasoning(
     debate per item serves them all). ``results.json`` has per method the
     score with a 95% bootstrap CI, mean FLOPs (also relative to one forward
     pass of the smaller model over the mean prompt), mean wall time and
-    generated tokens, and the configuration.
+    generated tokens, and the configuration. With ``single-b`` among the
+    methods, every other method also has ``vs_b``: its paired difference
+    with B alone over the items both score (95% bootstrap CI) and the items
+    it scores above (``better``: on GSM8k and MMLU, B's misses it fixes) and
+    below B alone (``worse``: B's hits it breaks).
 
     The score is accuracy on GSM8k and MMLU. Biographies are scored by
     ``judge`` (:func:`judge_biographies`, cached in ``out_dir/judgements.jsonl``):
@@ -848,6 +852,11 @@ def run_reasoning(
             "seconds": float(sub["seconds"].mean()), "batch_sizes": sorted({int(b) for b in sub["batch"]}),
             "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
         }  # fmt: skip
+    if "single-b" in methods:
+        by_item = df.pivot(index="item_id", columns="method", values="score")
+        for method in methods:
+            if method != "single-b":
+                summary[method]["vs_b"] = _paired_with(by_item[method], by_item["single-b"], seed=seed)
     a_decoding = "greedy" if a_temperature <= 0 else "sampled (temperature, top_p, seed per item and turn)"
     judging = {"model": judge.info.to_dict(), "prompt": JUDGE_PROMPT, "decoding": "greedy",
                "max_new_tokens": JUDGE_MAX_NEW_TOKENS} if judged and judge is not None else None  # fmt: skip
@@ -871,6 +880,15 @@ def run_reasoning(
     }  # fmt: skip
     write_json(out / "results.json", result)
     return result
+
+
+def _paired_with(scores: pd.Series, baseline: pd.Series, *, seed: int) -> dict[str, float | int]:
+    """``scores`` against ``baseline`` on the items both score: paired difference, items above and below."""
+    both = pd.concat([scores, baseline], axis=1, keys=["method", "baseline"]).dropna()
+    difference, lo, hi = paired_difference(both["method"], both["baseline"], seed=seed)
+    return {"difference": difference, "ci_low": lo, "ci_high": hi, "n": len(both),
+            "better": int((both["method"] > both["baseline"]).sum()),
+            "worse": int((both["method"] < both["baseline"]).sum())}  # fmt: skip
 
 
 def _scored(item: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -1167,19 +1185,24 @@ def read_reasoning(out_dir: str | Path) -> pd.DataFrame:
 
     Columns: task, sender, receiver, method, accuracy, ci_low, ci_high (in
     [0, 1]), n, n_scored, flops, flops_vs_one_pass, seconds,
-    generated_tokens, k, j, seed, judge (the judge's name or empty).
+    generated_tokens, k, j, seed, judge (the judge's name or empty) and,
+    where the run has B alone, the paired comparison with it: vs_b,
+    vs_b_low, vs_b_high, better, worse (NaN on B's own row).
     """
     result = json.loads((Path(out_dir) / "results.json").read_text())
     config = result["config"]
     judge = (config.get("judge") or {}).get("model", {}).get("name", "")
-    return pd.DataFrame(
-        [
-            {"task": result["task"], "sender": config["sender"]["name"],
-             "receiver": config["receiver"]["name"], "method": method, **values, "k": config["k"],
-             "j": config["j"], "seed": config["seed"], "judge": judge}
-            for method, values in result["methods"].items()
-        ]
-    )  # fmt: skip
+    rows = []
+    for method, values in result["methods"].items():
+        values = dict(values)
+        if (paired := values.pop("vs_b", None)) is not None:
+            values |= {"vs_b": paired["difference"], "vs_b_low": paired["ci_low"],
+                       "vs_b_high": paired["ci_high"], "better": paired["better"],
+                       "worse": paired["worse"]}  # fmt: skip
+        rows.append({"task": result["task"], "sender": config["sender"]["name"],
+                     "receiver": config["receiver"]["name"], "method": method, **values, "k": config["k"],
+                     "j": config["j"], "seed": config["seed"], "judge": judge})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def run_pair_reasoning(

@@ -149,6 +149,43 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     assert main([*args[:-2], "--rounds", "3", "--out", str(out)]) == 2  # other settings refused
 
 
+def test_a_run_compares_each_method_with_b_alone_on_the_same_items(tmp_path: Path, capsys) -> None:
+    """Stored outputs made right or wrong by hand (a re-run scores them again): the comparison follows them."""
+    import json
+
+    import pandas as pd
+
+    from commlib.cli import main
+    from commlib.experiments import read_reasoning
+
+    out = tmp_path / "gsm"
+    args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
+            "tiny-llama-random", "--methods", "single-a,single-b,ac", "--k", "1", "--j", "1", "--n", "4",
+            "--max-new-tokens", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype=str)
+    answers = {it.id: it.answer for it in load_task("gsm8k", 4, seed=0)}
+    ids = list(answers)
+    right = {("single-b", ids[0]), ("single-b", ids[1]), ("ac", ids[1]), ("ac", ids[2]), ("ac", ids[3])}
+    items["output"] = [f"The answer is {answers[i]}." if (m, i) in right else "The answer is -1."
+                       for m, i in zip(items["method"], items["item_id"], strict=True)]  # fmt: skip
+    items.to_csv(out / "items.csv", index=False)
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    methods = json.loads((out / "results.json").read_text())["methods"]
+    assert (methods["single-b"]["accuracy"], methods["ac"]["accuracy"]) == (0.5, 0.75)
+    assert "vs_b" not in methods["single-b"]
+    ac, alone = methods["ac"]["vs_b"], methods["single-a"]["vs_b"]
+    assert (ac["difference"], ac["better"], ac["worse"], ac["n"]) == (0.25, 2, 1, 4)  # fixes 2, breaks 1
+    assert (alone["difference"], alone["better"], alone["worse"]) == (-0.5, 0, 2)
+    assert ac["ci_low"] < 0.25 < ac["ci_high"]
+    assert "better/worse" in printed and "2/1" in printed and "0/2" in printed
+    table = read_reasoning(out).set_index("method")
+    assert table.loc["ac", ["vs_b", "better", "worse"]].tolist() == [0.25, 2, 1]
+    assert pd.isna(table.loc["single-b", "vs_b"])
+
+
 @pytest.mark.parametrize("method", ["single-b", "ac", "ac-unrelated"])
 def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -> None:
     items = load_task("gsm8k", 3, seed=0)
