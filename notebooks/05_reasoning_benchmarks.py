@@ -166,6 +166,12 @@ if TASKS:
     print(f"{PAIR[0]} -> {PAIR[1]}, n = {N}, seed {SEED}, (k, j) = {tuple(table3[['k', 'j']].iloc[0])}, "
           f"judge {JUDGE}")  # fmt: skip
     display(table3[table3["method"].isin(METHODS)].pivot(index="method", columns="task", values="score").loc[METHODS])
+    # each method against B alone on the same items: paired difference, B's misses fixed / hits broken
+    vs_b = table3.dropna(subset=["vs_b"])
+    vs_b = vs_b.assign(vs_b=[f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({better:.0f} / {worse:.0f})"
+                             for d, lo, hi, better, worse in vs_b[["vs_b", "vs_b_low", "vs_b_high", "better",
+                                                                   "worse"]].itertuples(index=False)])  # fmt: skip
+    display(vs_b.pivot(index="method", columns="task", values="vs_b").rename_axis("minus B alone"))
 
 # %%
 pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
