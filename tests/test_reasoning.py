@@ -150,7 +150,7 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
 
 
 def test_a_run_compares_each_method_with_b_alone_on_the_same_items(tmp_path: Path, capsys) -> None:
-    """Stored outputs made right or wrong by hand (a re-run scores them again): the comparison follows them."""
+    """Stored outputs made right or wrong by hand (a re-run scores them again): the comparison follows."""
     import json
 
     import pandas as pd
