@@ -289,9 +289,16 @@ save_figure(fig, f"reasoning_gain_vs_similarity_{cross}{suffix}", directory=FIGU
                     "judge": JUDGE,
                     "n_similarity": N_SIMILARITY, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
 gains["ac_minus_b"] = gains["AC"] - gains["B"]
-for task, by_task in gains.groupby("task"):
-    r = {y: by_task["paper_similarity"].corr(by_task[y]) for y in ("gain", "ac_minus_b")}
-    print(f"{task}: Pearson r with similarity, gain {r['gain']:.2f}, AC - B {r['ac_minus_b']:.2f}")
+
+
+def print_correlations(table: pd.DataFrame, x: str, name: str) -> None:
+    """Pearson r of ``x`` with the paper's gain and with AC - B, per task."""
+    for task, by_task in table.groupby("task"):
+        r = {y: by_task[x].corr(by_task[y]) for y in ("gain", "ac_minus_b")}
+        print(f"{task}: Pearson r with {name}, gain {r['gain']:.2f}, AC - B {r['ac_minus_b']:.2f}")
+
+
+print_correlations(gains, "paper_similarity", "similarity")
 gains[["pair", "task", "paper_similarity", "gain", "ac_minus_b"]].round(3)
 
 # %% [markdown]
@@ -322,8 +329,6 @@ save_figure(fig, f"reasoning_gain_vs_graft_kl_{cross}{suffix}", directory=FIGURE
             config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
                     "judge": JUDGE,
                     "n_reference": N_REFERENCE, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
-for task, by_task in gains.groupby("task"):
-    r = {y: by_task["next_token_kl"].corr(by_task[y]) for y in ("gain", "ac_minus_b")}
-    print(f"{task}: Pearson r with the graft's KL, gain {r['gain']:.2f}, AC - B {r['ac_minus_b']:.2f}")
+print_correlations(gains, "next_token_kl", "the graft's KL")
 distance.pivot(index=["pair", "task"], columns="source",
                values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)  # fmt: skip
