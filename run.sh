@@ -48,6 +48,7 @@ case "$job" in
         ;;
     test)
         "$VENV/bin/ruff" check commlib tests benchmarks
+        "$VENV/bin/ruff" format --check commlib tests benchmarks notebooks
         "$VENV/bin/mypy"
         "$VENV/bin/pytest"
         ;;

@@ -59,12 +59,15 @@ def main() -> None:
             times[way] += time.perf_counter() - start
             verdicts[way] += [parse_verdict(t) for t in texts]
     same = sum(a == b for a, b in zip(verdicts["whole"], verdicts["shared"], strict=True))
-    print(f"judge {args.judge}, {args.n} biographies, {len(verdicts['whole'])} facts, "
-          f"{args.threads} thread(s)")  # fmt: skip
+    print(
+        f"judge {args.judge}, {args.n} biographies, {len(verdicts['whole'])} facts, {args.threads} thread(s)"
+    )
     for way in ("whole", "shared"):
         print(f"{way:>6}: {times[way]:7.1f} s  {tokens[way]:6d} prompt tokens prefilled")
-    print(f"ratio whole / shared: {times['whole'] / times['shared']:.2f}x; "
-          f"same verdicts {same} of {len(verdicts['whole'])}")  # fmt: skip
+    print(
+        f"ratio whole / shared: {times['whole'] / times['shared']:.2f}x; "
+        f"same verdicts {same} of {len(verdicts['whole'])}"
+    )
 
 
 if __name__ == "__main__":

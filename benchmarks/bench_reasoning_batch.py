@@ -55,8 +55,10 @@ def main() -> None:
 
     tokens = sum(o.answer for o in one)
     same = sum(a.text == b.text for a, b in zip(one, batched, strict=True))
-    print(f"{args.model}, {args.method}, n = {args.n}, {args.max_new_tokens} new tokens, "
-          f"{args.threads} thread(s), {tokens} tokens generated")  # fmt: skip
+    print(
+        f"{args.model}, {args.method}, n = {args.n}, {args.max_new_tokens} new tokens, "
+        f"{args.threads} thread(s), {tokens} tokens generated"
+    )
     print(f"item by item : {t_one:8.1f} s  {tokens / t_one:6.2f} tok/s")
     print(f"batch of {args.batch_size:<4}: {t_batched:8.1f} s  {tokens / t_batched:6.2f} tok/s")
     print(f"speed-up     : {t_one / t_batched:.2f}x; same answer text on {same} of {len(items)} items")

@@ -124,13 +124,23 @@ def main() -> None:
         median = timed(fns, args.repeats)
     for name, seconds in median.items():
         split = method_flops(name, shape_a, shape_b, k=args.k, rounds=args.rounds, **lengths)
-        paper = method_flops(name, shape_a, shape_b, k=args.k, rounds=args.rounds, accounting="paper",
-                             **lengths)["total"]  # fmt: skip
-        rows.append({"method": name, "seconds": seconds, "tflops": split["total"] / 1e12,
-                     "paper_tflops": paper / 1e12, "flops_by_model": split})  # fmt: skip
+        paper = method_flops(
+            name, shape_a, shape_b, k=args.k, rounds=args.rounds, accounting="paper", **lengths
+        )["total"]
+        rows.append(
+            {
+                "method": name,
+                "seconds": seconds,
+                "tflops": split["total"] / 1e12,
+                "paper_tflops": paper / 1e12,
+                "flops_by_model": split,
+            }
+        )
     ac = next(r for r in rows if r["method"] == "ac")
-    print(f"{torch.cuda.get_device_name(0)}, bf16, {args.sender} -> {args.receiver}, {lengths}, "
-          f"rounds={args.rounds}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"{torch.cuda.get_device_name(0)}, bf16, {args.sender} -> {args.receiver}, {lengths}, "
+        f"rounds={args.rounds}, median of {args.repeats}"
+    )
     print(f"{'method':<9}{'seconds':>9}{'time/AC':>9}{'FLOPs/AC':>10}{'paper/AC':>10}{'TFLOP/s':>9}")
     for r in rows:
         r |= {
@@ -139,8 +149,10 @@ def main() -> None:
             "paper_flops_vs_ac": r["paper_tflops"] / ac["paper_tflops"],
             "achieved_tflops_per_s": r["tflops"] / r["seconds"],
         }
-        print(f"{r['method']:<9}{r['seconds']:>9.2f}{r['time_vs_ac']:>9.2f}{r['flops_vs_ac']:>10.2f}"
-              f"{r['paper_flops_vs_ac']:>10.2f}{r['achieved_tflops_per_s']:>9.1f}")  # fmt: skip
+        print(
+            f"{r['method']:<9}{r['seconds']:>9.2f}{r['time_vs_ac']:>9.2f}{r['flops_vs_ac']:>10.2f}"
+            f"{r['paper_flops_vs_ac']:>10.2f}{r['achieved_tflops_per_s']:>9.1f}"
+        )
     if args.out:
         payload = {"device": torch.cuda.get_device_name(0), "args": vars(args), "lengths": lengths}
         payload["rows"] = rows

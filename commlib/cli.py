@@ -197,23 +197,41 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         return loaded[name] if name in loaded else loaded.setdefault(name, load_model(name))
 
     result = run_reasoning(
-        args.task, sender, receiver, [m.strip() for m in args.methods.split(",") if m.strip()],
-        out_dir=args.out, n=args.n, seed=args.seed, k=args.k, j=args.j,
-        layers_from=model(args.layers_from) if args.layers_from else None, rounds=args.rounds,
-        max_new_tokens=args.max_new_tokens, map=LinearMap.load(args.map) if args.map else None,
-        backend=args.backend, source=args.source, a_temperature=args.a_temperature, a_top_p=args.a_top_p,
-        a_seed=args.a_seed, judge=model(args.judge) if args.task == "biographies" and args.judge else None,
-        answers=args.answers, batch_size=args.batch_size,
-    )  # fmt: skip
+        args.task,
+        sender,
+        receiver,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        out_dir=args.out,
+        n=args.n,
+        seed=args.seed,
+        k=args.k,
+        j=args.j,
+        layers_from=model(args.layers_from) if args.layers_from else None,
+        rounds=args.rounds,
+        max_new_tokens=args.max_new_tokens,
+        map=LinearMap.load(args.map) if args.map else None,
+        backend=args.backend,
+        source=args.source,
+        a_temperature=args.a_temperature,
+        a_top_p=args.a_top_p,
+        a_seed=args.a_seed,
+        judge=model(args.judge) if args.task == "biographies" and args.judge else None,
+        answers=args.answers,
+        batch_size=args.batch_size,
+    )
     label = "score" if args.task == "biographies" else "accuracy"
     width = max(len("method"), *map(len, result["methods"])) + 1
     paired = "single-b" in result["methods"]  # then each other method's paired difference with B alone
-    print(f"{'method':<{width}}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}"
-          + (f"{'- B':>8}{'95% CI':>18}{'better/worse':>14}" if paired else ""))  # fmt: skip
+    print(
+        f"{'method':<{width}}{label:>9}{'95% CI':>16}{'FLOPs/pass':>12}{'seconds':>9}{'n':>5}"
+        + (f"{'- B':>8}{'95% CI':>18}{'better/worse':>14}" if paired else "")
+    )
     for method, r in result["methods"].items():
         ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        line = (f"{method:<{width}}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}"
-                f"{r['seconds']:>9.1f}{r['n']:>5}")  # fmt: skip
+        line = (
+            f"{method:<{width}}{r['accuracy']:>9.2f}{ci:>16}{r['flops_vs_one_pass']:>12.1f}"
+            f"{r['seconds']:>9.1f}{r['n']:>5}"
+        )
         if "vs_b" in r:
             vs = r["vs_b"]
             vs_ci, counts = f"[{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]", f"{vs['better']}/{vs['worse']}"
@@ -221,8 +239,10 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
         print(line)
     config = result["config"]
     if config["layers_chosen_on"]:
-        print(f"layers (k, j) = ({config['k']}, {config['j']}), mapped by relative depth from "
-              f"{config['layers_chosen_on']}")  # fmt: skip
+        print(
+            f"layers (k, j) = ({config['k']}, {config['j']}), mapped by relative depth from "
+            f"{config['layers_chosen_on']}"
+        )
     judged = " and judgements.jsonl" if config["judge"] else ""
     print(f"wrote {args.out}/results.json, items.csv{judged}")
     return 0
@@ -241,19 +261,38 @@ def _cmd_train_adapter(args: argparse.Namespace) -> int:
         raise CommlibError("train-adapter needs --game; --adapter and --ce-weight go with --compress K")
     sender, receiver = _load_pair(args)
     if compress:
-        train_compressor(sender, receiver, args.adapter, args.out, k=args.compress, steps=args.steps,
-                         lr=args.lr, ce_weight=args.ce_weight, seed=args.seed)  # fmt: skip
+        train_compressor(
+            sender,
+            receiver,
+            args.adapter,
+            args.out,
+            k=args.compress,
+            steps=args.steps,
+            lr=args.lr,
+            ce_weight=args.ce_weight,
+            seed=args.seed,
+        )
         losses, name = load_compressor(args.out)[2].losses, "compressor"
     else:
         train_adapter(
-            sender, receiver, args.game, args.out, n_train=args.n_train, steps=args.steps, lr=args.lr,
-            seed=args.seed, message_tokens=args.message_tokens, kl_weight=args.kl_weight,
-        )  # fmt: skip
+            sender,
+            receiver,
+            args.game,
+            args.out,
+            n_train=args.n_train,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            message_tokens=args.message_tokens,
+            kl_weight=args.kl_weight,
+        )
         losses, name = load_adapter(args.out)[1].losses, "adapter"
     window = max(1, len(losses) // 10)
     first, last = losses[:window], losses[-window:]
-    print(f"{len(losses)} steps; mean loss of the first {window}: {sum(first) / len(first):.3f}, "
-          f"of the last {window}: {sum(last) / len(last):.3f}")  # fmt: skip
+    print(
+        f"{len(losses)} steps; mean loss of the first {window}: {sum(first) / len(first):.3f}, "
+        f"of the last {window}: {sum(last) / len(last):.3f}"
+    )
     print(f"wrote {args.out}/{name}.safetensors and {name}.json")
     return 0
 
@@ -362,18 +401,42 @@ def _cmd_sweep_n(args: argparse.Namespace) -> int:
 
     sender, receiver = _load_pair(args)
     result = run_n_sweep(
-        args.game, sender, receiver, [m.strip() for m in args.methods.split(",") if m.strip()],
-        args.ns.split(","), out_dir=args.out, k=args.k, j=args.j, n=args.n, seed=args.seed,
-        position=args.position, adapter=args.adapter, message_tokens=args.message_tokens,
-        max_new_tokens=args.max_new_tokens, n_reference=args.n_reference, reference=args.reference,
+        args.game,
+        sender,
+        receiver,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.ns.split(","),
+        out_dir=args.out,
+        k=args.k,
+        j=args.j,
+        n=args.n,
+        seed=args.seed,
+        position=args.position,
+        adapter=args.adapter,
+        message_tokens=args.message_tokens,
+        max_new_tokens=args.max_new_tokens,
+        n_reference=args.n_reference,
+        reference=args.reference,
         backend=args.backend,
-    )  # fmt: skip
+    )
     table = n_sweep_table(result)
     game = Path(args.game).stem
     fig = accuracy_distance_vs_n(table, title=f"{game}: {sender.name} -> {receiver.name}")
     save_figure(fig, f"sweep_n_{game}_{sender.name}_{receiver.name}", directory=args.out, config=vars(args))
-    cols = ["method", "n", "n_sent", "accuracy", "ci_low", "ci_high", "gain", "gain_ci_low", "gain_ci_high",
-            "median_mahalanobis_pct", "flops", "seconds"]  # fmt: skip
+    cols = [
+        "method",
+        "n",
+        "n_sent",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "gain",
+        "gain_ci_low",
+        "gain_ci_high",
+        "median_mahalanobis_pct",
+        "flops",
+        "seconds",
+    ]
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {args.out}/results.json, items.csv and the figure")
     return 0
@@ -551,9 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument(
-        "--batch-size", type=int, default=1,
+        "--batch-size",
+        type=int,
+        default=1,
         help="items decoded together by single-a, single-b, ac, ac-w, ac-unrelated (same greedy answers)",
-    )  # fmt: skip
+    )
     s.add_argument("--map", help="learned W for ac-w")
     s.add_argument("--source", choices=("offline", "hub"), default="offline")
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
@@ -611,9 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sender", required=True)
     s.add_argument("--receiver", required=True)
     s.add_argument(
-        "--methods", default="ac-replace,cipher,interlat-norm",
+        "--methods",
+        default="ac-replace,cipher,interlat-norm",
         help="ac-sum,ac-mean,ac-replace,cipher,cipher-t<T>,interlat,interlat-norm,interlat-trained",
-    )  # fmt: skip
+    )
     s.add_argument("--adapter", help="interlat-trained: the directory train-adapter wrote")
     s.add_argument("--ns", default="0,1,2,4,8,all", help="n to sweep, comma-separated; all sends everything")
     s.add_argument("--k", type=int, default=None, help="A's block (ac-*)")
@@ -624,8 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--message-tokens", type=int, default=48, help="longest message A writes (latent)")
     s.add_argument("--max-new-tokens", type=int, default=24)
     s.add_argument("--n-reference", type=int, default=3072, help="size of B's reference sets")
-    s.add_argument("--reference", choices=REFERENCE_CHOICES, default="task",
-                   help="AC's reference for B's layer-j states (see commlib distance --help)")  # fmt: skip
+    s.add_argument(
+        "--reference",
+        choices=REFERENCE_CHOICES,
+        default="task",
+        help="AC's reference for B's layer-j states (see commlib distance --help)",
+    )
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="nnsight")
     s.add_argument("--out", required=True)
 

@@ -134,9 +134,14 @@ def corpus_activations(
 
     check_layer(model, layer)
     options: dict[str, Any] = {
-        "corpus": corpus, "n": n, "seed": seed, "backend": backend, "formatted": formatted,
-        "position": position, "reply": reply,
-    }  # fmt: skip
+        "corpus": corpus,
+        "n": n,
+        "seed": seed,
+        "backend": backend,
+        "formatted": formatted,
+        "position": position,
+        "reply": reply,
+    }
     if not cache:
         return _capture_corpus(model, [layer], **options)[layer]
     path = _reference_path(model.name, _key(corpus, layer, n, seed, formatted, position, reply))
@@ -175,9 +180,16 @@ def cache_corpus_activations(
     todo = [layer for layer, key in keys.items() if not _reference_path(model.name, key).exists()]
     if todo:
         acts = _capture_corpus(
-            model, todo, corpus=corpus, n=n, seed=seed, backend=backend, formatted=formatted,
-            position=position, reply=reply,
-        )  # fmt: skip
+            model,
+            todo,
+            corpus=corpus,
+            n=n,
+            seed=seed,
+            backend=backend,
+            formatted=formatted,
+            position=position,
+            reply=reply,
+        )
         for layer in todo:
             path = _reference_path(model.name, keys[layer])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,9 +228,15 @@ def _capture_corpus(
         sentences = load_sentences(corpus, n=n, seed=seed)
     label = f"L{layers[0]}" if len(layers) == 1 else f"{len(layers)} layers"
     acts = capture_corpus(
-        model, sentences, layers, backend=backend, desc=f"{model.name} {label} {corpus}", formatted=formatted,
-        position=position, reply=replies,
-    )  # fmt: skip
+        model,
+        sentences,
+        layers,
+        backend=backend,
+        desc=f"{model.name} {label} {corpus}",
+        formatted=formatted,
+        position=position,
+        reply=replies,
+    )
     for layer, x in acts.items():
         if not torch.isfinite(x).all():
             raise CommlibError(f"{model.name} gives NaN or inf activations at layer {layer}; check its dtype")
@@ -286,15 +304,24 @@ def input_reference(
 
     if not 0 < held_out < 1:
         raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
-    ids = [i for s in load_sentences(corpus, n=min(n, 3072), seed=seed)
-           for i in model.tokenizer(s, add_special_tokens=False)["input_ids"]]  # fmt: skip
+    ids = [
+        i
+        for s in load_sentences(corpus, n=min(n, 3072), seed=seed)
+        for i in model.tokenizer(s, add_special_tokens=False)["input_ids"]
+    ]
     g = torch.Generator().manual_seed(seed)
     pick = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=g)]
     with torch.no_grad():
         acts = model.hf.get_input_embeddings()(pick.to(model.device)).float().cpu()
     n_held = max(1, round(held_out * n))
-    return ReferenceSet(fit=acts[n_held:], held_out=acts[:n_held], model=model.name, layer=-1,
-                        corpus=f"{corpus} token embeddings", seed=seed)  # fmt: skip
+    return ReferenceSet(
+        fit=acts[n_held:],
+        held_out=acts[:n_held],
+        model=model.name,
+        layer=-1,
+        corpus=f"{corpus} token embeddings",
+        seed=seed,
+    )
 
 
 def _check_states(x: Tensor, d: int) -> Tensor:
@@ -491,9 +518,16 @@ def manifold_for(
     if path.exists():
         return Manifold.load(path)
     ref = reference_activations(
-        model, layer, corpus=corpus, n=n, seed=seed, backend=backend, formatted=formatted, position=position,
+        model,
+        layer,
+        corpus=corpus,
+        n=n,
+        seed=seed,
+        backend=backend,
+        formatted=formatted,
+        position=position,
         reply=reply,
-    )  # fmt: skip
+    )
     manifold = Manifold.fit(ref, n_components=n_components, knn=knn)
     manifold.save(path)
     return manifold

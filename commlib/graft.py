@@ -242,13 +242,24 @@ def communicate(
         if map is not None:
             map.check_pair(sender.name, receiver.name, config.k, config.j)
         check_layer(sender, config.k, "k")
-        a = sender_states if sender_states is not None else capture_span(
-            get_backend(sender, backend), sender_prompts, config.k, config.position, config.n_positions,
-            raw=config.raw, replies=sender_replies,
-        )  # fmt: skip
+        a = (
+            sender_states
+            if sender_states is not None
+            else capture_span(
+                get_backend(sender, backend),
+                sender_prompts,
+                config.k,
+                config.position,
+                config.n_positions,
+                raw=config.raw,
+                replies=sender_replies,
+            )
+        )
         if a.shape[:2] != (len(sender_prompts), config.n_positions):
-            raise CommlibError(f"sender_states must be [{len(sender_prompts)}, {config.n_positions}, d_A]; "
-                               f"got {tuple(a.shape)}")  # fmt: skip
+            raise CommlibError(
+                f"sender_states must be [{len(sender_prompts)}, {config.n_positions}, d_A]; "
+                f"got {tuple(a.shape)}"
+            )
         end = message_positions(
             receiver, receiver_prompts, batch, config.position, raw=config.raw, replies=receiver_replies
         )
@@ -353,9 +364,11 @@ def fit_map(
     if not sentences:
         raise CommlibError("no prompts to fit W on: pass a non-empty list")
     a = capture_corpus(sender, sentences, [k], backend=backend, formatted=formatted)[k]
-    b = a if (sender is receiver and k == j) else capture_corpus(
-        receiver, sentences, [j], backend=backend, formatted=formatted
-    )[j]  # fmt: skip
+    b = (
+        a
+        if (sender is receiver and k == j)
+        else capture_corpus(receiver, sentences, [j], backend=backend, formatted=formatted)[j]
+    )
     return fit_linear_map(
         a,
         b,

@@ -48,9 +48,14 @@ TABLE2: dict[str, dict[str, dict[str, float]]] = {
 """Table 2 of the paper: model -> game -> method -> accuracy in percent."""
 
 TABLE3_TASKS = (
-    "biographies", "gsm8k", "mmlu:high_school_psychology", "mmlu:formal_logic", "mmlu:college_biology",
-    "mmlu:professional_law", "mmlu:public_relations",
-)  # fmt: skip
+    "biographies",
+    "gsm8k",
+    "mmlu:high_school_psychology",
+    "mmlu:formal_logic",
+    "mmlu:college_biology",
+    "mmlu:professional_law",
+    "mmlu:public_relations",
+)
 """The columns of the paper's Table 3, as commlib task names."""
 
 TABLE3: dict[str, dict[str, float]] = {

@@ -143,13 +143,21 @@ def sweep_panels(
     games = list(dict.fromkeys(game for game, _ in tables))
     positions = list(dict.fromkeys(pos for _, pos in tables))
     fig, axes = plt.subplots(
-        len(games), len(positions) * len(values), squeeze=False,
+        len(games),
+        len(positions) * len(values),
+        squeeze=False,
         figsize=(COLUMN_WIDTH * len(positions) * len(values), COLUMN_WIDTH * 0.8 * len(games)),
-    )  # fmt: skip
+    )
     for r, game in enumerate(games):
         for c, (pos, value) in enumerate((p, v) for p in positions for v in values):
-            sweep_heatmap(tables[game, pos], n_layers_sender=n_layers, n_layers_receiver=n_layers,
-                          value=value, title=f"{game}, {pos}", ax=axes[r][c])  # fmt: skip
+            sweep_heatmap(
+                tables[game, pos],
+                n_layers_sender=n_layers,
+                n_layers_receiver=n_layers,
+                value=value,
+                title=f"{game}, {pos}",
+                ax=axes[r][c],
+            )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -268,9 +276,16 @@ def gain_vs_distance(
         for (f, kind), grp in sub.groupby(["f", marker], sort=False):
             label = f"{kind}, {f}" if marker == "source" else f"{marker}={kind}, {f}"
             ax.errorbar(
-                grp[x], grp["mean"], yerr=[grp["mean"] - grp["ci_low"], grp["ci_high"] - grp["mean"]],
-                fmt=markers[kind], color=colours[f], ms=4, lw=0.8, capsize=1.5, label=label,
-            )  # fmt: skip
+                grp[x],
+                grp["mean"],
+                yerr=[grp["mean"] - grp["ci_low"], grp["ci_high"] - grp["mean"]],
+                fmt=markers[kind],
+                color=colours[f],
+                ms=4,
+                lw=0.8,
+                capsize=1.5,
+                label=label,
+            )
         ax.axhline(0, ls="--", lw=0.8, color="0.4")
         ax.set_xlabel(f"{x} (B's own: 50)")
         ax.set_title(str(value))
@@ -318,17 +333,25 @@ def compute_accuracy(
         sub = table[table[panel] == value].set_index("method")
         for method, r in sub.iterrows():
             ax.errorbar(
-                [r[x]], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
-                fmt="o", color=method_colour(str(method)), ms=5, lw=0.8, capsize=1.5, label=str(method),
-            )  # fmt: skip
+                [r[x]],
+                [r["accuracy"]],
+                yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                fmt="o",
+                color=method_colour(str(method)),
+                ms=5,
+                lw=0.8,
+                capsize=1.5,
+                label=str(method),
+            )
         for start in ("single-a", "single-b"):
             for end in arrows:
                 if start in sub.index and end in sub.index:
                     ax.annotate(
-                        "", xy=(sub.loc[end, x], sub.loc[end, "accuracy"]),
+                        "",
+                        xy=(sub.loc[end, x], sub.loc[end, "accuracy"]),
                         xytext=(sub.loc[start, x], sub.loc[start, "accuracy"]),
                         arrowprops={"arrowstyle": "->", "color": method_colour(end), "lw": 0.8, "alpha": 0.7},
-                    )  # fmt: skip
+                    )
         ax.set_xscale("log")
         # a span under a decade gets labelled minor ticks that overprint each other: plain numbers at 1-2-5
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -388,8 +411,15 @@ def gain_vs_similarity(
         shapes = grp[style].map(markers) if style else pd.Series("o", index=grp.index)
         for shape in dict.fromkeys(shapes):
             at = (shapes == shape).to_numpy()
-            ax.scatter(xs[at], ys[at], color=colours[i % 10], marker=shape, s=18, zorder=3,
-                       label=name if shape == shapes.iloc[0] else None)  # fmt: skip
+            ax.scatter(
+                xs[at],
+                ys[at],
+                color=colours[i % 10],
+                marker=shape,
+                s=18,
+                zorder=3,
+                label=name if shape == shapes.iloc[0] else None,
+            )
         for px, py, text in zip(xs, ys, grp[label], strict=True):
             ax.annotate(str(text), (px, py), fontsize="xx-small", xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, ls="--", lw=0.8, color="0.4")
@@ -443,8 +473,14 @@ def accuracy_vs_distance(
             mfc="none" if bool(grp["trained"].iloc[0]) else None,
         )
         for xi, yi, n in zip(x, acc, grp["n"].astype(str), strict=True):
-            ax.annotate(n, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize="xx-small",
-                        color=method_colour(str(method)))  # fmt: skip
+            ax.annotate(
+                n,
+                (xi, yi),
+                xytext=(3, 2),
+                textcoords="offset points",
+                fontsize="xx-small",
+                color=method_colour(str(method)),
+            )
     ax.axvline(50, ls=":", lw=0.8, color="0.4")
     ax.set_xlim(-2, 104)
     ax.set_ylim(-2, 102)
@@ -474,14 +510,24 @@ def accuracy_distance_vs_n(
     groups = list(table.groupby("method", sort=False))
     for i, (method, grp) in enumerate(groups):
         grp = grp.sort_values("x")
-        style = {"color": method_colour(str(method)), "marker": _SHAPES[i % len(_SHAPES)], "lw": 1.0,
-                 "ls": "-" if bool(grp["trained"].iloc[0]) else "--", "label": str(method)}  # fmt: skip
+        style = {
+            "color": method_colour(str(method)),
+            "marker": _SHAPES[i % len(_SHAPES)],
+            "lw": 1.0,
+            "ls": "-" if bool(grp["trained"].iloc[0]) else "--",
+            "label": str(method),
+        }
         acc = 100 * grp["accuracy"].astype(float)
         err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
         axes[0].errorbar(grp["x"], acc, yerr=err, capsize=1.5, ms=4, **style)
         # distances often coincide (100th percentile): earlier methods get larger markers, so all stay visible
-        axes[1].plot(grp["x"], grp[f"median_{distance}"].astype(float), ms=4 + 2 * (len(groups) - 1 - i),
-                     mfc="none", **style)  # fmt: skip
+        axes[1].plot(
+            grp["x"],
+            grp[f"median_{distance}"].astype(float),
+            ms=4 + 2 * (len(groups) - 1 - i),
+            mfc="none",
+            **style,
+        )
     labels = table.drop_duplicates("x").sort_values("x")
     for ax in axes:
         ax.set_xticks(labels["x"], labels["n"].astype(str))
@@ -491,8 +537,13 @@ def accuracy_distance_vs_n(
     axes[1].set_ylim(0, 101)
     axes[1].axhline(50, ls=":", lw=0.8, color="0.4")
     axes[1].set_ylabel(f"{distance.removesuffix('_pct')} percentile, median\n(vs B's held-out own states)")
-    axes[1].legend(fontsize="x-small", title="solid: trained; dashed: zero-shot", title_fontsize="x-small",
-                   bbox_to_anchor=(1.02, 1), loc="upper left")  # fmt: skip
+    axes[1].legend(
+        fontsize="x-small",
+        title="solid: trained; dashed: zero-shot",
+        title_fontsize="x-small",
+        bbox_to_anchor=(1.02, 1),
+        loc="upper left",
+    )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -514,10 +565,24 @@ def compression_vs_k(table: pd.DataFrame, *, title: str = "") -> Figure:
     colour = method_colour("interlat-trained")
     acc = 100 * points["accuracy"].astype(float)
     err = [acc - 100 * points["ci_low"].astype(float), 100 * points["ci_high"].astype(float) - acc]
-    axes[0].errorbar(points["K"], acc, yerr=err, capsize=1.5, ms=4, marker="o", color=colour, lw=1.0,
-                     label="K compressed vectors")  # fmt: skip
-    axes[0].axhline(100 * whole["accuracy"], color="0.3", lw=0.9, ls="--",
-                    label=f"whole trajectory (mean {whole['K']:.0f} steps)")  # fmt: skip
+    axes[0].errorbar(
+        points["K"],
+        acc,
+        yerr=err,
+        capsize=1.5,
+        ms=4,
+        marker="o",
+        color=colour,
+        lw=1.0,
+        label="K compressed vectors",
+    )
+    axes[0].axhline(
+        100 * whole["accuracy"],
+        color="0.3",
+        lw=0.9,
+        ls="--",
+        label=f"whole trajectory (mean {whole['K']:.0f} steps)",
+    )
     axes[0].axhspan(100 * whole["ci_low"], 100 * whole["ci_high"], color="0.3", alpha=0.12, lw=0)
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
@@ -549,8 +614,9 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
     """
     set_style()
     with_kl = "next_token_kl" in table
-    fig, axes = plt.subplots(1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2),
-                                                             COLUMN_WIDTH * 0.8))  # fmt: skip
+    fig, axes = plt.subplots(
+        1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2), COLUMN_WIDTH * 0.8)
+    )
     # AC solid, its control the same colour open and dashed, the models alone flat and grey
     looks: dict[str, dict[str, Any]] = {
         "ac": {"color": method_colour("ac"), "marker": "o", "ls": "-"},
@@ -564,16 +630,25 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
         err = [acc - 100 * grp["ci_low"].astype(float), 100 * grp["ci_high"].astype(float) - acc]
         look = looks.get(str(method), {"color": method_colour(str(method)), "marker": "s", "ls": "-"})
         alone = str(method).startswith("single")
-        axes[0].errorbar(grp["depth"], acc, yerr=None if alone else err, ms=4, lw=1.0, capsize=1.5,
-                         label=str(method), **look)  # fmt: skip
+        axes[0].errorbar(
+            grp["depth"],
+            acc,
+            yerr=None if alone else err,
+            ms=4,
+            lw=1.0,
+            capsize=1.5,
+            label=str(method),
+            **look,
+        )
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
     axes[0].legend(fontsize="x-small")
     ac = table[table["method"] == "ac"].sort_values("depth")
     gap = 100 * ac["vs_control"].astype(float)
     gap_err = [gap - 100 * ac["vs_control_low"], 100 * ac["vs_control_high"] - gap]
-    axes[1].errorbar(ac["depth"], gap, yerr=gap_err, color=method_colour("ac"), marker="o", ms=4, lw=1.0,
-                     capsize=1.5)  # fmt: skip
+    axes[1].errorbar(
+        ac["depth"], gap, yerr=gap_err, color=method_colour("ac"), marker="o", ms=4, lw=1.0, capsize=1.5
+    )
     axes[1].axhline(0, ls="--", lw=0.8, color="0.4")
     axes[1].set_ylabel("AC − control, paired (points)")
     if with_kl:

@@ -113,8 +113,15 @@ def summarise(df: Any, by: Sequence[str], value: str, seed: int = 0) -> Any:
         values = group[value].astype(float).to_numpy()
         lo, hi = bootstrap_ci(values, seed=seed)
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key, strict=True)), "mean": float(values.mean()), "ci_low": lo,
-                     "ci_high": hi, "n": len(values)})  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "mean": float(values.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": len(values),
+            }
+        )
     return pd.DataFrame(rows)
 
 

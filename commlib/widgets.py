@@ -475,9 +475,11 @@ class ExplorerUI:
     def current_item(self) -> GameItem:
         """The prompt pair the widgets hold now."""
         return GameItem(
-            sender=self.sender_text.value, receiver=self.receiver_text.value, answer=self.answer.value,
+            sender=self.sender_text.value,
+            receiver=self.receiver_text.value,
+            answer=self.answer.value,
             reply=self.reply.value,
-        )  # fmt: skip
+        )
 
     def _clear_progress(self) -> None:
         from IPython import get_ipython

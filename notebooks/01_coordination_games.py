@@ -64,13 +64,36 @@ for name in MODELS:
         pick = choose_layers(model, game, sweep_root=SWEEP_DIR, n=2 if FAST else 6)
         k, j, pos = int(pick["k"]), int(pick["j"]), str(pick["position"])
         out_dir = f"{RUNS_DIR}/{name}/{game}/seed{SEED}_k{k}_j{j}_{pos}"
-        res = run_games(game, model, model, METHODS, k=k, j=j, position=pos, n=N, seed=SEED, out_dir=out_dir,
-                        max_new_tokens=MAX_NEW_TOKENS)
+        res = run_games(
+            game,
+            model,
+            model,
+            METHODS,
+            k=k,
+            j=j,
+            position=pos,
+            n=N,
+            seed=SEED,
+            out_dir=out_dir,
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
         outputs[name, game] = pd.read_csv(f"{out_dir}/items.csv")
         for method, r in res["methods"].items():
-            rows.append({"model": name, "game": game, "method": method, "k": k, "j": j, "position": pos,
-                         "n": r["n"], "accuracy": 100 * r["accuracy"], "ci_low": 100 * r["ci_low"],
-                         "ci_high": 100 * r["ci_high"], "exact": 100 * r["exact_match"]})
+            rows.append(
+                {
+                    "model": name,
+                    "game": game,
+                    "method": method,
+                    "k": k,
+                    "j": j,
+                    "position": pos,
+                    "n": r["n"],
+                    "accuracy": 100 * r["accuracy"],
+                    "ci_low": 100 * r["ci_low"],
+                    "ci_high": 100 * r["ci_high"],
+                    "exact": 100 * r["exact_match"],
+                }
+            )
     del model
 table = pd.DataFrame(rows)
 table
@@ -79,19 +102,37 @@ table
 # ## Side by side with the paper (accuracy %; the paper's models are 2-50x larger)
 
 # %%
-paper = pd.DataFrame([{"model": f"paper: {m}", "game": g, "method": meth, "accuracy": acc}
-                      for m, games in TABLE2.items() for g, methods in games.items()
-                      for meth, acc in methods.items()])
+paper = pd.DataFrame(
+    [
+        {"model": f"paper: {m}", "game": g, "method": meth, "accuracy": acc}
+        for m, games in TABLE2.items()
+        for g, methods in games.items()
+        for meth, acc in methods.items()
+    ]
+)
 wide = pd.concat([table[["model", "game", "method", "accuracy"]], paper]).pivot_table(
-    index=["game", "model"], columns="method", values="accuracy")
-wide[[m for m in ["silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"] if m in wide.columns]].round(1)
+    index=["game", "model"], columns="method", values="accuracy"
+)
+wide[[m for m in ["silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"] if m in wide.columns]].round(
+    1
+)
 
 # %%
 fig = method_bars(table, panel="game")
-save_figure(fig, "table2_coordination_games" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
-            config={"models": MODELS, "games": GAMES, "methods": METHODS, "n": N, "seed": SEED,
-                    "layers": table[["model", "game", "k", "j", "position"]].drop_duplicates().to_dict("records"),
-                    "notebook": "01_coordination_games"})
+save_figure(
+    fig,
+    "table2_coordination_games" + ("_fast" if FAST else ""),
+    directory=FIGURES_DIR,
+    config={
+        "models": MODELS,
+        "games": GAMES,
+        "methods": METHODS,
+        "n": N,
+        "seed": SEED,
+        "layers": table[["model", "game", "k", "j", "position"]].drop_duplicates().to_dict("records"),
+        "notebook": "01_coordination_games",
+    },
+)
 
 # %% [markdown]
 # ## A few items per method

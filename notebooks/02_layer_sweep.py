@@ -35,7 +35,10 @@ GAMES = ["countries", "tipsheets"]
 POSITIONS = ["last", "content"]
 F = "replace"
 N = 6
-FULL_MODELS = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # every (k, j), section 3 (Qwen-1.5B: hours on a CPU)
+FULL_MODELS = [
+    "qwen2.5-coder-0.5b",
+    "qwen2.5-coder-1.5b",
+]  # every (k, j), section 3 (Qwen-1.5B: hours on a CPU)
 SEED = 0
 RUNS_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
@@ -61,8 +64,19 @@ for name in MODELS:
     for game in GAMES:
         for pos in POSITIONS:
             out = sweep_dir(RUNS_DIR, name, game, f=F, position=pos, seed=SEED, n=N, step=step)
-            tables[name, game, pos] = run_sweep(game, model, model, out_dir=out, ks=layers, js=layers, f=F,
-                                                n=N, seed=SEED, max_new_tokens=0, position=pos)
+            tables[name, game, pos] = run_sweep(
+                game,
+                model,
+                model,
+                out_dir=out,
+                ks=layers,
+                js=layers,
+                f=F,
+                n=N,
+                seed=SEED,
+                max_new_tokens=0,
+                position=pos,
+            )
     del model
 
 # %% [markdown]
@@ -72,11 +86,25 @@ for name in MODELS:
 
 # %%
 for name in MODELS:
-    fig = sweep_panels({(g, p): tables[name, g, p] for g in GAMES for p in POSITIONS}, n_layers=depth[name],
-                       title=f"{name} -> {name}, f={F}, n={N} items (seed {SEED})")
-    save_figure(fig, f"sweep_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
-                config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
-                        "notebook": "02_layer_sweep"})
+    fig = sweep_panels(
+        {(g, p): tables[name, g, p] for g in GAMES for p in POSITIONS},
+        n_layers=depth[name],
+        title=f"{name} -> {name}, f={F}, n={N} items (seed {SEED})",
+    )
+    save_figure(
+        fig,
+        f"sweep_{name}" + ("_fast" if FAST else ""),
+        directory=FIGURES_DIR,
+        config={
+            "model": name,
+            "games": GAMES,
+            "positions": POSITIONS,
+            "f": F,
+            "n": N,
+            "seed": SEED,
+            "notebook": "02_layer_sweep",
+        },
+    )
 
 # %% [markdown]
 # ## The chosen cell per model and game
@@ -91,10 +119,21 @@ for name in MODELS:
         df = pd.concat([tables[name, game, p] for p in POSITIONS], ignore_index=True)
         top = best_layers(df)
         silent = df.groupby("item_id")["silent_greedy_answer"].first().mean()
-        chosen.append({"model": name, "game": game, "k": int(top["k"]), "j": int(top["j"]),
-                       "position": top["position"], "k/depth": round(top["k"] / depth[name], 2),
-                       "j/depth": round(top["j"] / depth[name], 2), "accuracy": top["accuracy"],
-                       "silent": silent, "logprob_gain": round(top["logprob_gain"], 2), "n": int(top["n"])})
+        chosen.append(
+            {
+                "model": name,
+                "game": game,
+                "k": int(top["k"]),
+                "j": int(top["j"]),
+                "position": top["position"],
+                "k/depth": round(top["k"] / depth[name], 2),
+                "j/depth": round(top["j"] / depth[name], 2),
+                "accuracy": top["accuracy"],
+                "silent": silent,
+                "logprob_gain": round(top["logprob_gain"], 2),
+                "n": int(top["n"]),
+            }
+        )
 pd.DataFrame(chosen)
 
 # %% [markdown]
@@ -113,13 +152,37 @@ for name in FULL_MODELS:
     for game in GAMES:
         for pos in POSITIONS:
             out = sweep_dir(RUNS_DIR, name, game, f=F, position=pos, seed=SEED, n=N, step=1)
-            full[game, pos] = run_sweep(game, model, model, out_dir=out, ks=layers, js=layers, f=F, n=N,
-                                        seed=SEED, max_new_tokens=0, position=pos)
-    fig = sweep_panels(full, n_layers=len(layers), title=f"{name} -> {name}, every layer, f={F}, n={N} items "
-                                                          f"(seed {SEED})")
-    save_figure(fig, f"sweep_full_{name}" + ("_fast" if FAST else ""), directory=FIGURES_DIR,
-                config={"model": name, "games": GAMES, "positions": POSITIONS, "f": F, "n": N, "seed": SEED,
-                        "layers": "all", "notebook": "02_layer_sweep"})
+            full[game, pos] = run_sweep(
+                game,
+                model,
+                model,
+                out_dir=out,
+                ks=layers,
+                js=layers,
+                f=F,
+                n=N,
+                seed=SEED,
+                max_new_tokens=0,
+                position=pos,
+            )
+    fig = sweep_panels(
+        full, n_layers=len(layers), title=f"{name} -> {name}, every layer, f={F}, n={N} items (seed {SEED})"
+    )
+    save_figure(
+        fig,
+        f"sweep_full_{name}" + ("_fast" if FAST else ""),
+        directory=FIGURES_DIR,
+        config={
+            "model": name,
+            "games": GAMES,
+            "positions": POSITIONS,
+            "f": F,
+            "n": N,
+            "seed": SEED,
+            "layers": "all",
+            "notebook": "02_layer_sweep",
+        },
+    )
     grids += [{"model": name, "game": g, "position": p, **grid_summary(df)} for (g, p), df in full.items()]
     del model
 

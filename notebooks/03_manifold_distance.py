@@ -46,8 +46,16 @@ import pandas as pd
 import torch
 
 from commlib.backends import get_backend
-from commlib.distance import (METRICS, corpus_activations, covariance_matched, dominant_dimensions,
-                              drop_dimensions, manifold_for, random_directions, similarity_table)
+from commlib.distance import (
+    METRICS,
+    corpus_activations,
+    covariance_matched,
+    dominant_dimensions,
+    drop_dimensions,
+    manifold_for,
+    random_directions,
+    similarity_table,
+)
 from commlib.experiments import run_distance
 from commlib.graft import capture_message
 from commlib.models import load_model
@@ -74,26 +82,45 @@ for name in MODELS:
     model = load_model(name)
     j = layer_at(model)
     manifold = manifold_for(model, j, n=N_REFERENCE, seed=SEED)
-    own_task = capture_message(get_backend(model), [it.receiver for it in items], j,
-                               replies=[it.reply for it in items])
+    own_task = capture_message(
+        get_backend(model), [it.receiver for it in items], j, replies=[it.reply for it in items]
+    )
     for source, x in {
         "B on game prompts": own_task,
         "random direction": random_directions(torch.full((N, 1), manifold.median_norm), own_task.shape[1], g),
         "Gaussian (B's cov.)": covariance_matched(manifold.reference, N, g),
     }.items():
         pct = manifold.percentiles(x)
-        rows += [{"model": name, "source": source, "metric": m, "percentile": float(v)}
-                 for m in METRICS for v in pct[m]]
+        rows += [
+            {"model": name, "source": source, "metric": m, "percentile": float(v)}
+            for m in METRICS
+            for v in pct[m]
+        ]
 calibration = pd.DataFrame(rows)
 calibration.groupby(["model", "source", "metric"])["percentile"].median().unstack("metric").round(0)
 
 # %%
-fig = percentile_boxes(calibration, y="percentile", x="metric", hue="source",
-                       title=f"calibration, layer at {DEPTH:.2f} depth, {len(MODELS)} models pooled")
+fig = percentile_boxes(
+    calibration,
+    y="percentile",
+    x="metric",
+    hue="source",
+    title=f"calibration, layer at {DEPTH:.2f} depth, {len(MODELS)} models pooled",
+)
 fig.axes[0].tick_params(axis="x", rotation=30)
-save_figure(fig, "manifold_calibration" + suffix, directory=FIGURES_DIR,
-            config={"models": MODELS, "n": N, "n_reference": N_REFERENCE, "depth": DEPTH, "seed": SEED,
-                    "notebook": "03_manifold_distance"})
+save_figure(
+    fig,
+    "manifold_calibration" + suffix,
+    directory=FIGURES_DIR,
+    config={
+        "models": MODELS,
+        "n": N,
+        "n_reference": N_REFERENCE,
+        "depth": DEPTH,
+        "seed": SEED,
+        "notebook": "03_manifold_distance",
+    },
+)
 
 # %% [markdown]
 # ## 2. Grafted states and controls (A = B)
@@ -103,20 +130,46 @@ frames = []
 for name in MODELS:
     model = load_model(name)
     layer = layer_at(model)
-    df = run_distance(GAME, model, model, k=layer, j=layer, n=N, seed=SEED, n_reference=N_REFERENCE,
-                      out_dir=f"{RUNS_DIR}/{name}/{GAME}/k{layer}_j{layer}_seed{SEED}_n{N}")
+    df = run_distance(
+        GAME,
+        model,
+        model,
+        k=layer,
+        j=layer,
+        n=N,
+        seed=SEED,
+        n_reference=N_REFERENCE,
+        out_dir=f"{RUNS_DIR}/{name}/{GAME}/k{layer}_j{layer}_seed{SEED}_n{N}",
+    )
     frames.append(df.assign(model=name))
 grafted = pd.concat(frames, ignore_index=True)
-grafted.groupby(["model", "source", "f"])[["norm_ratio", "mahalanobis_pct", "knn_cosine_pct",
-                                           "next_token_kl"]].median().round(2)
+grafted.groupby(["model", "source", "f"])[
+    ["norm_ratio", "mahalanobis_pct", "knn_cosine_pct", "next_token_kl"]
+].median().round(2)
 
 # %%
 for metric in ("mahalanobis_pct", "knn_cosine_pct"):
-    fig = percentile_boxes(grafted, y=metric, x="source", hue="f",
-                           title=f"{GAME}, A = B, k = j at {DEPTH:.2f} depth, {len(MODELS)} models pooled")
-    save_figure(fig, f"grafted_{metric}" + suffix, directory=FIGURES_DIR,
-                config={"models": MODELS, "game": GAME, "n": N, "n_reference": N_REFERENCE, "depth": DEPTH,
-                        "seed": SEED, "notebook": "03_manifold_distance"})
+    fig = percentile_boxes(
+        grafted,
+        y=metric,
+        x="source",
+        hue="f",
+        title=f"{GAME}, A = B, k = j at {DEPTH:.2f} depth, {len(MODELS)} models pooled",
+    )
+    save_figure(
+        fig,
+        f"grafted_{metric}" + suffix,
+        directory=FIGURES_DIR,
+        config={
+            "models": MODELS,
+            "game": GAME,
+            "n": N,
+            "n_reference": N_REFERENCE,
+            "depth": DEPTH,
+            "seed": SEED,
+            "notebook": "03_manifold_distance",
+        },
+    )
 
 # %% [markdown]
 # ## 3. Similarity of activation spaces across the offline models
@@ -132,9 +185,18 @@ similarity.pivot(index="a", columns="b", values="linear_cka").round(2)
 # %%
 for value in ("paper_similarity", "linear_cka"):
     fig = pair_heatmap(similarity, value=value, title=f"{N_SIMILARITY} LAMBADA sentences, {DEPTH:.2f} depth")
-    save_figure(fig, f"similarity_{value}" + suffix, directory=FIGURES_DIR,
-                config={"models": MODELS, "n": N_SIMILARITY, "depth": DEPTH, "seed": SEED + 1,
-                        "notebook": "03_manifold_distance"})
+    save_figure(
+        fig,
+        f"similarity_{value}" + suffix,
+        directory=FIGURES_DIR,
+        config={
+            "models": MODELS,
+            "n": N_SIMILARITY,
+            "depth": DEPTH,
+            "seed": SEED + 1,
+            "notebook": "03_manifold_distance",
+        },
+    )
 
 # %% [markdown]
 # Outlier dimensions: the share of each model's variance over the sentences
@@ -144,8 +206,19 @@ for value in ("paper_similarity", "linear_cka"):
 
 # %%
 dominant = {name: dominant_dimensions(x, top=3) for name, x in acts.items()}
-print(pd.DataFrame({name: {"dimensions": dims, "variance share": round(share, 3)}
-                    for name, (dims, share) in dominant.items()}).T)  # fmt: skip
+print(
+    pd.DataFrame(
+        {
+            name: {"dimensions": dims, "variance share": round(share, 3)}
+            for name, (dims, share) in dominant.items()
+        }
+    ).T
+)
 trimmed = similarity_table({name: drop_dimensions(x, dominant[name][0]) for name, x in acts.items()})
-pd.concat({"all dimensions": similarity.pivot(index="a", columns="b", values="linear_cka"),
-           "top 3 dropped": trimmed.pivot(index="a", columns="b", values="linear_cka")}, axis=1).round(2)  # fmt: skip
+pd.concat(
+    {
+        "all dimensions": similarity.pivot(index="a", columns="b", values="linear_cka"),
+        "top 3 dropped": trimmed.pivot(index="a", columns="b", values="linear_cka"),
+    },
+    axis=1,
+).round(2)

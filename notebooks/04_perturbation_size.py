@@ -78,17 +78,45 @@ for a_name, b_name in PAIRS:
     k = round(DEPTH * (sender.info.n_layers - 1))
     j = round(DEPTH * (receiver.info.n_layers - 1))
     run_dir = f"{RUNS_DIR}/{a_name}__{b_name}/{GAME}/k{k}_j{j}_seed{SEED}_n{N}_{REFERENCE}"
-    df = run_distance(GAME, sender, receiver, k=k, j=j, fs=FS, alphas=ALPHAS, match_norm=[False, True], n=N,
-                      seed=SEED, n_reference=N_REFERENCE, reference=REFERENCE, out_dir=run_dir)
+    df = run_distance(
+        GAME,
+        sender,
+        receiver,
+        k=k,
+        j=j,
+        fs=FS,
+        alphas=ALPHAS,
+        match_norm=[False, True],
+        n=N,
+        seed=SEED,
+        n_reference=N_REFERENCE,
+        reference=REFERENCE,
+        out_dir=run_dir,
+    )
     frames.append(df.assign(pair=f"{a_name} -> {b_name}", k=k, j=j))
     if (a_name, b_name) == tuple(PAIRS[0]):  # the positions sweep: A's message and an unrelated item's
-        by_positions = run_distance(GAME, sender, receiver, k=k, j=j, fs=FS, alphas=[1.0], n=N, seed=SEED,
-                                    controls=["unrelated"], n_positions=N_POSITIONS, n_reference=N_REFERENCE,
-                                    reference=REFERENCE, out_dir=f"{run_dir}_positions")
+        by_positions = run_distance(
+            GAME,
+            sender,
+            receiver,
+            k=k,
+            j=j,
+            fs=FS,
+            alphas=[1.0],
+            n=N,
+            seed=SEED,
+            controls=["unrelated"],
+            n_positions=N_POSITIONS,
+            n_reference=N_REFERENCE,
+            reference=REFERENCE,
+            out_dir=f"{run_dir}_positions",
+        )
         by_positions = by_positions.assign(pair=f"{a_name} -> {b_name}", k=k, j=j)
     del sender, receiver
 results = pd.concat(frames, ignore_index=True)
-results["config"] = results["source"] + ", " + results["f"] + (results["match_norm"].map({True: ", |b|", False: ""}))
+results["config"] = (
+    results["source"] + ", " + results["f"] + (results["match_norm"].map({True: ", |b|", False: ""}))
+)
 
 # %% [markdown]
 # ## Distance and answer against alpha (A's message; rows: pairs)
@@ -107,18 +135,38 @@ table[table["source"] == "a"].round(3)
 # %%
 points = table.rename(columns={METRIC: "distance"})
 points["source"] = points["source"] + points["match_norm"].map({True: " |b|", False: ""})
-fig = gain_vs_distance(points, x="distance", panel="pair",
-                       title=f"{GAME}, n={N}, alpha in {ALPHAS}; x: {METRIC} ({REFERENCE} reference)")
-save_figure(fig, "perturbation_gain_vs_distance" + suffix, directory=FIGURES_DIR,
-            config={"pairs": PAIRS, "game": GAME, "n": N, "alphas": ALPHAS, "fs": FS, "metric": METRIC,
-                    "reference": REFERENCE, "n_reference": N_REFERENCE, "depth": DEPTH, "seed": SEED,
-                    "notebook": "04_perturbation_size"})
+fig = gain_vs_distance(
+    points,
+    x="distance",
+    panel="pair",
+    title=f"{GAME}, n={N}, alpha in {ALPHAS}; x: {METRIC} ({REFERENCE} reference)",
+)
+save_figure(
+    fig,
+    "perturbation_gain_vs_distance" + suffix,
+    directory=FIGURES_DIR,
+    config={
+        "pairs": PAIRS,
+        "game": GAME,
+        "n": N,
+        "alphas": ALPHAS,
+        "fs": FS,
+        "metric": METRIC,
+        "reference": REFERENCE,
+        "n_reference": N_REFERENCE,
+        "depth": DEPTH,
+        "seed": SEED,
+        "notebook": "04_perturbation_size",
+    },
+)
 
 # %% [markdown]
 # ## Does distance predict the effect, whatever the source? (Spearman, per pair)
 
 # %%
-spearman = points.groupby("pair")[["distance", "mean"]].corr(method="spearman").xs("distance", level=1)["mean"]
+spearman = (
+    points.groupby("pair")[["distance", "mean"]].corr(method="spearman").xs("distance", level=1)["mean"]
+)
 spearman.rename("spearman(distance, mean log-prob gain)").to_frame()
 
 # %% [markdown]
@@ -129,12 +177,36 @@ spearman.rename("spearman(distance, mean log-prob gain)").to_frame()
 # n grafted states. An unrelated item's states are the control.
 
 # %%
-by_n = summarise(by_positions, ["pair", "source", "f", "n_positions"], "logprob_gain").merge(
-    by_positions.groupby(["source", "f", "n_positions"])[METRIC].median().reset_index(),
-    on=["source", "f", "n_positions"]).rename(columns={METRIC: "distance"})
-fig = gain_vs_distance(by_n, x="distance", panel="source", marker="n_positions",
-                       title=f"{PAIRS[0][0]} -> {PAIRS[0][1]}, {GAME}, n={N}, alpha = 1; panels: source")
-save_figure(fig, "perturbation_positions" + suffix, directory=FIGURES_DIR,
-            config={"pair": PAIRS[0], "game": GAME, "n": N, "fs": FS, "metric": METRIC, "reference": REFERENCE,
-                    "n_positions": N_POSITIONS, "depth": DEPTH, "seed": SEED, "notebook": "04_perturbation_size"})
+by_n = (
+    summarise(by_positions, ["pair", "source", "f", "n_positions"], "logprob_gain")
+    .merge(
+        by_positions.groupby(["source", "f", "n_positions"])[METRIC].median().reset_index(),
+        on=["source", "f", "n_positions"],
+    )
+    .rename(columns={METRIC: "distance"})
+)
+fig = gain_vs_distance(
+    by_n,
+    x="distance",
+    panel="source",
+    marker="n_positions",
+    title=f"{PAIRS[0][0]} -> {PAIRS[0][1]}, {GAME}, n={N}, alpha = 1; panels: source",
+)
+save_figure(
+    fig,
+    "perturbation_positions" + suffix,
+    directory=FIGURES_DIR,
+    config={
+        "pair": PAIRS[0],
+        "game": GAME,
+        "n": N,
+        "fs": FS,
+        "metric": METRIC,
+        "reference": REFERENCE,
+        "n_positions": N_POSITIONS,
+        "depth": DEPTH,
+        "seed": SEED,
+        "notebook": "04_perturbation_size",
+    },
+)
 by_n.round(3)

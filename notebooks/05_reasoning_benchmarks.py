@@ -46,8 +46,15 @@
 FAST = False
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # Table 3: one tokenizer, 896 -> 1536 wide
 # Table 3's tasks ([]: no Table 3, e.g. to draw Figure 11 alone)
-TASKS = ["biographies", "gsm8k", "mmlu:high_school_psychology", "mmlu:formal_logic", "mmlu:college_biology",
-         "mmlu:professional_law", "mmlu:public_relations"]  # fmt: skip
+TASKS = [
+    "biographies",
+    "gsm8k",
+    "mmlu:high_school_psychology",
+    "mmlu:formal_logic",
+    "mmlu:college_biology",
+    "mmlu:professional_law",
+    "mmlu:public_relations",
+]
 METHODS = ["single-a", "single-b", "nld", "ac", "ac-w", "ac-unrelated"]  # ac-unrelated: AC's control
 IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the task
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
@@ -102,8 +109,16 @@ if FAST:
     PAIR = ("tiny-llama-random", "tiny-llama-wide-random")
     MODELS, SAME_MODEL, JUDGE = list(PAIR), "tiny-llama-random", "tiny-llama-random"
     TASKS, CROSS_TASKS = ["biographies", "gsm8k"], ["biographies", "gsm8k"]
-    (N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK,
-     N_CONTROL) = 2, 4, 64, 16, 64, 16, 2, 2
+    (N, MAX_NEW_TOKENS, N_MAP, N_MAP_TASK, N_SIMILARITY, N_REFERENCE, N_JUDGE_CHECK, N_CONTROL) = (
+        2,
+        4,
+        64,
+        16,
+        64,
+        16,
+        2,
+        2,
+    )
     try:
         article_path()
     except CommlibError as exc:  # a clean clone has no ../shared: the fast run goes on without Biographies
@@ -117,11 +132,24 @@ judge = load(JUDGE)
 
 def run(sender: str, receiver: str, task: str, methods: list[str], n_map: int = N_MAP, **options):
     """One resumable run (layers from B's own sweep, W cached): its results table."""
-    return run_pair_reasoning(task, load(sender), load(receiver), methods, runs_root=RUNS_DIR,
-                              sweep_root=SWEEP_DIR, game=LAYER_GAME, n=N, seed=SEED, n_map=n_map,
-                              selection_n=2 if FAST else SELECTION_N, progress=False,
-                              max_new_tokens=MAX_NEW_TOKENS, judge=judge, batch_size=BATCH_SIZE,
-                              **options)  # fmt: skip
+    return run_pair_reasoning(
+        task,
+        load(sender),
+        load(receiver),
+        methods,
+        runs_root=RUNS_DIR,
+        sweep_root=SWEEP_DIR,
+        game=LAYER_GAME,
+        n=N,
+        seed=SEED,
+        n_map=n_map,
+        selection_n=2 if FAST else SELECTION_N,
+        progress=False,
+        max_new_tokens=MAX_NEW_TOKENS,
+        judge=judge,
+        batch_size=BATCH_SIZE,
+        **options,
+    )
 
 
 # %% [markdown]
@@ -140,14 +168,27 @@ if "biographies" in TASKS and N_JUDGE_CHECK:
     people = load_task("biographies", n=N, seed=SEED)
     check_dir = Path(RUNS_DIR) / "judge_checks" / f"seed{SEED}_n{N}{suffix}"
     check_dir.mkdir(parents=True, exist_ok=True)
-    checks = {facts_of: judge_control(check_dir, people, judge, method="truth", facts_of=facts_of,
-                                      n=N_JUDGE_CHECK, progress=False).set_index("item_id")
-              for facts_of in ("own", "next")}  # fmt: skip
+    checks = {
+        facts_of: judge_control(
+            check_dir, people, judge, method="truth", facts_of=facts_of, n=N_JUDGE_CHECK, progress=False
+        ).set_index("item_id")
+        for facts_of in ("own", "next")
+    }
     gap = paired_difference(checks["own"]["score"], checks["next"]["score"], seed=SEED)
-    display(pd.DataFrame({f"{facts_of} facts": {"yes": c["yes"].sum(), "no": c["no"].sum(),
-                                                "uncertain": c["uncertain"].sum() + c["unparsed"].sum(),
-                                                "score": c["score"].mean(), "p_yes": c["p_yes"].mean()}
-                          for facts_of, c in checks.items()}).T)  # fmt: skip
+    display(
+        pd.DataFrame(
+            {
+                f"{facts_of} facts": {
+                    "yes": c["yes"].sum(),
+                    "no": c["no"].sum(),
+                    "uncertain": c["uncertain"].sum() + c["unparsed"].sum(),
+                    "score": c["score"].mean(),
+                    "p_yes": c["p_yes"].mean(),
+                }
+                for facts_of, c in checks.items()
+            }
+        ).T
+    )
     print(f"judge {JUDGE}, {N_JUDGE_CHECK} people: gap own - other {gap[0]:.2f} [{gap[1]:.2f}, {gap[2]:.2f}]")
 
 # %% [markdown]
@@ -159,18 +200,33 @@ if "biographies" in TASKS and N_JUDGE_CHECK:
 # %%
 table3 = pd.DataFrame(columns=["task", "method", "accuracy", "k", "j", "score"])  # TASKS = []: no Table 3
 if TASKS:
-    table3 = pd.concat([run(*PAIR, task, METHODS + (ABLATIONS if task in ABLATION_TASKS else []))
-                        for task in TASKS], ignore_index=True)  # fmt: skip
-    table3["score"] = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                       for a, lo, hi in zip(table3["accuracy"], table3["ci_low"], table3["ci_high"])]  # fmt: skip
-    print(f"{PAIR[0]} -> {PAIR[1]}, n = {N}, seed {SEED}, (k, j) = {tuple(table3[['k', 'j']].iloc[0])}, "
-          f"judge {JUDGE}")  # fmt: skip
-    display(table3[table3["method"].isin(METHODS)].pivot(index="method", columns="task", values="score").loc[METHODS])
+    table3 = pd.concat(
+        [run(*PAIR, task, METHODS + (ABLATIONS if task in ABLATION_TASKS else [])) for task in TASKS],
+        ignore_index=True,
+    )
+    table3["score"] = [
+        f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        for a, lo, hi in zip(table3["accuracy"], table3["ci_low"], table3["ci_high"])
+    ]
+    print(
+        f"{PAIR[0]} -> {PAIR[1]}, n = {N}, seed {SEED}, (k, j) = {tuple(table3[['k', 'j']].iloc[0])}, "
+        f"judge {JUDGE}"
+    )
+    display(
+        table3[table3["method"].isin(METHODS)]
+        .pivot(index="method", columns="task", values="score")
+        .loc[METHODS]
+    )
     # each method against B alone on the same items: paired difference, B's misses fixed / hits broken
     vs_b = table3.dropna(subset=["vs_b"])
-    vs_b = vs_b.assign(vs_b=[f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({better:.0f} / {worse:.0f})"
-                             for d, lo, hi, better, worse in vs_b[["vs_b", "vs_b_low", "vs_b_high", "better",
-                                                                   "worse"]].itertuples(index=False)])  # fmt: skip
+    vs_b = vs_b.assign(
+        vs_b=[
+            f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({better:.0f} / {worse:.0f})"
+            for d, lo, hi, better, worse in vs_b[
+                ["vs_b", "vs_b_low", "vs_b_high", "better", "worse"]
+            ].itertuples(index=False)
+        ]
+    )
     display(vs_b.pivot(index="method", columns="task", values="vs_b").rename_axis("minus B alone"))
 
 # %%
@@ -186,9 +242,15 @@ pd.DataFrame(TABLE3).T.rename_axis("paper: LLaMA-3.2-3B -> LLaMA-3.1-8B")
 
 # %%
 if "biographies" in TASKS:
-    against = biographies_against_control(reasoning_dir(RUNS_DIR, "biographies", *PAIR, seed=SEED, n=N),
-                                          load_task("biographies", n=N, seed=SEED), judge, METHODS,
-                                          n_control=N_CONTROL, seed=SEED, progress=False)  # fmt: skip
+    against = biographies_against_control(
+        reasoning_dir(RUNS_DIR, "biographies", *PAIR, seed=SEED, n=N),
+        load_task("biographies", n=N, seed=SEED),
+        judge,
+        METHODS,
+        n_control=N_CONTROL,
+        seed=SEED,
+        progress=False,
+    )
     display(against.set_index("method").round(3))
 
 # %% [markdown]
@@ -201,11 +263,24 @@ if "biographies" in TASKS:
 
 # %%
 if IN_DISTRIBUTION_TASKS:
-    in_distribution = pd.concat([run(*PAIR, task, ["single-a", "single-b", "ac-w"], variant="w-task",
-                                     map_source="task", n_map=N_MAP_TASK)
-                                 for task in IN_DISTRIBUTION_TASKS])  # fmt: skip
-    display(in_distribution.assign(score=(100 * in_distribution["accuracy"]).round(1))
-            .pivot(index="method", columns="task", values="score"))  # fmt: skip
+    in_distribution = pd.concat(
+        [
+            run(
+                *PAIR,
+                task,
+                ["single-a", "single-b", "ac-w"],
+                variant="w-task",
+                map_source="task",
+                n_map=N_MAP_TASK,
+            )
+            for task in IN_DISTRIBUTION_TASKS
+        ]
+    )
+    display(
+        in_distribution.assign(score=(100 * in_distribution["accuracy"]).round(1)).pivot(
+            index="method", columns="task", values="score"
+        )
+    )
 
 # %% [markdown]
 # ## Table 4 analog: every ordered pair, no W
@@ -226,15 +301,25 @@ for sender, receiver in pairs:
         else:
             done = run(sender, receiver, task, CROSS_METHODS)
         got = done.set_index("method")["accuracy"].reindex(CROSS_METHODS) * 100
-        rows.append({"pair": f"{sender} -> {receiver}", "task": task,
-                     **{label: got.get(method) for label, method in TABLE4_COLUMNS.items()},
-                     "k": int(done["k"].iloc[0]), "j": int(done["j"].iloc[0])})  # fmt: skip
+        rows.append(
+            {
+                "pair": f"{sender} -> {receiver}",
+                "task": task,
+                **{label: got.get(method) for label, method in TABLE4_COLUMNS.items()},
+                "k": int(done["k"].iloc[0]),
+                "j": int(done["j"].iloc[0]),
+            }
+        )
 table4 = pd.DataFrame(rows)
 table4.pivot(index="pair", columns="task", values=list(TABLE4_COLUMNS)).dropna(axis=1, how="all").round(1)
 
 # %%
-pd.DataFrame({pair: {f"{m} {t}": v for m, by_task in methods.items() for t, v in by_task.items()}
-              for pair, methods in TABLE4.items()}).T.rename_axis("paper (Biographies / GSM8k)")  # fmt: skip
+pd.DataFrame(
+    {
+        pair: {f"{m} {t}": v for m, by_task in methods.items() for t, v in by_task.items()}
+        for pair, methods in TABLE4.items()
+    }
+).T.rename_axis("paper (Biographies / GSM8k)")
 
 # %% [markdown]
 # ## Ablations
@@ -255,10 +340,22 @@ ablation.pivot(index="method", columns="task", values="score")
 
 # %%
 if ABLATION_TASKS:  # an empty list skips the ablations
-    same = pd.concat([run(SAME_MODEL, SAME_MODEL, task, ["single-a", "single-b", "nld", "ac", "ac-cot"],
-                          variant=f"sampled-t{A_TEMPERATURE}", a_temperature=A_TEMPERATURE)
-                      for task in ABLATION_TASKS])  # fmt: skip
-    print(f"A = B = {SAME_MODEL}, A sampled at T = {A_TEMPERATURE}, (k, j) = {tuple(same[['k', 'j']].iloc[0])}")
+    same = pd.concat(
+        [
+            run(
+                SAME_MODEL,
+                SAME_MODEL,
+                task,
+                ["single-a", "single-b", "nld", "ac", "ac-cot"],
+                variant=f"sampled-t{A_TEMPERATURE}",
+                a_temperature=A_TEMPERATURE,
+            )
+            for task in ABLATION_TASKS
+        ]
+    )
+    print(
+        f"A = B = {SAME_MODEL}, A sampled at T = {A_TEMPERATURE}, (k, j) = {tuple(same[['k', 'j']].iloc[0])}"
+    )
     same["score"] = (100 * same["accuracy"]).round(1)
     display(same.pivot(index="method", columns="task", values="score"))
 
@@ -278,16 +375,28 @@ for pair, (k, j) in table4.groupby("pair")[["k", "j"]].first().iterrows():
     a, b = (load(name) for name in pair.split(" -> "))
     x, y = (corpus_activations(m, layer, n=N_SIMILARITY, seed=SEED) for m, layer in ((a, k), (b, j)))
     similarity[pair] = paper_similarity(x, y)
-gains = table4.assign(gain=table4["AC"] - (table4["A"] + table4["B"]) / 2,
-                      paper_similarity=table4["pair"].map(similarity),
-                      sender=table4["pair"].str.split(" -> ").str[0],
-                      receiver=table4["pair"].str.split(" -> ").str[1])  # fmt: skip
+gains = table4.assign(
+    gain=table4["AC"] - (table4["A"] + table4["B"]) / 2,
+    paper_similarity=table4["pair"].map(similarity),
+    sender=table4["pair"].str.split(" -> ").str[0],
+    receiver=table4["pair"].str.split(" -> ").str[1],
+)
 by_receiver = {"label": "sender", "style": "receiver", "title": f"n = {N} per task, seed {SEED}"}
 fig = gain_vs_similarity(gains, **by_receiver)
-save_figure(fig, f"reasoning_gain_vs_similarity_{cross}{suffix}", directory=FIGURES_DIR,
-            config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
-                    "judge": JUDGE,
-                    "n_similarity": N_SIMILARITY, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
+save_figure(
+    fig,
+    f"reasoning_gain_vs_similarity_{cross}{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "pairs": [f"{a} -> {b}" for a, b in pairs],
+        "tasks": CROSS_TASKS,
+        "n": N,
+        "seed": SEED,
+        "judge": JUDGE,
+        "n_similarity": N_SIMILARITY,
+        "notebook": "05_reasoning_benchmarks",
+    },
+)
 gains["ac_minus_b"] = gains["AC"] - gains["B"]
 
 
@@ -317,18 +426,44 @@ rows = []
 for (pair, task), (k, j) in table4.set_index(["pair", "task"])[["k", "j"]].iterrows():
     sender, receiver = pair.split(" -> ")
     out = reasoning_dir(RUNS_DIR, task, sender, receiver, seed=SEED, n=N) / "graft_distance"
-    d = run_reasoning_distance(task, load(sender), load(receiver), k=int(k), j=int(j), out_dir=out, n=N, seed=SEED,
-                               n_reference=N_REFERENCE)  # fmt: skip
+    d = run_reasoning_distance(
+        task,
+        load(sender),
+        load(receiver),
+        k=int(k),
+        j=int(j),
+        out_dir=out,
+        n=N,
+        seed=SEED,
+        n_reference=N_REFERENCE,
+    )
     for source, by_source in d.groupby("source"):
-        rows.append({"pair": pair, "task": task, "source": source,
-                     **by_source[["mahalanobis_pct", "norm_ratio", "next_token_kl"]].median()})  # fmt: skip
+        rows.append(
+            {
+                "pair": pair,
+                "task": task,
+                "source": source,
+                **by_source[["mahalanobis_pct", "norm_ratio", "next_token_kl"]].median(),
+            }
+        )
 distance = pd.DataFrame(rows)
 gains = gains.merge(distance[distance["source"] == "ac"].drop(columns="source"), on=["pair", "task"])
 fig = gain_vs_similarity(gains, x="next_token_kl", **by_receiver)
-save_figure(fig, f"reasoning_gain_vs_graft_kl_{cross}{suffix}", directory=FIGURES_DIR,
-            config={"pairs": [f"{a} -> {b}" for a, b in pairs], "tasks": CROSS_TASKS, "n": N, "seed": SEED,
-                    "judge": JUDGE,
-                    "n_reference": N_REFERENCE, "notebook": "05_reasoning_benchmarks"})  # fmt: skip
+save_figure(
+    fig,
+    f"reasoning_gain_vs_graft_kl_{cross}{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "pairs": [f"{a} -> {b}" for a, b in pairs],
+        "tasks": CROSS_TASKS,
+        "n": N,
+        "seed": SEED,
+        "judge": JUDGE,
+        "n_reference": N_REFERENCE,
+        "notebook": "05_reasoning_benchmarks",
+    },
+)
 print_correlations(gains, "next_token_kl", "the graft's KL")
-distance.pivot(index=["pair", "task"], columns="source",
-               values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]).round(3)  # fmt: skip
+distance.pivot(
+    index=["pair", "task"], columns="source", values=["mahalanobis_pct", "norm_ratio", "next_token_kl"]
+).round(3)

@@ -66,10 +66,27 @@ judge = receiver if JUDGE == PAIR[1] else load_model(JUDGE)
 
 # %%
 table = pd.concat(
-    [run_pair_reasoning(task, sender, receiver, METHODS, runs_root=RUNS_DIR, sweep_root=SWEEP_DIR,
-                        game=LAYER_GAME, n=N, seed=SEED, n_map=N_MAP, selection_n=2 if FAST else SELECTION_N,
-                        max_new_tokens=MAX_NEW_TOKENS, judge=judge, progress=False)
-     for task in TASKS], ignore_index=True)  # fmt: skip
+    [
+        run_pair_reasoning(
+            task,
+            sender,
+            receiver,
+            METHODS,
+            runs_root=RUNS_DIR,
+            sweep_root=SWEEP_DIR,
+            game=LAYER_GAME,
+            n=N,
+            seed=SEED,
+            n_map=N_MAP,
+            selection_n=2 if FAST else SELECTION_N,
+            max_new_tokens=MAX_NEW_TOKENS,
+            judge=judge,
+            progress=False,
+        )
+        for task in TASKS
+    ],
+    ignore_index=True,
+)
 print(f"{PAIR[0]} -> {PAIR[1]}, n = {N}, seed {SEED}, (k, j) = {tuple(table[['k', 'j']].iloc[0])}")
 
 # %% [markdown]
@@ -83,8 +100,19 @@ ratios = table.assign(
     seconds_vs_ac=table["seconds"] / table["task"].map(ac["seconds"]),
     seconds_per_tflop=table["seconds"] / (table["flops"] / 1e12),
 )
-ratios[["task", "method", "gflops", "flops_vs_one_pass", "generated_tokens", "seconds", "flops_vs_ac",
-        "seconds_vs_ac", "seconds_per_tflop"]].round(2)  # fmt: skip
+ratios[
+    [
+        "task",
+        "method",
+        "gflops",
+        "flops_vs_one_pass",
+        "generated_tokens",
+        "seconds",
+        "flops_vs_ac",
+        "seconds_vs_ac",
+        "seconds_per_tflop",
+    ]
+].round(2)
 
 # %% [markdown]
 # Per item: does wall time follow the analytic count within a method? (Spearman
@@ -102,12 +130,24 @@ spearman.xs("flops", level=2)["seconds"].round(2)
 # ## Figure 3 analog: accuracy against compute
 
 # %%
-points = table.assign(accuracy=100 * table["accuracy"], ci_low=100 * table["ci_low"],
-                      ci_high=100 * table["ci_high"])  # fmt: skip
+points = table.assign(
+    accuracy=100 * table["accuracy"], ci_low=100 * table["ci_low"], ci_high=100 * table["ci_high"]
+)
 fig = compute_accuracy(points, panel="task", title=f"{PAIR[0]} -> {PAIR[1]}, n = {N}")
-save_figure(fig, f"reasoning_compute{suffix}", directory=FIGURES_DIR,
-            config={"pair": PAIR, "tasks": TASKS, "methods": METHODS, "n": N, "seed": SEED, "judge": JUDGE,
-                    "notebook": "06_compute"})  # fmt: skip
+save_figure(
+    fig,
+    f"reasoning_compute{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "pair": PAIR,
+        "tasks": TASKS,
+        "methods": METHODS,
+        "n": N,
+        "seed": SEED,
+        "judge": JUDGE,
+        "notebook": "06_compute",
+    },
+)
 
 # %% [markdown]
 # ## GPU: paper-scale shapes, measured time against the analytic ratio
@@ -124,5 +164,16 @@ for path in sorted(Path(GPU_RESULTS).glob("*.json")):
     run = json.loads(path.read_text())
     gpu += [{"file": path.name, "device": run["device"], **run["lengths"], **row} for row in run["rows"]]
 gpu = pd.DataFrame(gpu)
-gpu[["file", "prompt_a", "message", "answer", "method", "seconds", "time_vs_ac", "flops_vs_ac",
-     "paper_flops_vs_ac"]].round(2)  # fmt: skip
+gpu[
+    [
+        "file",
+        "prompt_a",
+        "message",
+        "answer",
+        "method",
+        "seconds",
+        "time_vs_ac",
+        "flops_vs_ac",
+        "paper_flops_vs_ac",
+    ]
+].round(2)

@@ -74,23 +74,67 @@ register_method("interlat-trained", interlat_trained(adapter_dir))
 
 # %%
 pick = choose_layers(receiver, GAME, sweep_root=SWEEP_DIR, n=2 if FAST else 6) if SENDER == RECEIVER else None
-k, j, pos = (int(pick["k"]), int(pick["j"]), str(pick["position"])) if pick is not None else (None, None, "last")
-methods = ["silent", "skyline", "nl", *([] if k is None else ["ac-replace"]),
-           *[f"cipher-t{t:g}" for t in TEMPERATURES], "interlat", "interlat-norm", "interlat-trained"]
+k, j, pos = (
+    (int(pick["k"]), int(pick["j"]), str(pick["position"])) if pick is not None else (None, None, "last")
+)
+methods = [
+    "silent",
+    "skyline",
+    "nl",
+    *([] if k is None else ["ac-replace"]),
+    *[f"cipher-t{t:g}" for t in TEMPERATURES],
+    "interlat",
+    "interlat-norm",
+    "interlat-trained",
+]
 out_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/seed{SEED}_n{N}"
-res = run_games(GAME, sender, receiver, methods, k=k, j=j, position=pos, n=N, seed=SEED, out_dir=out_dir,
-                max_new_tokens=MAX_NEW_TOKENS)
-table = pd.DataFrame([{"model": f"{SENDER} -> {RECEIVER}", "game": GAME, "method": m, "n": r["n"],
-                       "accuracy": 100 * r["accuracy"], "ci_low": 100 * r["ci_low"],
-                       "ci_high": 100 * r["ci_high"]} for m, r in res["methods"].items()])
+res = run_games(
+    GAME,
+    sender,
+    receiver,
+    methods,
+    k=k,
+    j=j,
+    position=pos,
+    n=N,
+    seed=SEED,
+    out_dir=out_dir,
+    max_new_tokens=MAX_NEW_TOKENS,
+)
+table = pd.DataFrame(
+    [
+        {
+            "model": f"{SENDER} -> {RECEIVER}",
+            "game": GAME,
+            "method": m,
+            "n": r["n"],
+            "accuracy": 100 * r["accuracy"],
+            "ci_low": 100 * r["ci_low"],
+            "ci_high": 100 * r["ci_high"],
+        }
+        for m, r in res["methods"].items()
+    ]
+)
 print(f"AC layers (k, j, position): {(k, j, pos)}")
 table.round(1)
 
 # %%
 fig = method_bars(table, panel="game")
-save_figure(fig, f"latent_channels_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
-            config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED,
-                    "methods": methods, "ac_layers": [k, j, pos], "notebook": "07_latent_channels"})
+save_figure(
+    fig,
+    f"latent_channels_{SENDER}_{GAME}{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "sender": SENDER,
+        "receiver": RECEIVER,
+        "game": GAME,
+        "n": N,
+        "seed": SEED,
+        "methods": methods,
+        "ac_layers": [k, j, pos],
+        "notebook": "07_latent_channels",
+    },
+)
 
 # %% [markdown]
 # ## Messages, decoded
@@ -109,7 +153,15 @@ items[items["item_id"] == first][["method", "message", "output", "correct"]]
 
 # %%
 latent = [m for m in methods if m.startswith(("cipher", "interlat"))]
-dist = run_latent_distance(GAME, sender, receiver, latent, out_dir=f"{out_dir}/latent_distance", n=N, seed=SEED,
-                           n_reference=N_REFERENCE)
+dist = run_latent_distance(
+    GAME,
+    sender,
+    receiver,
+    latent,
+    out_dir=f"{out_dir}/latent_distance",
+    n=N,
+    seed=SEED,
+    n_reference=N_REFERENCE,
+)
 by_method = dist.groupby("method")[["mahalanobis_pct", "knn_cosine_pct", "log_norm_ratio_pct"]].median()
 by_method.join(table.set_index("method")[["accuracy", "ci_low", "ci_high"]]).round(1)

@@ -85,8 +85,9 @@ receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
 # %%
 adapter_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/adapter_n{N_TRAIN}"
 if "interlat-trained" in METHODS:
-    train_adapter(sender, receiver, GAME, adapter_dir, n_train=N_TRAIN, steps=STEPS,
-                  message_tokens=MESSAGE_TOKENS)
+    train_adapter(
+        sender, receiver, GAME, adapter_dir, n_train=N_TRAIN, steps=STEPS, message_tokens=MESSAGE_TOKENS
+    )
 pick = choose_layers(receiver, GAME, sweep_root=SWEEP_DIR, n=2 if FAST else 6) if SENDER == RECEIVER else None
 k, j, pos = (None, None, "last") if pick is None else (int(pick["k"]), int(pick["j"]), str(pick["position"]))
 methods = [m for m in METHODS if k is not None or not m.startswith("ac-")]
@@ -97,21 +98,62 @@ print(f"AC layers (k, j, position): {(k, j, pos)}; methods: {methods}")
 
 # %%
 out_dir = f"{RUNS_DIR}/{SENDER}__{RECEIVER}/{GAME}/sweep_n_seed{SEED}_n{N}"
-res = run_n_sweep(GAME, sender, receiver, methods, NS, out_dir=out_dir, k=k, j=j, position=pos, n=N,
-                  seed=SEED, adapter=adapter_dir if "interlat-trained" in methods else None,
-                  message_tokens=MESSAGE_TOKENS, max_new_tokens=MAX_NEW_TOKENS, n_reference=N_REFERENCE)
+res = run_n_sweep(
+    GAME,
+    sender,
+    receiver,
+    methods,
+    NS,
+    out_dir=out_dir,
+    k=k,
+    j=j,
+    position=pos,
+    n=N,
+    seed=SEED,
+    adapter=adapter_dir if "interlat-trained" in methods else None,
+    message_tokens=MESSAGE_TOKENS,
+    max_new_tokens=MAX_NEW_TOKENS,
+    n_reference=N_REFERENCE,
+)
 table = n_sweep_table(res)
-cols = ["method", "n", "n_sent", "accuracy", "ci_low", "ci_high", f"median_{DISTANCE}", "median_norm_ratio",
-        "flops", "seconds", "sender_seconds"]
+cols = [
+    "method",
+    "n",
+    "n_sent",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    f"median_{DISTANCE}",
+    "median_norm_ratio",
+    "flops",
+    "seconds",
+    "sender_seconds",
+]
 table[cols].round(3)
 
 # %%
-fig = accuracy_distance_vs_n(table, distance=DISTANCE,
-                             title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}")
-save_figure(fig, f"sweep_over_n_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
-            config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED, "ns": NS,
-                    "methods": methods, "ac_layers": [k, j, pos], "adapter": res["config"]["adapter"],
-                    "message_tokens": MESSAGE_TOKENS, "distance": DISTANCE, "notebook": "08_sweep_over_n"})
+fig = accuracy_distance_vs_n(
+    table, distance=DISTANCE, title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}"
+)
+save_figure(
+    fig,
+    f"sweep_over_n_{SENDER}_{GAME}{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "sender": SENDER,
+        "receiver": RECEIVER,
+        "game": GAME,
+        "n": N,
+        "seed": SEED,
+        "ns": NS,
+        "methods": methods,
+        "ac_layers": [k, j, pos],
+        "adapter": res["config"]["adapter"],
+        "message_tokens": MESSAGE_TOKENS,
+        "distance": DISTANCE,
+        "notebook": "08_sweep_over_n",
+    },
+)
 
 # %% [markdown]
 # ## Accuracy against distance: every method and n on one axis
@@ -123,11 +165,25 @@ save_figure(fig, f"sweep_over_n_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
 # the space it writes into (see above).
 
 # %%
-fig = accuracy_vs_distance(table, distance=DISTANCE,
-                           title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}")
-save_figure(fig, f"sweep_over_n_distance_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
-            config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED, "ns": NS,
-                    "methods": methods, "distance": DISTANCE, "notebook": "08_sweep_over_n"})
+fig = accuracy_vs_distance(
+    table, distance=DISTANCE, title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}"
+)
+save_figure(
+    fig,
+    f"sweep_over_n_distance_{SENDER}_{GAME}{suffix}",
+    directory=FIGURES_DIR,
+    config={
+        "sender": SENDER,
+        "receiver": RECEIVER,
+        "game": GAME,
+        "n": N,
+        "seed": SEED,
+        "ns": NS,
+        "methods": methods,
+        "distance": DISTANCE,
+        "notebook": "08_sweep_over_n",
+    },
+)
 
 # %% [markdown]
 # ## One item across n: A's message as sent, and B's answer
@@ -152,11 +208,34 @@ items[items["item_id"] == first][["method", "n", "n_sent", "message", "output", 
 from IPython.display import display
 
 if "interlat-trained" in METHODS:
-    compression = run_compression(GAME, sender, receiver, adapter_dir, KS, out_dir=f"{adapter_dir}/compression",
-                                  n=N, seed=SEED, steps=COMPRESS_STEPS, max_new_tokens=MAX_NEW_TOKENS,
-                                  n_reference=N_REFERENCE)  # fmt: skip
+    compression = run_compression(
+        GAME,
+        sender,
+        receiver,
+        adapter_dir,
+        KS,
+        out_dir=f"{adapter_dir}/compression",
+        n=N,
+        seed=SEED,
+        steps=COMPRESS_STEPS,
+        max_new_tokens=MAX_NEW_TOKENS,
+        n_reference=N_REFERENCE,
+    )
     fig = compression_vs_k(compression, title=f"{GAME}: {SENDER} -> {RECEIVER}, n={N} items, seed {SEED}")
-    save_figure(fig, f"compression_over_k_{SENDER}_{GAME}{suffix}", directory=FIGURES_DIR,
-                config={"sender": SENDER, "receiver": RECEIVER, "game": GAME, "n": N, "seed": SEED, "ks": KS,
-                        "steps": COMPRESS_STEPS, "adapter": adapter_dir, "notebook": "08_sweep_over_n"})
+    save_figure(
+        fig,
+        f"compression_over_k_{SENDER}_{GAME}{suffix}",
+        directory=FIGURES_DIR,
+        config={
+            "sender": SENDER,
+            "receiver": RECEIVER,
+            "game": GAME,
+            "n": N,
+            "seed": SEED,
+            "ks": KS,
+            "steps": COMPRESS_STEPS,
+            "adapter": adapter_dir,
+            "notebook": "08_sweep_over_n",
+        },
+    )
     display(compression.round(3))

@@ -45,7 +45,9 @@ SEED = 0
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 8
 N_REFERENCE = 256  # other items of the task: B's own states the graft is measured against
-DISTANCE = True  # the graft's KL and Mahalanobis percentile per depth (forward passes of B on N_REFERENCE items)
+DISTANCE = (
+    True  # the graft's KL and Mahalanobis percentile per depth (forward passes of B on N_REFERENCE items)
+)
 RUNS_DIR = "../runs/reasoning"
 FIGURES_DIR = "../figures"
 
@@ -62,26 +64,51 @@ if FAST:
     N_CHOOSE, N, MAX_NEW_TOKENS, N_REFERENCE = 2, 3, 4, 16
 suffix = "_fast" if FAST else ""
 sender, receiver = (load_model(name) for name in PAIR)
-options = {"runs_root": RUNS_DIR, "seed": SEED, "progress": False, "max_new_tokens": MAX_NEW_TOKENS,
-           "batch_size": BATCH_SIZE}  # fmt: skip
+options = {
+    "runs_root": RUNS_DIR,
+    "seed": SEED,
+    "progress": False,
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "batch_size": BATCH_SIZE,
+}
 
 # %% [markdown]
 # ## AC and its control at each depth
 
 # %%
-depths = pd.concat([run_reasoning_depths(task, sender, receiver, BLOCKS, n=N_CHOOSE, distance=DISTANCE,
-                                         n_reference=N_REFERENCE, **options).assign(task=task)
-                    for task in TASKS], ignore_index=True)  # fmt: skip
+depths = pd.concat(
+    [
+        run_reasoning_depths(
+            task, sender, receiver, BLOCKS, n=N_CHOOSE, distance=DISTANCE, n_reference=N_REFERENCE, **options
+        ).assign(task=task)
+        for task in TASKS
+    ],
+    ignore_index=True,
+)
 for task, by_task in depths.groupby("task", sort=False):
     fig = accuracy_vs_depth(by_task, title=f"{PAIR[0]} -> {PAIR[1]}, {task}, n = {N_CHOOSE}, seed {SEED}")
-    save_figure(fig, f"reasoning_depth_{task.replace(':', '_')}{suffix}", directory=FIGURES_DIR,
-                config={"pair": list(PAIR), "task": task, "blocks": BLOCKS, "n": N_CHOOSE, "seed": SEED,
-                        "notebook": "09_where_to_graft"})  # fmt: skip
+    save_figure(
+        fig,
+        f"reasoning_depth_{task.replace(':', '_')}{suffix}",
+        directory=FIGURES_DIR,
+        config={
+            "pair": list(PAIR),
+            "task": task,
+            "blocks": BLOCKS,
+            "n": N_CHOOSE,
+            "seed": SEED,
+            "notebook": "09_where_to_graft",
+        },
+    )
 ac_rows = depths[depths["method"] == "ac"].set_index(["task", "block", "k"])
 graft = [c for c in ("next_token_kl", "mahalanobis_pct") if c in ac_rows]
-(depths.pivot(index=["task", "block", "k"], columns="method", values="accuracy").mul(100)
- .join(ac_rows[["vs_control", "vs_control_low", "vs_control_high"]].mul(100)).join(ac_rows[graft])
- .round(1))  # fmt: skip
+(
+    depths.pivot(index=["task", "block", "k"], columns="method", values="accuracy")
+    .mul(100)
+    .join(ac_rows[["vs_control", "vs_control_low", "vs_control_high"]].mul(100))
+    .join(ac_rows[graft])
+    .round(1)
+)
 
 # %% [markdown]
 # ## The chosen depth on items it was not chosen on
@@ -92,11 +119,25 @@ for task, by_task in depths.groupby("task", sort=False):
     ac = by_task[by_task["method"] == "ac"]
     block = int(ac.loc[ac["vs_control"].idxmax(), "block"])
     chosen_on = [item.id for item in load_task(task, n=N_CHOOSE, seed=SEED)]
-    chosen.append(run_reasoning_depths(task, sender, receiver, [block], n=N, distance=False, exclude=chosen_on,
-                                       **options).assign(task=task))  # fmt: skip
+    chosen.append(
+        run_reasoning_depths(
+            task, sender, receiver, [block], n=N, distance=False, exclude=chosen_on, **options
+        ).assign(task=task)
+    )
 chosen = pd.concat(chosen, ignore_index=True)
-print(f"{PAIR[0]} -> {PAIR[1]}, seed {SEED}: each task's block on its items of {N} not among the {N_CHOOSE} "
-      "it was chosen on; vs_*: paired over items")  # fmt: skip
-columns = ["accuracy", "ci_low", "ci_high", "vs_b", "vs_b_low", "vs_b_high", "vs_control", "vs_control_low",
-           "vs_control_high"]  # fmt: skip
+print(
+    f"{PAIR[0]} -> {PAIR[1]}, seed {SEED}: each task's block on its items of {N} not among the {N_CHOOSE} "
+    "it was chosen on; vs_*: paired over items"
+)
+columns = [
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "vs_b",
+    "vs_b_low",
+    "vs_b_high",
+    "vs_control",
+    "vs_control_low",
+    "vs_control_high",
+]
 chosen.set_index(["task", "block", "k", "n", "method"])[columns].mul(100).round(1)

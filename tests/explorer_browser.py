@@ -67,18 +67,30 @@ def served_explorer(workdir: Path, parameters: dict[str, Any], timeout: float = 
     source, prepared = workdir / "00_explorer.ipynb", workdir / "explorer.ipynb"
     jupytext.write(jupytext.read(NOTEBOOK), source)
     papermill.execute_notebook(
-        str(source), str(prepared), parameters=parameters, prepare_only=True, kernel_name="python3",
+        str(source),
+        str(prepared),
+        parameters=parameters,
+        prepare_only=True,
+        kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     port = _free_port()
     log = (workdir / "voila.log").open("w")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "voila", prepared.name, "--no-browser", f"--port={port}",
-            "--Voila.ip=127.0.0.1", "--show_tracebacks=True",
+            sys.executable,
+            "-m",
+            "voila",
+            prepared.name,
+            "--no-browser",
+            f"--port={port}",
+            "--Voila.ip=127.0.0.1",
+            "--show_tracebacks=True",
         ],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout
@@ -107,9 +119,12 @@ def chromium_page(profile: Path, width: int = 1280, height: int = 1100) -> Itera
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
+            str(profile),
+            executable_path=chromium_path(),
+            headless=True,
+            args=CHROMIUM_ARGS,
             viewport={"width": width, "height": height},
-        )  # fmt: skip
+        )
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:

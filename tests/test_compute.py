@@ -29,8 +29,9 @@ def test_count_equals_torch_flop_counter(tiny: Model, tokens: int) -> None:
 
 
 def test_reduces_to_the_papers_formula_for_its_architecture() -> None:
-    mha = Shape(n_layers=3, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8, d_ff=64, vocab=50,
-                gated_mlp=False)  # fmt: skip
+    mha = Shape(
+        n_layers=3, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8, d_ff=64, vocab=50, gated_mlp=False
+    )
     for p in (1, 7, 64):
         assert forward_flops(mha, p) == paper_forward_flops(mha, p)
 

@@ -137,8 +137,22 @@ def test_an_outlier_dimension_hides_a_shared_space_from_cka_until_dropped() -> N
 
 def _distance_args(game: str, out: object, *options: str) -> list[str]:
     """``commlib distance`` for tiny-llama-random with itself at k = j = 2."""
-    return ["distance", "--game", game, "--sender", "tiny-llama-random", "--receiver", "tiny-llama-random",
-            "--k", "2", "--j", "2", *options, "--out", str(out)]  # fmt: skip
+    return [
+        "distance",
+        "--game",
+        game,
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-random",
+        "--k",
+        "2",
+        "--j",
+        "2",
+        *options,
+        "--out",
+        str(out),
+    ]
 
 
 def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_path, monkeypatch) -> None:
@@ -149,8 +163,20 @@ def test_distance_run_alpha_zero_is_b_itself_and_controls_sit_further_out(tmp_pa
 
     monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "dist"
-    args = _distance_args("countries", out, "--methods", "ac-sum,ac-replace", "--alphas", "0,1", "--n", "6",
-                          "--n-reference", "120", "--n-positions", "1,3")  # fmt: skip
+    args = _distance_args(
+        "countries",
+        out,
+        "--methods",
+        "ac-sum,ac-replace",
+        "--alphas",
+        "0,1",
+        "--n",
+        "6",
+        "--n-reference",
+        "120",
+        "--n-positions",
+        "1,3",
+    )
     assert main(args) == 0
     df = pd.read_csv(out / "distances.csv")
     assert len(df) == 6 * 4 * 2 * 2 * 2  # items x sources x f x alpha x n_positions
@@ -240,8 +266,20 @@ def test_task_reference_puts_a_state_of_b_on_a_prompt_on_its_manifold(tmp_path, 
 
     monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "dist"
-    args = _distance_args("tipsheets", out, "--methods", "ac-replace", "--controls", "random", "--n", "12",
-                          "--n-reference", "400", "--reference", "task")  # fmt: skip
+    args = _distance_args(
+        "tipsheets",
+        out,
+        "--methods",
+        "ac-replace",
+        "--controls",
+        "random",
+        "--n",
+        "12",
+        "--n-reference",
+        "400",
+        "--reference",
+        "task",
+    )
     assert main(args) == 0
     df = pd.read_csv(out / "distances.csv").set_index("source")
     for metric in ("mahalanobis_pct", "knn_euclidean_pct"):

@@ -90,7 +90,7 @@ def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("commlib.experiments.run_method", crash_on_second_batch)
+    monkeypatch.setattr("commlib.experiments.games.run_method", crash_on_second_batch)
     with pytest.raises(RuntimeError):
         run_games(
             "countries",
@@ -106,7 +106,7 @@ def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path
             progress=False,
         )
     assert len(_rows(out)) == 3  # the finished batch is on disk
-    monkeypatch.setattr("commlib.experiments.run_method", real)
+    monkeypatch.setattr("commlib.experiments.games.run_method", real)
     res = run_games(
         "countries",
         tiny,

@@ -234,8 +234,10 @@ def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(
 ) -> None:
     be = get_backend(tiny, backend)
     prompts = ["The cat sat on the mat.", "Numbers: 1 2 3 4 5 6"]  # two lengths, two continuations
-    free = [be.generate(encode(tiny, [p]), None, Decoding(max_new_tokens=8, stop_at_eos=False)).token_ids[0]
-            for p in prompts]  # fmt: skip
+    free = [
+        be.generate(encode(tiny, [p]), None, Decoding(max_new_tokens=8, stop_at_eos=False)).token_ids[0]
+        for p in prompts
+    ]
     step = next(i for i in range(1, 6) if int(free[0][i]) not in free[1].tolist())
     monkeypatch.setattr(Model, "eos_token_ids", lambda self: [int(free[0][step])])  # row 0 ends there
     decoding = Decoding(max_new_tokens=8)

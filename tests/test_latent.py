@@ -95,8 +95,23 @@ def test_latent_command_writes_the_games_layout(tmp_path, capsys: pytest.Capture
 
     out = tmp_path / "latent"
     tiny = "tiny-llama-random"
-    args = ["latent", "--game", "countries", "--sender", tiny, "--receiver", tiny,
-            "--temperature", "0,1", "--n", "3", "--max-new-tokens", "3", "--out", str(out)]  # fmt: skip
+    args = [
+        "latent",
+        "--game",
+        "countries",
+        "--sender",
+        tiny,
+        "--receiver",
+        tiny,
+        "--temperature",
+        "0,1",
+        "--n",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert list(result["methods"]) == ["silent", "nl", "cipher-t0", "cipher-t1"]
@@ -151,9 +166,27 @@ def test_trained_adapter_lowers_the_loss_resumes_and_runs(tiny: Model, tiny_wide
     after, info = train_adapter(tiny, tiny_wide, "countries", out, steps=60, **kwargs), load_adapter(out)[1]
     assert info.losses[:30] == first.losses and len(info.losses) == 60  # resumed, not restarted
     assert loss(after) < start
-    args = ["latent", "--method", "interlat-trained", "--adapter", str(out), "--game", "countries",
-            "--sender", tiny.name, "--receiver", tiny_wide.name, "--n", "2", "--baselines", "",
-            "--max-new-tokens", "3", "--out", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "latent",
+        "--method",
+        "interlat-trained",
+        "--adapter",
+        str(out),
+        "--game",
+        "countries",
+        "--sender",
+        tiny.name,
+        "--receiver",
+        tiny_wide.name,
+        "--n",
+        "2",
+        "--baselines",
+        "",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     wrong = [a if a != tiny_wide.name else tiny.name for a in args[:-1]] + [str(tmp_path / "run2")]
     assert main(wrong) == 2  # an adapter for another pair is refused
@@ -164,8 +197,17 @@ def test_latent_distances_measure_what_b_reads(tiny: Model, tmp_path) -> None:
     from commlib.experiments import run_latent_distance
 
     methods = ["cipher-t0", "interlat", "interlat-norm"]
-    df = run_latent_distance("countries", tiny, tiny, methods, out_dir=tmp_path, n=2, n_reference=300,
-                             message_tokens=4, progress=False)  # fmt: skip
+    df = run_latent_distance(
+        "countries",
+        tiny,
+        tiny,
+        methods,
+        out_dir=tmp_path,
+        n=2,
+        n_reference=300,
+        message_tokens=4,
+        progress=False,
+    )
     assert len(df) == 6 and set(df["method"]) == set(methods)
     item = countries(2)[0]
     msg = soft_message(tiny, tiny, f"{item.sender}\n{NL_INSTRUCTION}", temperature=0.0, max_tokens=4)

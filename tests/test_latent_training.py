@@ -55,8 +55,14 @@ def test_kl_weight_zero_is_the_cross_entropy_and_the_kl_is_zero_on_the_text_itse
     embed = tiny.hf.get_input_embeddings()
     m = round(0.5 * len(t.token_ids))
     assert 0 < m < len(t.token_ids)
-    mix = torch.cat([adapter.boundaries[:1], adapter(t.hidden[:m]), adapter.boundaries[1:],
-                     embed(torch.tensor(t.token_ids[m:]))])  # fmt: skip
+    mix = torch.cat(
+        [
+            adapter.boundaries[:1],
+            adapter(t.hidden[:m]),
+            adapter.boundaries[1:],
+            embed(torch.tensor(t.token_ids[m:])),
+        ]
+    )
     logits, target = _by_hand(tiny, item, mix)
     plain = adapter_loss(adapter, tiny, item, t, 0.5)
     assert torch.equal(adapter_loss(adapter, tiny, item, t, 0.5, kl_weight=0.0), plain)
@@ -83,9 +89,25 @@ def test_kl_training_records_its_weight_and_refuses_another(tiny: Model, tmp_pat
     assert load_adapter(out)[1].kl_weight == 0.5 and len(load_adapter(out)[1].losses) == 3
     with pytest.raises(CommlibError, match="kl_weight"):
         train_adapter(tiny, tiny, "countries", out, steps=3, kl_weight=0.0, **TRAIN)
-    args = ["train-adapter", "--game", "countries", "--sender", tiny.name, "--receiver", tiny.name,
-            "--n-train", "2", "--steps", "4", "--message-tokens", "5", "--kl-weight", "0.5",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "train-adapter",
+        "--game",
+        "countries",
+        "--sender",
+        tiny.name,
+        "--receiver",
+        tiny.name,
+        "--n-train",
+        "2",
+        "--steps",
+        "4",
+        "--message-tokens",
+        "5",
+        "--kl-weight",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0 and len(load_adapter(out)[1].losses) == 4  # the CLI resumes the same run
 
 
@@ -121,8 +143,10 @@ def test_compressor_training_lowers_the_kl_resumes_and_round_trips(
     before = train_compressor(tiny, tiny_wide, base, out, steps=0, **kwargs)
     _, adapter, _ = load_compressor(out)
     items = countries(2, seed=1000)
-    fulls = [adapter.message(trajectory_message(tiny, f"{it.sender}\n{NL_INSTRUCTION}", max_tokens=5).hidden)
-             for it in items]  # fmt: skip
+    fulls = [
+        adapter.message(trajectory_message(tiny, f"{it.sender}\n{NL_INSTRUCTION}", max_tokens=5).hidden)
+        for it in items
+    ]
 
     def loss(c: LatentCompressor) -> float:
         return sum(float(compression_loss(c, tiny_wide, it, f)) for it, f in zip(items, fulls, strict=True))
@@ -148,8 +172,19 @@ def test_compressor_training_lowers_the_kl_resumes_and_round_trips(
     assert main(["train-adapter", *pair, "--steps", "61", *compress]) == 0  # resumes one step
     assert len(load_compressor(out)[2].losses) == 61
     assert main(["train-adapter", *pair, "--game", "countries", *compress]) == 2  # the base adapter's items
-    run = [*latent, *pair, "--method", "interlat-compressed", "--n", "1", "--baselines", "",
-           "--max-new-tokens", "3", "--out"]  # fmt: skip
+    run = [
+        *latent,
+        *pair,
+        "--method",
+        "interlat-compressed",
+        "--n",
+        "1",
+        "--baselines",
+        "",
+        "--max-new-tokens",
+        "3",
+        "--out",
+    ]
     assert main([*run, str(tmp_path / "run")]) == 2  # no --adapter
     assert main([*run[:-1], "--adapter", str(out), "--out", str(tmp_path / "run")]) == 0
     train_adapter(tiny, tiny_wide, "countries", base, steps=6, lr=3e-3, **TRAIN)
@@ -166,13 +201,22 @@ def test_compression_over_k_trains_each_k_once_and_compares_with_the_whole_traje
 
     base, out = tmp_path / "adapter", tmp_path / "compression"
     train_adapter(tiny, tiny_wide, "countries", base, steps=3, **TRAIN)
-    run = {"out_dir": out, "n": 3, "seed": 1, "steps": 3, "max_new_tokens": 3, "n_reference": 64,
-           "progress": False}  # fmt: skip
+    run = {
+        "out_dir": out,
+        "n": 3,
+        "seed": 1,
+        "steps": 3,
+        "max_new_tokens": 3,
+        "n_reference": 64,
+        "progress": False,
+    }
     table = run_compression("countries", tiny, tiny_wide, base, [1, 2], **run).set_index("method")
     assert list(table.index) == ["interlat-trained", "interlat-compressed-k1", "interlat-compressed-k2"]
     distances = pd.read_csv(out / "distance" / "latent_distances.csv")
-    assert (distances.groupby("method")["length"].min()[["interlat-compressed-k1", "interlat-compressed-k2"]]
-            == [3, 4]).all()  # <bop>, K vectors, <eop>  # fmt: skip
+    assert (
+        distances.groupby("method")["length"].min()[["interlat-compressed-k1", "interlat-compressed-k2"]]
+        == [3, 4]
+    ).all()  # <bop>, K vectors, <eop>
     assert table.loc["interlat-compressed-k2", "K"] == 2 and table.loc["interlat-trained", "K"] > 2
     assert table.loc["interlat-trained", ["gain", "gain_ci_low", "gain_ci_high"]].tolist() == [0.0, 0.0, 0.0]
     rows = pd.read_csv(out / "eval" / "items.csv")

@@ -43,9 +43,16 @@ def test_a_method_keeps_its_colour_across_figures() -> None:
     assert colour_of["silent"] == pytest.approx(method_colour("silent"))
 
     points = pd.DataFrame(
-        {"distance": [10.0, 90.0], "mean": [0.1, -1.0], "ci_low": [0.0, -2.0], "ci_high": [0.2, 0.0],
-         "f": ["sum", "replace"], "source": ["a", "a"], "pair": ["x", "x"]}
-    )  # fmt: skip
+        {
+            "distance": [10.0, 90.0],
+            "mean": [0.1, -1.0],
+            "ci_low": [0.0, -2.0],
+            "ci_high": [0.2, 0.0],
+            "f": ["sum", "replace"],
+            "source": ["a", "a"],
+            "pair": ["x", "x"],
+        }
+    )
     scatter = gain_vs_distance(points, x="distance")
     marker_colour = {
         c.get_label(): to_rgb(c.lines[0].get_color())
@@ -70,11 +77,13 @@ def test_save_figure_writes_png_pdf_and_what_made_it(tmp_path) -> None:
 
 def test_compute_figure_puts_each_method_at_its_compute_and_accuracy_with_arrows() -> None:
     table = pd.DataFrame(
-        {"task": ["gsm8k"] * 4 + ["biographies"] * 2,
-         "method": ["single-a", "single-b", "nld", "ac", "single-b", "ac"],
-         "flops_vs_one_pass": [3.0, 9.0, 40.0, 11.0, 8.0, 10.0],
-         "accuracy": [20.0, 35.0, 50.0, 45.0, 60.0, 65.0]}
-    )  # fmt: skip
+        {
+            "task": ["gsm8k"] * 4 + ["biographies"] * 2,
+            "method": ["single-a", "single-b", "nld", "ac", "single-b", "ac"],
+            "flops_vs_one_pass": [3.0, 9.0, 40.0, 11.0, 8.0, 10.0],
+            "accuracy": [20.0, 35.0, 50.0, 45.0, 60.0, 65.0],
+        }
+    )
     table = table.assign(ci_low=table["accuracy"] - 5, ci_high=table["accuracy"] + 5)
     fig = compute_accuracy(table)
     for ax, task in zip(fig.axes, ("gsm8k", "biographies"), strict=True):
@@ -94,10 +103,13 @@ def test_compute_figure_puts_each_method_at_its_compute_and_accuracy_with_arrows
 
 def test_similarity_figure_puts_each_pair_at_its_similarity_and_gain() -> None:
     table = pd.DataFrame(
-        {"pair": ["q05 -> q15", "smol -> q15", "gemma -> smol", "q05 -> q15"],
-         "task": ["gsm8k", "gsm8k", "gsm8k", "biographies"],
-         "paper_similarity": [0.8, 0.3, 0.1, 0.8], "gain": [5.0, 1.0, -2.0, 3.0]}
-    )  # fmt: skip
+        {
+            "pair": ["q05 -> q15", "smol -> q15", "gemma -> smol", "q05 -> q15"],
+            "task": ["gsm8k", "gsm8k", "gsm8k", "biographies"],
+            "paper_similarity": [0.8, 0.3, 0.1, 0.8],
+            "gain": [5.0, 1.0, -2.0, 3.0],
+        }
+    )
     fig = gain_vs_similarity(table)
     ax = fig.axes[0]
     offsets = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
@@ -110,26 +122,44 @@ def test_sweep_panels_draw_each_game_position_and_value_from_its_own_table() -> 
     from commlib.plots import sweep_panels
 
     def table(gain: float) -> pd.DataFrame:
-        return pd.DataFrame([{"k": k, "j": j, "item_id": "a", "logprob_gain": gain + k, "greedy_answer": 0.5}
-                             for k in (0, 1) for j in (0, 1)])  # fmt: skip
+        return pd.DataFrame(
+            [
+                {"k": k, "j": j, "item_id": "a", "logprob_gain": gain + k, "greedy_answer": 0.5}
+                for k in (0, 1)
+                for j in (0, 1)
+            ]
+        )
 
-    tables = {("countries", "last"): table(-3.0), ("countries", "content"): table(-1.0),
-              ("tipsheets", "last"): table(2.0), ("tipsheets", "content"): table(4.0)}  # fmt: skip
+    tables = {
+        ("countries", "last"): table(-3.0),
+        ("countries", "content"): table(-1.0),
+        ("tipsheets", "last"): table(2.0),
+        ("tipsheets", "content"): table(4.0),
+    }
     fig = sweep_panels(tables, n_layers=2)
     panels = [ax for ax in fig.axes if ax.get_title()]  # colorbars have no title
     assert [ax.get_title() for ax in panels][:4] == ["countries, last"] * 2 + ["countries, content"] * 2
     assert len(panels) == 8
     gains = {ax.get_title(): ax.images[0].get_array().min() for ax in panels[::2]}
-    assert gains == {"countries, last": -3.0, "countries, content": -1.0, "tipsheets, last": 2.0,
-                     "tipsheets, content": 4.0}  # fmt: skip
+    assert gains == {
+        "countries, last": -3.0,
+        "countries, content": -1.0,
+        "tipsheets, last": 2.0,
+        "tipsheets, content": 4.0,
+    }
 
 
 def test_compression_figure_puts_each_k_at_its_accuracy_and_the_whole_trajectory_as_a_line() -> None:
     table = pd.DataFrame(
-        {"method": ["interlat-trained", "interlat-compressed-k1", "interlat-compressed-k4"],
-         "K": [37.5, 1.0, 4.0], "accuracy": [0.3, 0.1, 0.25], "ci_low": [0.2, 0.0, 0.1],
-         "ci_high": [0.4, 0.2, 0.4], "median_mahalanobis_pct": [100.0, 90.0, 95.0]}
-    )  # fmt: skip
+        {
+            "method": ["interlat-trained", "interlat-compressed-k1", "interlat-compressed-k4"],
+            "K": [37.5, 1.0, 4.0],
+            "accuracy": [0.3, 0.1, 0.25],
+            "ci_low": [0.2, 0.0, 0.1],
+            "ci_high": [0.4, 0.2, 0.4],
+            "median_mahalanobis_pct": [100.0, 90.0, 95.0],
+        }
+    )
     acc, dist = compression_vs_k(table).axes
     (points,) = [c for c in acc.containers if isinstance(c, ErrorbarContainer)]
     assert points.lines[0].get_xydata().tolist() == [[1.0, 10.0], [4.0, 25.0]]
@@ -140,10 +170,14 @@ def test_compression_figure_puts_each_k_at_its_accuracy_and_the_whole_trajectory
 
 def test_similarity_figure_gives_each_style_value_its_marker_in_every_series() -> None:
     table = pd.DataFrame(
-        {"pair": ["a -> q15", "b -> q15", "a -> q05", "b -> q05"], "task": ["gsm8k"] * 4,
-         "receiver": ["q15", "q15", "q05", "q05"], "gain": [5.0, 1.0, -2.0, -3.0],
-         "next_token_kl": [0.1, 0.2, 3.0, 5.0]}
-    )  # fmt: skip
+        {
+            "pair": ["a -> q15", "b -> q15", "a -> q05", "b -> q05"],
+            "task": ["gsm8k"] * 4,
+            "receiver": ["q15", "q15", "q05", "q05"],
+            "gain": [5.0, 1.0, -2.0, -3.0],
+            "next_token_kl": [0.1, 0.2, 3.0, 5.0],
+        }
+    )
     fig = gain_vs_similarity(table, x="next_token_kl", style="receiver")
     ax = fig.axes[0]
     points = [(c.get_paths()[0].vertices.round(3).tolist(), c.get_offsets().tolist()) for c in ax.collections]

@@ -134,9 +134,27 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     from commlib.cli import main
 
     out = tmp_path / "gsm"
-    args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
-            "tiny-llama-random", "--methods", "single-b,nld,ac", "--k", "1", "--j", "2", "--n", "3",
-            "--max-new-tokens", "4", "--out", str(out)]  # fmt: skip
+    args = [
+        "reasoning",
+        "--task",
+        "gsm8k",
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-random",
+        "--methods",
+        "single-b,nld,ac",
+        "--k",
+        "1",
+        "--j",
+        "2",
+        "--n",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     methods = result["methods"]
@@ -159,16 +177,36 @@ def test_a_run_compares_each_method_with_b_alone_on_the_same_items(tmp_path: Pat
     from commlib.experiments import read_reasoning
 
     out = tmp_path / "gsm"
-    args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
-            "tiny-llama-random", "--methods", "single-a,single-b,ac", "--k", "1", "--j", "1", "--n", "4",
-            "--max-new-tokens", "2", "--out", str(out)]  # fmt: skip
+    args = [
+        "reasoning",
+        "--task",
+        "gsm8k",
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-random",
+        "--methods",
+        "single-a,single-b,ac",
+        "--k",
+        "1",
+        "--j",
+        "1",
+        "--n",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype=str)
     answers = {it.id: it.answer for it in load_task("gsm8k", 4, seed=0)}
     ids = list(answers)
     right = {("single-b", ids[0]), ("single-b", ids[1]), ("ac", ids[1]), ("ac", ids[2]), ("ac", ids[3])}
-    items["output"] = [f"The answer is {answers[i]}." if (m, i) in right else "The answer is -1."
-                       for m, i in zip(items["method"], items["item_id"], strict=True)]  # fmt: skip
+    items["output"] = [
+        f"The answer is {answers[i]}." if (m, i) in right else "The answer is -1."
+        for m, i in zip(items["method"], items["item_id"], strict=True)
+    ]
     items.to_csv(out / "items.csv", index=False)
     capsys.readouterr()
     assert main(args) == 0
@@ -238,9 +276,29 @@ def test_a_batched_run_writes_the_rows_of_an_item_by_item_run_and_resumes(tmp_pa
     from commlib.cli import main
 
     def run(out: Path, batch_size: int) -> pd.DataFrame:
-        args = ["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
-                "tiny-llama-random", "--methods", "single-b,ac", "--k", "1", "--j", "2", "--n", "3",
-                "--max-new-tokens", "6", "--batch-size", str(batch_size), "--out", str(out)]  # fmt: skip
+        args = [
+            "reasoning",
+            "--task",
+            "gsm8k",
+            "--sender",
+            "tiny-llama-random",
+            "--receiver",
+            "tiny-llama-random",
+            "--methods",
+            "single-b,ac",
+            "--k",
+            "1",
+            "--j",
+            "2",
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            str(batch_size),
+            "--out",
+            str(out),
+        ]
         assert main(args) == 0
         columns = ["item_id", "method", "output", "prompt_a", "prompt_b", "answer_tokens", "flops"]
         return pd.read_csv(out / "items.csv")[columns].sort_values(["method", "item_id"], ignore_index=True)
@@ -253,9 +311,28 @@ def test_a_batched_run_writes_the_rows_of_an_item_by_item_run_and_resumes(tmp_pa
     old.to_csv(tmp_path / "one" / "items.csv", index=False)
     pd.testing.assert_frame_equal(run(tmp_path / "one", 2), one_by_one)  # resumed: nothing redone
     assert set(pd.read_csv(tmp_path / "one" / "items.csv")["batch"]) == {1}
-    assert main(["reasoning", "--task", "gsm8k", "--sender", "tiny-llama-random", "--receiver",
-                 "tiny-llama-random", "--methods", "single-b", "--n", "1", "--batch-size", "0",
-                 "--out", str(tmp_path / "zero")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "reasoning",
+                "--task",
+                "gsm8k",
+                "--sender",
+                "tiny-llama-random",
+                "--receiver",
+                "tiny-llama-random",
+                "--methods",
+                "single-b",
+                "--n",
+                "1",
+                "--batch-size",
+                "0",
+                "--out",
+                str(tmp_path / "zero"),
+            ]
+        )
+        == 2
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -353,8 +430,10 @@ def _fake_judge(calls: list[str]) -> Any:
         facts = item.answer.split("\n")
         answers = [next((a for w, a in FAKE_ANSWERS.items() if w in f), "**No**") for f in facts]
         leaning = {True: (0.9, 0.1, 0.0), False: (0.3, 0.6, 0.1)}  # p(yes), p(no), p(uncertain) by a yes
-        return [Judgement(f, f"about {f}", a, parse_verdict(a), *leaning[parse_verdict(a) == "yes"])
-                for f, a in zip(facts, answers, strict=True)]  # fmt: skip
+        return [
+            Judgement(f, f"about {f}", a, parse_verdict(a), *leaning[parse_verdict(a) == "yes"])
+            for f, a in zip(facts, answers, strict=True)
+        ]
 
     return judge
 
@@ -382,8 +461,17 @@ def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating
     out = tmp_path / "bio"
 
     def run(judge: Model | None) -> dict[str, Any]:
-        return run_reasoning("biographies", tiny, tiny, ["single-b", "nld"], out_dir=out, n=None,
-                             max_new_tokens=3, judge=judge, progress=False)  # fmt: skip
+        return run_reasoning(
+            "biographies",
+            tiny,
+            tiny,
+            ["single-b", "nld"],
+            out_dir=out,
+            n=None,
+            max_new_tokens=3,
+            judge=judge,
+            progress=False,
+        )
 
     unjudged = run(None)
     assert calls == [] and math.isnan(unjudged["methods"]["nld"]["accuracy"])
@@ -406,7 +494,9 @@ def test_biographies_are_judged_once_per_judge_and_rejudged_without_regenerating
     assert pd.read_csv(out / "items.csv").equals(generated)
     assert again["methods"]["single-b"]["accuracy"] == pytest.approx(expected)
     assert {json.loads(line)["judge"] for line in (out / "judgements.jsonl").read_text().splitlines()} == {
-        tiny.name, tiny_wide.name}  # fmt: skip
+        tiny.name,
+        tiny_wide.name,
+    }
 
 
 def test_judgements_are_shared_between_run_directories_through_the_answer_store(
@@ -424,13 +514,25 @@ def test_judgements_are_shared_between_run_directories_through_the_answer_store(
     people = {it.id: it for it in load_task("biographies", None)}
 
     def run(sender: Model, name: str, store: Path | None) -> dict[str, Any]:
-        return run_reasoning("biographies", sender, tiny, ["single-a", "single-b"], out_dir=tmp_path / name,
-                             n=None, max_new_tokens=3, judge=tiny, answers=store, progress=False)  # fmt: skip
+        return run_reasoning(
+            "biographies",
+            sender,
+            tiny,
+            ["single-a", "single-b"],
+            out_dir=tmp_path / name,
+            n=None,
+            max_new_tokens=3,
+            judge=tiny,
+            answers=store,
+            progress=False,
+        )
 
     def keys(name: str) -> set[str]:
         rows = pd.read_csv(tmp_path / name / "items.csv", keep_default_na=False).to_dict("records")
-        return {json.dumps(judge_key(tiny, people[str(r["item_id"])], str(r["output"])), sort_keys=True)
-                for r in rows}  # fmt: skip
+        return {
+            json.dumps(judge_key(tiny, people[str(r["item_id"])], str(r["output"])), sort_keys=True)
+            for r in rows
+        }
 
     def lines(name: str) -> dict[tuple[str, str], dict[str, Any]]:
         text = (tmp_path / name / "judgements.jsonl").read_text()
@@ -446,7 +548,8 @@ def test_judgements_are_shared_between_run_directories_through_the_answer_store(
     run(tiny_wide, "wide", answers)  # B's biographies are stored; only A's new ones are judged
     assert len(calls) == 6 + len(keys("wide") - keys("alone"))
     assert {k: v for k, v in lines("wide").items() if k[1] == "single-b"} == {
-        k: v for k, v in lines("alone").items() if k[1] == "single-b"}  # fmt: skip
+        k: v for k, v in lines("alone").items() if k[1] == "single-b"
+    }
 
 
 def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
@@ -505,8 +608,16 @@ def test_biographies_against_control_pairs_each_score_with_the_wrong_persons_fac
     from commlib.experiments import biographies_against_control, run_reasoning
 
     out = tmp_path / "bio"
-    run_reasoning("biographies", tiny, tiny, ["single-a", "single-b"], out_dir=out, n=None, max_new_tokens=3,
-                  progress=False)  # fmt: skip
+    run_reasoning(
+        "biographies",
+        tiny,
+        tiny,
+        ["single-a", "single-b"],
+        out_dir=out,
+        n=None,
+        max_new_tokens=3,
+        progress=False,
+    )
     items = load_task("biographies", n=None)
     table = biographies_against_control(out, items, tiny, ["single-a", "single-b"], progress=False)
     own = [EXPECTED[it.question] for it in items]  # the fake judge reads only the facts
@@ -555,10 +666,31 @@ def test_cli_maps_layers_chosen_on_another_model(article: Path, tmp_path: Path) 
     from commlib.tasks.biographies import DEFAULT_JUDGE
 
     out = tmp_path / "mapped"
-    args = ["reasoning", "--task", "biographies", "--sender", "tiny-llama-random", "--receiver",
-            "tiny-llama-wide-random", "--methods", "ac", "--k", "3", "--j", "3", "--layers-from",
-            "tiny-llama-random", "--judge", "", "--n", "1", "--max-new-tokens", "2",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "reasoning",
+        "--task",
+        "biographies",
+        "--sender",
+        "tiny-llama-random",
+        "--receiver",
+        "tiny-llama-wide-random",
+        "--methods",
+        "ac",
+        "--k",
+        "3",
+        "--j",
+        "3",
+        "--layers-from",
+        "tiny-llama-random",
+        "--judge",
+        "",
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     config = json.loads((out / "results.json").read_text())["config"]
     assert (config["k"], config["j"]) == (3, 2)  # A has 4 blocks like the source; B has 3
@@ -635,8 +767,9 @@ def test_debate_takes_its_first_round_from_the_single_answers(
     monkeypatch.setattr(reasoning_mod, "_answers", spy)
     run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b"], out_dir=tmp_path, n=2, progress=False, **cfg)
     calls.clear()
-    run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b", "nld"], out_dir=tmp_path, n=2, progress=False,
-                  **cfg)  # fmt: skip
+    run_reasoning(
+        "gsm8k", tiny, tiny, ["single-a", "single-b", "nld"], out_dir=tmp_path, n=2, progress=False, **cfg
+    )
     assert len(calls) == 2 * 2  # per item only round two: round one is the single answers
     rows = pd.read_csv(tmp_path / "items.csv", keep_default_na=False)
     rc = ReasoningConfig(max_new_tokens=5, a_temperature=1.0, a_seed=3)
@@ -668,17 +801,38 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     monkeypatch.setattr(reasoning_mod, "_answers", spy)
     singles = ["single-a", "single-b"]
     # a run made before the store existed: re-running it with the store adds its answers
-    run_reasoning("gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5,
-                  progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5, progress=False
+    )
     calls.clear()
-    run_reasoning("gsm8k", tiny, tiny_wide, singles, out_dir=tmp_path / "ab", n=2, max_new_tokens=5,
-                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k",
+        tiny,
+        tiny_wide,
+        singles,
+        out_dir=tmp_path / "ab",
+        n=2,
+        max_new_tokens=5,
+        answers=tmp_path / "answers",
+        progress=False,
+    )
     assert calls == []
-    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba", n=2, max_new_tokens=5,
-                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k",
+        tiny_wide,
+        tiny,
+        singles,
+        out_dir=tmp_path / "ba",
+        n=2,
+        max_new_tokens=5,
+        answers=tmp_path / "answers",
+        progress=False,
+    )
     assert calls == []  # the swapped pair: both models' answers were there
-    ab, ba = (pd.read_csv(tmp_path / d / "items.csv", keep_default_na=False).set_index(["method", "item_id"])
-              for d in ("ab", "ba"))  # fmt: skip
+    ab, ba = (
+        pd.read_csv(tmp_path / d / "items.csv", keep_default_na=False).set_index(["method", "item_id"])
+        for d in ("ab", "ba")
+    )
     cols = ["output", "correct", "answer_tokens", "seconds"]
     assert ba.loc["single-a", cols].equals(ab.loc["single-b", cols])
     assert ba.loc["single-b", cols].equals(ab.loc["single-a", cols])
@@ -689,16 +843,43 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     with (tmp_path / "answers" / f"{tiny.name}.jsonl").open("a") as fh:
         fh.write('{"key": {"model": "cut')  # a crash mid-write: that line is skipped, the others still serve
     calls.clear()
-    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba-again", n=2, max_new_tokens=5,
-                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k",
+        tiny_wide,
+        tiny,
+        singles,
+        out_dir=tmp_path / "ba-again",
+        n=2,
+        max_new_tokens=5,
+        answers=tmp_path / "answers",
+        progress=False,
+    )
     assert calls == []
     calls.clear()  # another decoding is another answer: generated, not taken from the store
-    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6", n=2, max_new_tokens=6,
-                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k",
+        tiny_wide,
+        tiny,
+        singles,
+        out_dir=tmp_path / "ba6",
+        n=2,
+        max_new_tokens=6,
+        answers=tmp_path / "answers",
+        progress=False,
+    )
     assert sorted(calls) == sorted([tiny_wide.name, tiny.name] * 2)
     calls.clear()  # answers stored after the cut line are read back
-    run_reasoning("gsm8k", tiny_wide, tiny, singles, out_dir=tmp_path / "ba6-again", n=2, max_new_tokens=6,
-                  answers=tmp_path / "answers", progress=False)  # fmt: skip
+    run_reasoning(
+        "gsm8k",
+        tiny_wide,
+        tiny,
+        singles,
+        out_dir=tmp_path / "ba6-again",
+        n=2,
+        max_new_tokens=6,
+        answers=tmp_path / "answers",
+        progress=False,
+    )
     assert calls == []
 
 
@@ -708,8 +889,9 @@ def test_reasoning_distance_identity_graft_is_zero_and_a_real_graft_moves_b(
     from commlib.experiments import run_reasoning_distance
 
     def measure(sender: Model, receiver: Model, out: str, k: int = 1, j: int = 1) -> Any:
-        return run_reasoning_distance("gsm8k", sender, receiver, k=k, j=j, out_dir=tmp_path / out, n=3,
-                                      n_reference=16)  # fmt: skip
+        return run_reasoning_distance(
+            "gsm8k", sender, receiver, k=k, j=j, out_dir=tmp_path / out, n=3, n_reference=16
+        )
 
     same = measure(tiny, tiny, "same")
     assert same[["displacement", "next_token_kl"]].abs().max().max() < 1e-5  # A = B, k = j writes b back
@@ -767,8 +949,9 @@ def test_in_distribution_w_fits_on_other_items_at_the_states_ac_reads(
         want = capture_message(get_backend(model), prompts, layer)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     with pytest.raises(CommlibError, match="map_source"):
-        run_pair_reasoning("gsm8k", tiny, tiny_wide, ["ac-w"], runs_root=tmp_path, sweep_root=tmp_path,
-                           map_source="train")  # fmt: skip
+        run_pair_reasoning(
+            "gsm8k", tiny, tiny_wide, ["ac-w"], runs_root=tmp_path, sweep_root=tmp_path, map_source="train"
+        )
 
 
 def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_ac_with_its_control(
@@ -780,14 +963,26 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
     from commlib.experiments import read_reasoning, reasoning_dir, run_reasoning_depths
 
     def sweep() -> pd.DataFrame:  # A has 4 blocks, B 3: B's blocks 0, 1, 2 are A's 0, 2, 3
-        return run_reasoning_depths("gsm8k", tiny, tiny_wide, [0, 1, 2], runs_root=tmp_path, n=3,
-                                    max_new_tokens=4, n_reference=16, progress=False)  # fmt: skip
+        return run_reasoning_depths(
+            "gsm8k",
+            tiny,
+            tiny_wide,
+            [0, 1, 2],
+            runs_root=tmp_path,
+            n=3,
+            max_new_tokens=4,
+            n_reference=16,
+            progress=False,
+        )
 
     table = sweep()
     assert table.groupby("block")["k"].first().to_dict() == {0: 0, 1: 2, 2: 3}
     for block, k in ((0, 0), (1, 2), (2, 3)):
-        run = read_reasoning(reasoning_dir(tmp_path, "gsm8k", tiny.name, tiny_wide.name, seed=0, n=3,
-                                           variant=f"depth-j{block}"))  # fmt: skip
+        run = read_reasoning(
+            reasoning_dir(
+                tmp_path, "gsm8k", tiny.name, tiny_wide.name, seed=0, n=3, variant=f"depth-j{block}"
+            )
+        )
         assert set(run["k"]) == {k} and set(run["j"]) == {block}
         assert set(run["method"]) == {"single-a", "single-b", "ac", "ac-unrelated"}
         scores = table[table["block"] == block].set_index("method")["accuracy"]  # as the run scored them
@@ -802,8 +997,18 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
     monkeypatch.setattr(reasoning, "run_reasoning_batch", no_decoding)
     pd.testing.assert_frame_equal(sweep(), table)
     first = load_task("gsm8k", 3, seed=0)[0].id
-    held_out = run_reasoning_depths("gsm8k", tiny, tiny_wide, [1], runs_root=tmp_path, n=3, max_new_tokens=4,
-                                    distance=False, exclude=[first], progress=False)  # fmt: skip
+    held_out = run_reasoning_depths(
+        "gsm8k",
+        tiny,
+        tiny_wide,
+        [1],
+        runs_root=tmp_path,
+        n=3,
+        max_new_tokens=4,
+        distance=False,
+        exclude=[first],
+        progress=False,
+    )
     assert set(held_out["n"]) == {2}  # scored without the excluded item, and nothing decoded again
     with pytest.raises(CommlibError, match="gsm8k or mmlu"):
         run_reasoning_depths("biographies", tiny, tiny_wide, [0], runs_root=tmp_path, progress=False)

@@ -27,12 +27,22 @@ def test_fast_sweep_equals_naive_on_a_small_grid(tiny: Model, backend: str, repl
 @pytest.mark.parametrize("position", ["last", "content"])
 def test_fast_sweep_equals_naive_over_several_positions(tiny: Model, position: str) -> None:
     item = load_game("countries", 1, seed=5)[0]
-    fast = sweep_item(tiny, tiny, item, ks=[0, 2], js=[1, 3], f="sum", max_new_tokens=4, position=position,
-                      n_positions=3)  # fmt: skip
+    fast = sweep_item(
+        tiny, tiny, item, ks=[0, 2], js=[1, 3], f="sum", max_new_tokens=4, position=position, n_positions=3
+    )
     one = sweep_item(tiny, tiny, item, ks=[0, 2], js=[1, 3], f="sum", max_new_tokens=0, position=position)
     for cell, single in zip(fast, one, strict=True):
-        ref = naive_cell(tiny, tiny, item, cell["k"], cell["j"], f="sum", max_new_tokens=4, position=position,
-                         n_positions=3)  # fmt: skip
+        ref = naive_cell(
+            tiny,
+            tiny,
+            item,
+            cell["k"],
+            cell["j"],
+            f="sum",
+            max_new_tokens=4,
+            position=position,
+            n_positions=3,
+        )
         assert cell["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-4)
         assert cell["token_ids"] == ref["token_ids"]
         if cell["j"] < tiny.info.n_layers - 1:  # after the last block only the last position counts

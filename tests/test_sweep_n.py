@@ -116,8 +116,15 @@ def test_ac_series_runs_from_b_alone_to_every_position(tiny: Model) -> None:
         for n, size in ((3, 3), (None, prepared.full)):
             got = series.point(item, prepared, n)
             config = GraftConfig(k=1, j=2, n_positions=size)
-            ref = communicate(tiny, tiny, [item.sender], [item.receiver], config, decoding=decoding,
-                              receiver_replies=[item.reply])  # fmt: skip
+            ref = communicate(
+                tiny,
+                tiny,
+                [item.sender],
+                [item.receiver],
+                config,
+                decoding=decoding,
+                receiver_replies=[item.reply],
+            )
             a = capture_span(get_backend(tiny), [item.sender], 1, "last", size)[0]
             assert got.text == ref.texts[0] and got.n_sent == size and torch.equal(got.injected, a)
 
@@ -128,8 +135,16 @@ def test_sweep_measures_what_b_receives_and_resumes(
     from commlib.combine import combine
     from commlib.distance import Manifold, input_reference, manifold_for
 
-    kw = {"out_dir": tmp_path, "k": 1, "j": 2, "n": 2, "message_tokens": STEPS, "max_new_tokens": 3,
-          "n_reference": 300, "progress": False}  # fmt: skip
+    kw = {
+        "out_dir": tmp_path,
+        "k": 1,
+        "j": 2,
+        "n": 2,
+        "message_tokens": STEPS,
+        "max_new_tokens": 3,
+        "n_reference": 300,
+        "progress": False,
+    }
     run_n_sweep("countries", tiny, tiny, ["ac-sum", "interlat-norm"], [0], **kw)
     res = run_n_sweep("countries", tiny, tiny, ["ac-sum", "interlat-norm"], [0, 2, "all"], **kw)
     df = pd.read_csv(tmp_path / "items.csv", dtype={"item_id": str, "n": str})
@@ -195,10 +210,33 @@ def test_sweep_n_command_and_figure(tmp_path: Path, capsys: pytest.CaptureFixtur
     from commlib.cli import main
 
     out, tiny = tmp_path / "sweep", "tiny-llama-random"
-    args = ["sweep-n", "--game", "countries", "--sender", tiny, "--receiver", tiny, "--methods",
-            "ac-replace,cipher", "--ns", "0,1,all", "--k", "1", "--j", "1", "--n", "2",
-            "--message-tokens", "3", "--max-new-tokens", "2", "--n-reference", "300",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "sweep-n",
+        "--game",
+        "countries",
+        "--sender",
+        tiny,
+        "--receiver",
+        tiny,
+        "--methods",
+        "ac-replace,cipher",
+        "--ns",
+        "0,1,all",
+        "--k",
+        "1",
+        "--j",
+        "1",
+        "--n",
+        "2",
+        "--message-tokens",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--n-reference",
+        "300",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert list(result["methods"]) == ["ac-replace", "cipher"] and result["config"]["ns"] == ["0", "1", "all"]
@@ -212,10 +250,21 @@ def test_figure_marks_trained_methods_solid() -> None:
     from commlib.plots import accuracy_distance_vs_n
 
     table = pd.DataFrame(
-        [{"method": m, "n": str(n), "x": x, "trained": m.endswith("trained"), "accuracy": 0.5, "ci_low": 0.2,
-          "ci_high": 0.7, "median_mahalanobis_pct": None if n == 0 else 90.0}
-         for m in ("interlat-norm", "interlat-trained") for x, n in enumerate((0, 2))]
-    )  # fmt: skip
+        [
+            {
+                "method": m,
+                "n": str(n),
+                "x": x,
+                "trained": m.endswith("trained"),
+                "accuracy": 0.5,
+                "ci_low": 0.2,
+                "ci_high": 0.7,
+                "median_mahalanobis_pct": None if n == 0 else 90.0,
+            }
+            for m in ("interlat-norm", "interlat-trained")
+            for x, n in enumerate((0, 2))
+        ]
+    )
     fig = accuracy_distance_vs_n(table)
     styles = [line.get_linestyle() for line in fig.axes[1].lines if line.get_label() in set(table["method"])]
     assert styles == ["--", "-"]
@@ -227,10 +276,21 @@ def test_accuracy_against_distance_has_a_point_per_injected_n() -> None:
     from commlib.plots import accuracy_vs_distance
 
     table = pd.DataFrame(
-        [{"method": m, "n": str(n), "x": x, "trained": m.endswith("trained"), "accuracy": 0.25 * x,
-          "ci_low": 0.0, "ci_high": 0.8, "median_mahalanobis_pct": None if n == 0 else 40.0 + 10 * x}
-         for m in ("cipher", "interlat-trained") for x, n in enumerate((0, 2, 8))]
-    )  # fmt: skip
+        [
+            {
+                "method": m,
+                "n": str(n),
+                "x": x,
+                "trained": m.endswith("trained"),
+                "accuracy": 0.25 * x,
+                "ci_low": 0.0,
+                "ci_high": 0.8,
+                "median_mahalanobis_pct": None if n == 0 else 40.0 + 10 * x,
+            }
+            for m in ("cipher", "interlat-trained")
+            for x, n in enumerate((0, 2, 8))
+        ]
+    )
     ax = accuracy_vs_distance(table).axes[0]
     labels = sorted(a.get_text() for a in ax.get_children() if isinstance(a, Annotation))
     assert labels == ["2", "2", "8", "8"]  # n = 0 injected nothing: no point

@@ -24,9 +24,14 @@ def library_answer(model: Model, view: View) -> str:
     """B's answer for the view's settings, from the uncached library path."""
     c, item = view.config, view.item
     out = communicate(
-        model, model, [item.sender], [item.receiver], c,
-        decoding=Decoding(max_new_tokens=TOKENS), receiver_replies=[item.reply],
-    )  # fmt: skip
+        model,
+        model,
+        [item.sender],
+        [item.receiver],
+        c,
+        decoding=Decoding(max_new_tokens=TOKENS),
+        receiver_replies=[item.reply],
+    )
     return out.texts[0]
 
 
@@ -122,9 +127,15 @@ def test_w_is_offered_with_a_map_and_only_at_its_layers(tiny: Model, tiny_wide: 
     assert view is not None and ui.error is None
     item = view.item
     library = communicate(
-        tiny, tiny_wide, [item.sender], [item.receiver], view.config, map=w,
-        decoding=Decoding(max_new_tokens=TOKENS), receiver_replies=[item.reply],
-    )  # fmt: skip
+        tiny,
+        tiny_wide,
+        [item.sender],
+        [item.receiver],
+        view.config,
+        map=w,
+        decoding=Decoding(max_new_tokens=TOKENS),
+        receiver_replies=[item.reply],
+    )
     assert view.grafted == library.texts[0] and view.uses_map and "AC (W, replace" in ui.answers.value
     ui.j.value = 1
     assert ui.error is not None and "map" in ui.status.value.lower()
@@ -136,8 +147,10 @@ def test_custom_jsonl_task(tiny: Model, tmp_path) -> None:
 
     path = tmp_path / "pets.jsonl"
     question = "What is the pet?"
-    rows = [{"sender": "The pet is a cat.", "receiver": question, "answer": "cat", "reply": "It is a"},
-            {"sender": "The pet is a dog.", "receiver": question, "answer": "dog"}]  # fmt: skip
+    rows = [
+        {"sender": "The pet is a cat.", "receiver": question, "answer": "cat", "reply": "It is a"},
+        {"sender": "The pet is a dog.", "receiver": question, "answer": "dog"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ui = explore(tiny.name, n_reference=0, max_new_tokens=TOKENS, task=str(path))
     assert ui.view is not None and ui.view.item.sender == "The pet is a cat." and ui.reply.value == "It is a"

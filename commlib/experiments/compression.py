@@ -1,0 +1,139 @@
+"""Compressing a trained Interlat message to K latents: accuracy against K."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    pass
+
+from commlib.errors import CommlibError
+from commlib.experiments.distance import run_latent_distance
+from commlib.experiments.games import run_games
+from commlib.experiments.sweep_n import _correct_by_item
+from commlib.models import Model
+from commlib.results import (
+    paired_difference,
+)
+
+
+def run_compression(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    adapter_dir: str | Path,
+    ks: Sequence[int],
+    *,
+    out_dir: str | Path,
+    n: int | None = 40,
+    seed: int = 1,
+    steps: int = 300,
+    lr: float = 1e-3,
+    ce_weight: float = 0.0,
+    max_new_tokens: int = 12,
+    n_reference: int = 3072,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Interlat compressed to K latent vectors, for each K, against the whole adapted trajectory; resumable.
+
+    For each K a :class:`commlib.methods.interlat.LatentCompressor` is
+    trained on top of the adapter in ``adapter_dir`` (B and the adapter
+    frozen, the adapter's own training items; :func:`train_compressor`, in
+    ``out_dir/compressor_k<K>``). Then B answers the game's items reading the
+    K vectors (``interlat-compressed-k<K>``) and reading the whole adapted
+    trajectory (``interlat-trained``), as :func:`run_games` does (in
+    ``out_dir/eval``), and what B reads is measured against B's input
+    embeddings (:func:`run_latent_distance`, in ``out_dir/distance``). Every
+    step resumes, so K can be added later.
+
+    Returns:
+        One row per method: method, K (vectors between the boundaries; the
+        trajectory's mean length for ``interlat-trained``), accuracy, ci_low,
+        ci_high, gain over the whole trajectory on the same items with
+        gain_ci_low and gain_ci_high (:func:`commlib.results.paired_difference`),
+        the median Mahalanobis percentile and norm ratio of the vectors, and
+        the compressor's training loss (mean of its first and last 30 steps).
+
+    Raises:
+        CommlibError: K < 1, or no adapter in ``adapter_dir``.
+    """
+    from commlib.methods import interlat_compressed, interlat_trained, register_method
+    from commlib.methods.interlat import load_adapter, load_compressor, train_compressor
+
+    if not ks or min(ks) < 1:
+        raise CommlibError(f"compress to at least one vector: got K = {list(ks)}")
+    _, base = load_adapter(adapter_dir)
+    out = Path(out_dir)
+    full = "interlat-trained"
+    register_method(full, interlat_trained(str(adapter_dir)))
+    names: dict[int | None, str] = {None: full}
+    losses: dict[int | None, tuple[float, ...]] = {None: ()}  # the whole trajectory trains no compressor
+    for size in ks:
+        where = out / f"compressor_k{size}"
+        train_compressor(
+            sender,
+            receiver,
+            adapter_dir,
+            where,
+            k=size,
+            steps=steps,
+            lr=lr,
+            ce_weight=ce_weight,
+            progress=progress,
+        )
+        names[size] = f"interlat-compressed-k{size}"
+        register_method(names[size], interlat_compressed(str(where)))
+        losses[size] = load_compressor(where)[2].losses
+    methods = list(names.values())
+    evaluated = run_games(
+        game,
+        sender,
+        receiver,
+        methods,
+        k=None,
+        j=None,
+        out_dir=out / "eval",
+        n=n,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )["methods"]
+    distances = run_latent_distance(
+        game,
+        sender,
+        receiver,
+        methods,
+        out_dir=out / "distance",
+        n=n,
+        seed=seed,
+        n_reference=n_reference,
+        message_tokens=base.message_tokens,
+        progress=progress,
+    )
+    rows = pd.read_csv(out / "eval" / "items.csv", dtype={"item_id": str})
+    whole = _correct_by_item(rows[rows["method"] == full])
+    table = []
+    for k, name in names.items():
+        gain, lo, hi = paired_difference(_correct_by_item(rows[rows["method"] == name]), whole, seed=seed)
+        dist = distances[distances["method"] == name]
+        trained = losses[k]
+        table.append(
+            {
+                "method": name,
+                "K": float(k) if k is not None else float(dist["length"].mean() - 2),
+                **{key: evaluated[name][key] for key in ("accuracy", "ci_low", "ci_high", "n")},
+                "gain": gain,
+                "gain_ci_low": lo,
+                "gain_ci_high": hi,
+                "median_mahalanobis_pct": float(dist["mahalanobis_pct"].median()),
+                "median_norm_ratio": float(dist["norm_ratio"].median()),
+                "loss_first": float(np.mean(trained[:30])) if trained else float("nan"),
+                "loss_last": float(np.mean(trained[-30:])) if trained else float("nan"),
+            }
+        )
+    return pd.DataFrame(table)
