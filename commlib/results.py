@@ -1,4 +1,4 @@
-"""Scoring, bootstrap confidence intervals, and a resumable per-item result store.
+"""Scoring, bootstrap confidence intervals, and the resumable run directory (:class:`Run`).
 
 A run writes one CSV row per (item, method) as soon as it is scored and
 flushes, so a crash loses no finished rows; re-running with the same output
@@ -146,6 +146,80 @@ def append_rows(path: Path, fields: Sequence[str], rows: Iterable[dict[str, Any]
         if new_file:
             writer.writeheader()
         writer.writerows({k: row.get(k, "") for k in fields} for row in rows)
+
+
+class Run:
+    """A resumable run directory: the settings in ``run.json``, per-item rows in one CSV, ``results.json``.
+
+    The skeleton every experiment shares. Opening a ``Run`` claims the
+    directory (:func:`claim_run_dir`: a resumed run must have the same
+    settings); :meth:`done` and :meth:`pending` say what is finished;
+    :meth:`add` appends rows and flushes them, so a crash loses no finished
+    row; :meth:`frame` reads the table back and :meth:`write` writes the
+    summary atomically.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run = Run(d, {"game": "countries"}, fields=("item_id", "method", "correct"))
+        ...     run.add([{"item_id": "a", "method": "nl", "correct": True}])
+        ...     again = Run(d, {"game": "countries"}, fields=("item_id", "method", "correct"))
+        ...     again.done(method="nl"), again.done(method="silent"), len(again.frame())
+        ({'a'}, set(), 1)
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        settings: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = ITEM_FIELDS,
+        table: str = "items.csv",
+    ) -> None:
+        self.dir = Path(out_dir)
+        if settings is None:  # a directory whose settings another run records (e.g. a sub-directory)
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            claim_run_dir(self.dir, settings)
+        self.settings = settings
+        self.fields = tuple(fields)
+        self.path = self.dir / table
+        self.rows: list[dict[str, str]] = []
+        if self.path.exists():
+            with self.path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+
+    def done(self, *columns: str, **where: Any) -> set[Any]:
+        """Finished rows matching ``where`` (compared as text): their item ids, or tuples of ``columns``."""
+        match = {k: str(v) for k, v in where.items()}
+        rows = [r for r in self.rows if all(r.get(k) == v for k, v in match.items())]
+        if not columns:
+            return {r["item_id"] for r in rows}
+        return {tuple(r.get(c, "") for c in columns) for r in rows}
+
+    def pending(self, items: Sequence[Any], **where: Any) -> list[Any]:
+        """The ``items`` (objects with an ``id``) that have no row matching ``where`` yet."""
+        finished = self.done(**where)
+        return [it for it in items if str(it.id) not in finished]
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows to the table and flush them to disk."""
+        rows = list(rows)
+        append_rows(self.path, self.fields, rows)
+        self.rows.extend({k: str(row.get(k, "")) for k in self.fields} for row in rows)
+
+    def frame(self, **read_csv: Any) -> Any:
+        """The table as a pandas DataFrame (``read_csv`` options, e.g. ``dtype``); empty when no row yet."""
+        import pandas as pd
+
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(self.fields))
+        return pd.read_csv(self.path, **read_csv)
+
+    def write(self, result: dict[str, Any], name: str = "results.json") -> dict[str, Any]:
+        """Write ``result`` atomically to ``DIR/name`` and return it."""
+        write_json(self.dir / name, result)
+        return result
 
 
 class ItemStore:
