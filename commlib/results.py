@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from commlib.errors import CommlibError
+
 ITEM_FIELDS = ("item_id", "method", "answer", "output", "message", "correct", "exact")
 
 
@@ -173,21 +175,38 @@ class Run:
         out_dir: str | Path,
         settings: dict[str, Any] | None,
         *,
-        fields: Sequence[str] = ITEM_FIELDS,
+        fields: Sequence[str] | None = ITEM_FIELDS,
         table: str = "items.csv",
     ) -> None:
+        """Claim ``out_dir`` and read back its finished rows.
+
+        Args:
+            out_dir: The run directory (created if missing).
+            settings: What ``run.json`` records and a resumed run must match;
+                ``None`` claims nothing (a directory whose settings another run records).
+            fields: The table's columns, in order; ``None`` for columns known
+                only once a row is computed: the existing table's header, else
+                the keys of the first rows added.
+            table: The table's file name in ``out_dir``.
+
+        Raises:
+            CommlibError: ``out_dir`` holds a run with other settings.
+        """
         self.dir = Path(out_dir)
         if settings is None:  # a directory whose settings another run records (e.g. a sub-directory)
             self.dir.mkdir(parents=True, exist_ok=True)
         else:
             claim_run_dir(self.dir, settings)
         self.settings = settings
-        self.fields = tuple(fields)
         self.path = self.dir / table
         self.rows: list[dict[str, str]] = []
+        header: Sequence[str] = ()
         if self.path.exists():
             with self.path.open(newline="") as fh:
-                self.rows = list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                self.rows = list(reader)
+                header = reader.fieldnames or ()
+        self.fields = tuple(header if fields is None else fields)
 
     def done(self, *columns: str, **where: Any) -> set[Any]:
         """Finished rows matching ``where`` (compared as text): their item ids, or tuples of ``columns``."""
@@ -203,10 +222,33 @@ class Run:
         return [it for it in items if str(it.id) not in finished]
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append rows to the table and flush them to disk."""
+        """Append rows to the table and flush them to disk (a column missing from a row is left empty)."""
         rows = list(rows)
+        if not self.fields:  # fields=None and a new table: the first rows' columns
+            if not rows:
+                return
+            self.fields = tuple(rows[0])
         append_rows(self.path, self.fields, rows)
         self.rows.extend({k: str(row.get(k, "")) for k in self.fields} for row in rows)
+
+    def rewrite(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace the table with ``rows``, atomically (e.g. stored rows scored again, or a column added).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     run = Run(d, None, fields=("item_id", "correct"))
+            ...     run.add([{"item_id": "a", "correct": False}])
+            ...     run.rewrite([{**r, "correct": True} for r in run.rows])
+            ...     Run(d, None, fields=("item_id", "correct")).rows
+            [{'item_id': 'a', 'correct': 'True'}]
+        """
+        rows = [{k: str(row.get(k, "")) for k in self.fields} for row in rows]
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.unlink(missing_ok=True)
+        append_rows(tmp, self.fields, rows)
+        tmp.replace(self.path)
+        self.rows = rows
 
     def frame(self, **read_csv: Any) -> Any:
         """The table as a pandas DataFrame (``read_csv`` options, e.g. ``dtype``); empty when no row yet."""
@@ -216,35 +258,22 @@ class Run:
             return pd.DataFrame(columns=list(self.fields))
         return pd.read_csv(self.path, **read_csv)
 
-    def write(self, result: dict[str, Any], name: str = "results.json") -> dict[str, Any]:
-        """Write ``result`` atomically to ``DIR/name`` and return it."""
-        write_json(self.dir / name, result)
-        return result
-
-
-class ItemStore:
-    """Per-item results in ``DIR/items.csv``, appended and flushed row by row."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "items.csv"
-        self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            with self.path.open(newline="") as fh:
-                self.rows = list(csv.DictReader(fh))
-
-    def done(self, method: str) -> set[str]:
-        """Item ids already scored for ``method``."""
-        return {r["item_id"] for r in self.rows if r["method"] == method}
-
-    def add(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append rows and flush them to disk."""
-        append_rows(self.path, ITEM_FIELDS, rows)
-        self.rows.extend({k: str(row.get(k, "")) for k in ITEM_FIELDS} for row in rows)
-
     def summary(self, methods: Sequence[str], seed: int = 0) -> dict[str, dict[str, float]]:
-        """Accuracy (answer in the first line) with a 95% bootstrap CI, and exact match, per method."""
+        """Accuracy (``correct``) with a 95% bootstrap CI, exact match (``exact``) and n, per method.
+
+        Over every row of each method in the table (the columns of :data:`ITEM_FIELDS`);
+        NaN for a method with no row.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     run = Run(d, {"game": "countries"})
+            ...     run.add([{"item_id": i, "method": "nl", "correct": c, "exact": False}
+            ...              for i, c in [("a", True), ("b", False)]])
+            ...     s = run.summary(["nl"])["nl"]
+            >>> s["accuracy"], s["exact_match"], s["n"]
+            (0.5, 0.0, 2)
+        """
         out = {}
         for method in methods:
             rows = [r for r in self.rows if r["method"] == method]
@@ -259,6 +288,26 @@ class ItemStore:
                 "n": len(rows),
             }
         return out
+
+    def write(self, result: dict[str, Any], name: str = "results.json") -> dict[str, Any]:
+        """Write ``result`` atomically to ``DIR/name`` and return it."""
+        write_json(self.dir / name, result)
+        return result
+
+
+def correct_by_item(rows: Any) -> Any:
+    """Whether each item was answered correctly (1.0 / 0.0), indexed by item id.
+
+    ``rows`` is a DataFrame with ``item_id`` and ``correct`` (``True``/``1``
+    as read back from a table, or bools); one row per item.
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = pd.DataFrame({"item_id": ["a", "b"], "correct": ["True", "False"]})
+        >>> correct_by_item(rows).to_dict()
+        {'a': 1.0, 'b': 0.0}
+    """
+    return rows.set_index("item_id")["correct"].astype(str).isin(["True", "1"]).astype(float)
 
 
 class AnswerStore:
@@ -340,8 +389,6 @@ def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
     Raises:
         CommlibError: ``out_dir`` holds a run with different settings.
     """
-    from commlib.errors import CommlibError
-
     path = Path(out_dir) / "run.json"
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
     if path.exists():
