@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from commlib import methods as methods_mod
 from commlib.cli import main
 from commlib.errors import CommlibError
 from commlib.experiments import run_games
 from commlib.models import Model
-from commlib.results import bootstrap_ci, contains_answer, exact_match, paired_difference
+from commlib.protocols import games as methods_mod
+from commlib.results import ITEM_FIELDS, Run, bootstrap_ci, contains_answer, exact_match, paired_difference
 from commlib.tasks.games import countries
 
 
@@ -74,6 +74,38 @@ def test_receiver_prompt_is_the_same_text_in_every_method(tiny: Model, monkeypat
     assert item.sender in seen["skyline"][0]
 
 
+def test_a_second_run_on_the_directory_sees_the_rows_and_other_settings_are_refused(tmp_path: Path) -> None:
+    settings = {"game": "countries", "k": 1}
+    items = countries(3)
+    run = Run(tmp_path, settings)
+    assert run.frame().empty and run.done() == set()
+    run.add([{"item_id": items[0].id, "method": "nl", "correct": True}])
+    run.add([{"item_id": items[1].id, "method": "ac", "exact": 1}])
+    again = Run(tmp_path, dict(settings))
+    assert again.rows == run.rows and again.rows[0]["correct"] == "True" and again.rows[1]["answer"] == ""
+    assert again.done(method="nl") == {items[0].id}
+    assert again.done("item_id", "method") == {(items[0].id, "nl"), (items[1].id, "ac")}
+    assert again.pending(items, method="nl") == items[1:]
+    assert list(again.frame().columns) == list(ITEM_FIELDS)
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(CommlibError, match=r"other settings.*k: 1 -> 2"):
+        Run(tmp_path, {**settings, "k": 2})
+    assert (tmp_path / "run.json").read_text() == before and len(Run(tmp_path, settings).rows) == 2
+
+
+def test_a_table_without_fixed_columns_takes_its_header_from_the_first_rows(tmp_path: Path) -> None:
+    run = Run(tmp_path, None, fields=None, table="t.csv")
+    run.add([])
+    assert not run.path.exists() and run.frame().empty  # no row, no columns yet
+    run.add([{"item_id": "a", "z": 1.5, "y": True}])
+    again = Run(tmp_path, None, fields=None, table="t.csv")
+    assert again.fields == ("item_id", "z", "y")
+    again.add([{"y": False, "item_id": "b", "z": 2.5}])  # another key order: written in the header's
+    df = again.frame()
+    assert df["item_id"].tolist() == ["a", "b"] and df["z"].tolist() == [1.5, 2.5]
+    assert df["y"].tolist() == [True, False]
+
+
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "items.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -123,7 +155,14 @@ def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path
     rows = _rows(out)
     assert len(rows) == 6 and len({r["item_id"] for r in rows}) == 6
     assert res["methods"]["silent"]["n"] == 6
-    run_games(
+    silent = [float(r["correct"] == "True") for r in rows]
+    assert res["methods"]["silent"]["accuracy"] == pytest.approx(np.mean(silent))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished item was run again")
+
+    monkeypatch.setattr("commlib.experiments.games.run_method", refuse)
+    again = run_games(
         "countries",
         tiny,
         tiny,
@@ -137,6 +176,8 @@ def test_resume_skips_finished_rows_and_a_crash_keeps_them(tiny: Model, tmp_path
         progress=False,
     )
     assert len(_rows(out)) == 6  # nothing recomputed
+    assert again["methods"] == res["methods"]
+    assert json.loads((out / "results.json").read_text())["methods"] == res["methods"]
     with pytest.raises(CommlibError, match=r"other settings.*j: 1 -> 2"):
         run_games("countries", tiny, tiny, ["silent"], k=1, j=2, n=6, out_dir=out, progress=False)
     assert len(_rows(out)) == 6  # a mismatched resume writes nothing

@@ -16,24 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+from tqdm.auto import tqdm
 
 from commlib.combine import LinearMap
-from commlib.methods import MethodConfig, method_fn, run_method
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
-from commlib.results import (
-    ItemStore,
-    claim_run_dir,
-    contains_answer,
-    exact_match,
-    package_versions,
-    write_json,
-)
-from commlib.tasks.games import load_game
+from commlib.protocols.games import MethodConfig, MethodOutput, method_fn, run_method
+from commlib.results import Run, contains_answer, exact_match, package_versions
+from commlib.tasks.games import GameItem, load_game
 
 
 def run_games(
@@ -64,67 +56,76 @@ def run_games(
         The content written to ``out_dir/results.json``: per method accuracy,
         ci_low, ci_high, exact_match, n, and the full configuration.
     """
-    from tqdm.auto import tqdm
-
     for m in methods:
         method_fn(m)  # an unknown name fails here, before any work
     items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
-    claim_run_dir(
-        out_dir,
-        {
-            "game": game,
-            "seed": seed,
-            "sender": sender.name,
-            "receiver": receiver.name,
-            **asdict(cfg),
-            "reply": reply,
-            "map": asdict(map.info) if map is not None else None,
-        },
-    )
-    store = ItemStore(out_dir)
+    map_info = asdict(map.info) if map is not None else None
+    settings = {"game": game, "seed": seed, "sender": sender.name, "receiver": receiver.name}
+    run = Run(out_dir, {**settings, **asdict(cfg), "reply": reply, "map": map_info})
     for method in methods:
-        todo = [it for it in items if it.id not in store.done(method)]
+        todo = run.pending(items, method=method)
         batches = range(0, len(todo), batch_size)
         for start in tqdm(batches, desc=method, disable=not progress, leave=False):
             chunk = todo[start : start + batch_size]
             outs = run_method(method, chunk, sender, receiver, cfg, map)
-            store.add(
-                [
-                    {
-                        "item_id": it.id,
-                        "method": method,
-                        "answer": it.answer,
-                        "output": o.text,
-                        "message": o.message or "",
-                        "correct": contains_answer(o.text, it.answer, it.choices),
-                        "exact": exact_match(o.text, it.answer),
-                    }
-                    for it, o in zip(chunk, outs, strict=True)
-                ]
-            )
-    example = items[0]
-    result = {
-        "game": game,
-        "methods": store.summary(methods, seed=seed),
-        "config": {
-            "sender": sender.info.to_dict(),
-            "receiver": receiver.info.to_dict(),
-            **asdict(cfg),
-            "n": len(items),
-            "seed": seed,
-            "map": asdict(map.info) if map is not None else None,
-            "prompt_formats": {"sender": sender.info.prompt_format, "receiver": receiver.info.prompt_format},
-            "example_prompts": {
-                "sender": format_prompt(sender, example.sender),
-                "receiver": format_prompt(receiver, example.receiver, reply=example.reply),
-            },
-            "reply": reply,
-            "decoding": "greedy",
-            "scoring": "answer in the first answer line, case-insensitive; exact_match strict",
-            "ci": "95% percentile bootstrap, 1000 resamples",
-            "versions": package_versions(),
-        },
+            run.add(_item_row(method, it, o) for it, o in zip(chunk, outs, strict=True))
+    config = _games_config(sender, receiver, cfg, items, seed=seed, map_info=map_info, reply=reply)
+    return run.write({"game": game, "methods": run.summary(methods, seed=seed), "config": config})
+
+
+def _item_row(method: str, item: GameItem, out: MethodOutput) -> dict[str, Any]:
+    """One row of ``items.csv``: B's answer to ``item`` under ``method``, scored."""
+    return {
+        "item_id": item.id,
+        "method": method,
+        "answer": item.answer,
+        "output": out.text,
+        "message": out.message or "",
+        "correct": contains_answer(out.text, item.answer, item.choices),
+        "exact": exact_match(out.text, item.answer),
     }
-    write_json(Path(out_dir) / "results.json", result)
-    return result
+
+
+def _games_config(
+    sender: Model,
+    receiver: Model,
+    cfg: MethodConfig,
+    items: Sequence[GameItem],
+    *,
+    seed: int,
+    map_info: dict[str, Any] | None,
+    reply: bool,
+) -> dict[str, Any]:
+    """The configuration recorded in ``results.json``: the models, the method settings, an example prompt."""
+    return {
+        "sender": sender.info.to_dict(),
+        "receiver": receiver.info.to_dict(),
+        **asdict(cfg),
+        "n": len(items),
+        "seed": seed,
+        "map": map_info,
+        "prompt_formats": {"sender": sender.info.prompt_format, "receiver": receiver.info.prompt_format},
+        "example_prompts": example_prompts(sender, receiver, items[0]),
+        "reply": reply,
+        "decoding": "greedy",
+        "scoring": "answer in the first answer line, case-insensitive; exact_match strict",
+        "ci": "95% percentile bootstrap, 1000 resamples",
+        "versions": package_versions(),
+    }
+
+
+def example_prompts(sender: Model, receiver: Model, item: GameItem) -> dict[str, str]:
+    """What A and B read for ``item``, in each model's prompt format (recorded with a run's results).
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> from commlib.tasks.games import countries
+        >>> m, item = load_model("tiny-llama-random"), countries(1)[0]
+        >>> example_prompts(m, m, item)["receiver"].endswith(item.reply)
+        True
+    """
+    return {
+        "sender": format_prompt(sender, item.sender),
+        "receiver": format_prompt(receiver, item.receiver, reply=item.reply),
+    }

@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    pass
-
+from commlib.experiments.games import example_prompts
 from commlib.models import Model
-from commlib.prompts import Position, format_prompt
-from commlib.results import (
-    append_rows,
-    claim_run_dir,
-    contains_answer,
-    package_versions,
-    write_json,
-)
-from commlib.tasks.games import load_game
+from commlib.prompts import Position
+from commlib.results import Run, contains_answer, package_versions
+from commlib.sweep import sweep_item
+from commlib.tasks.games import GameItem, load_game
 
 SWEEP_FIELDS = (
     "item_id",
@@ -68,56 +62,25 @@ def run_sweep(
         line of the greedy text; empty with ``max_new_tokens=0``), and
         logprob_gain (answer_logprob - silent_logprob).
     """
-    from tqdm.auto import tqdm
-
-    from commlib.sweep import sweep_item
-
     ks = list(range(sender.info.n_layers)) if ks is None else list(ks)
     js = list(range(receiver.info.n_layers)) if js is None else list(js)
     items = load_game(game, n=n, seed=seed, reply=reply)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    claim_run_dir(
-        out,
-        {
-            "game": game,
-            "seed": seed,
-            "sender": sender.name,
-            "receiver": receiver.name,
-            "ks": ks,
-            "js": js,
-            "f": f,
-            "backend": backend,
-            "max_new_tokens": max_new_tokens,
-            "position": position,
-            "reply": reply,
-        },
-    )
-    path = out / "sweep.csv"
-    done = set(pd.read_csv(path)["item_id"].astype(str)) if path.exists() else set()
-    write_json(
-        out / "sweep_config.json",
-        {
-            "game": game,
-            "sender": sender.info.to_dict(),
-            "receiver": receiver.info.to_dict(),
-            "ks": ks,
-            "js": js,
-            "f": f,
-            "n": len(items),
-            "seed": seed,
-            "backend": backend,
-            "max_new_tokens": max_new_tokens,
-            "position": position,
-            "reply": reply,
-            "example_prompts": {
-                "sender": format_prompt(sender, items[0].sender),
-                "receiver": format_prompt(receiver, items[0].receiver, reply=items[0].reply),
-            },
-            "versions": package_versions(),
-        },
-    )
-    for item in tqdm([it for it in items if it.id not in done], desc="sweep", disable=not progress):
+    settings = {
+        "game": game,
+        "seed": seed,
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "ks": ks,
+        "js": js,
+        "f": f,
+        "backend": backend,
+        "max_new_tokens": max_new_tokens,
+        "position": position,
+        "reply": reply,
+    }
+    run = Run(out_dir, settings, fields=SWEEP_FIELDS, table="sweep.csv")
+    run.write(_sweep_config(settings, sender, receiver, items), "sweep_config.json")
+    for item in tqdm(run.pending(items), desc="sweep", disable=not progress):
         cells = sweep_item(
             sender,
             receiver,
@@ -129,28 +92,40 @@ def run_sweep(
             max_new_tokens=max_new_tokens,
             position=position,
         )
-        append_rows(
-            path,
-            SWEEP_FIELDS,
-            (
-                {
-                    "item_id": item.id,
-                    "k": c["k"],
-                    "j": c["j"],
-                    "answer": item.answer,
-                    "answer_logprob": c["answer_logprob"],
-                    "greedy_answer": c["greedy_answer"],
-                    "silent_logprob": c["silent_logprob"],
-                    "silent_greedy_answer": c["silent_greedy_answer"],
-                    "text": c["text"],
-                    "correct": contains_answer(c["text"], item.answer, item.choices)
-                    if max_new_tokens
-                    else "",
-                }
-                for c in cells
-            ),
-        )
-    return read_sweep(out)
+        run.add(_cell_row(item, cell, scored=max_new_tokens > 0) for cell in cells)
+    return read_sweep(run.dir)
+
+
+def _sweep_config(
+    settings: dict[str, Any], sender: Model, receiver: Model, items: Sequence[GameItem]
+) -> dict[str, Any]:
+    """What ``sweep_config.json`` records: the settings with the models in full, n, an example prompt."""
+    return {
+        "game": settings["game"],
+        "sender": sender.info.to_dict(),
+        "receiver": receiver.info.to_dict(),
+        **{key: settings[key] for key in ("ks", "js", "f")},
+        "n": len(items),
+        **{key: settings[key] for key in ("seed", "backend", "max_new_tokens", "position", "reply")},
+        "example_prompts": example_prompts(sender, receiver, items[0]),
+        "versions": package_versions(),
+    }
+
+
+def _cell_row(item: GameItem, cell: dict[str, Any], *, scored: bool) -> dict[str, Any]:
+    """One row of ``sweep.csv``: ``item`` at one (k, j) cell; ``correct`` empty when nothing was generated."""
+    return {
+        "item_id": item.id,
+        "k": cell["k"],
+        "j": cell["j"],
+        "answer": item.answer,
+        "answer_logprob": cell["answer_logprob"],
+        "greedy_answer": cell["greedy_answer"],
+        "silent_logprob": cell["silent_logprob"],
+        "silent_greedy_answer": cell["silent_greedy_answer"],
+        "text": cell["text"],
+        "correct": contains_answer(cell["text"], item.answer, item.choices) if scored else "",
+    }
 
 
 def read_sweep(out_dir: str | Path) -> pd.DataFrame:
