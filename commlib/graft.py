@@ -27,49 +27,11 @@ from torch import Tensor
 
 from commlib.backends import Backend, Decoding, Edit, get_backend
 from commlib.backends.base import check_layer
-from commlib.combine import COMBINE_FNS, LinearMap, combine
-from commlib.errors import CommlibError, LayerOutOfRangeError, UnknownCombineError
+from commlib.combine import LinearMap, combine
+from commlib.config import NO_GRAFT, GraftConfig
+from commlib.errors import CommlibError, LayerOutOfRangeError
 from commlib.models import Model
-from commlib.prompts import Position, encode, message_positions, message_span
-
-NO_GRAFT = "none"
-"""The ``f`` that means B alone (no communication)."""
-
-
-@dataclass(frozen=True)
-class GraftConfig:
-    """Where and how to graft; recorded with every result.
-
-    Attributes:
-        k: Sender block whose output is read (0-based; HF ``hidden_states[k+1]``).
-        j: Receiver block whose output is edited.
-        f: ``sum``, ``mean``, ``replace`` (or any registered f), or ``none``.
-        alpha: Interpolation ``b + alpha * (f(a, b) - b)``.
-        match_norm: Rescale the grafted state to ``b``'s norm.
-        position: ``"last"`` prompt token or last token of the user ``"content"``,
-            for both capture and injection.
-        n_positions: How many positions, ending at ``position``, are grafted
-            (A's last n onto B's last n, aligned from the end; 1 is the paper's
-            default, all of the shorter prompt its all-token ablation).
-        raw: Feed prompts as given, without chat template or plain format.
-    """
-
-    k: int
-    j: int
-    f: str = "replace"
-    alpha: float = 1.0
-    match_norm: bool = False
-    position: Position = "last"
-    raw: bool = False
-    n_positions: int = 1
-
-    def __post_init__(self) -> None:
-        if self.n_positions < 1:
-            raise CommlibError(f"n_positions must be at least 1, got {self.n_positions}")
-        if self.f != NO_GRAFT and self.f not in COMBINE_FNS:
-            raise UnknownCombineError(
-                f"unknown f {self.f!r}; use one of {', '.join([NO_GRAFT, *COMBINE_FNS])}"
-            )
+from commlib.prompts import Position, check_prompts, encode, message_positions, message_span
 
 
 def map_layer(layer: int, n_from: int, n_to: int) -> int:
@@ -234,6 +196,9 @@ def communicate(
         raise CommlibError(
             f"{len(sender_prompts)} sender prompts but {len(receiver_prompts)} receiver prompts: pair them up"
         )
+    check_prompts(receiver_prompts, "receiver")
+    if config.f != NO_GRAFT and sender_states is None:
+        check_prompts(sender_prompts, "sender")
     rb = get_backend(receiver, backend)
     batch = encode(receiver, receiver_prompts, raw=config.raw, replies=receiver_replies)
     edit = None

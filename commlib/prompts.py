@@ -27,17 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from commlib.config import POSITIONS as POSITIONS
+from commlib.config import Position as Position
 from commlib.errors import CommlibError, EmptyPromptError
 from commlib.models import Model
-
-Position = Literal["last", "content"]
-POSITIONS: tuple[Position, ...] = ("last", "content")
 
 PLAIN_TEMPLATE = "Question: {text}\nAnswer:"
 """The plain format used for base models (no chat template)."""
@@ -72,14 +70,30 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device))
 
 
-def _check_text(texts: Sequence[str]) -> None:
+def check_prompts(texts: Sequence[str], role: str = "") -> None:
+    """Refuse a single string, an empty list, and empty or blank prompts.
+
+    Args:
+        texts: The prompts.
+        role: Whose prompts they are (``"sender"``, ``"receiver"``), named in the message.
+
+    Example:
+        >>> check_prompts(["Where is Alice?", " "], "receiver")
+        Traceback (most recent call last):
+        ...
+        commlib.errors.EmptyPromptError: the receiver's prompt 1 is empty: give it some text
+
+    Raises:
+        EmptyPromptError: an empty list, or a prompt without text.
+    """
     if isinstance(texts, str):
         raise TypeError("pass a list of prompts, not a single string")
+    whose = f"the {role}'s prompt" if role else "prompt"
     if not texts:
-        raise EmptyPromptError("no prompts given: pass at least one prompt")
+        raise EmptyPromptError(f"no {role + ' ' if role else ''}prompts given: pass at least one prompt")
     for i, text in enumerate(texts):
         if not text or not text.strip():
-            raise EmptyPromptError(f"prompt {i} is empty: give it some text")
+            raise EmptyPromptError(f"{whose} {i} is empty: give it some text")
 
 
 def format_prompt(model: Model, text: str, *, raw: bool = False, reply: str = "") -> str:
@@ -124,7 +138,7 @@ def encode(
     Raises:
         EmptyPromptError: a prompt is empty or the list is.
     """
-    _check_text(texts)
+    check_prompts(texts)
     formatted = [
         format_prompt(model, t, raw=raw, reply=r)
         for t, r in zip(texts, _replies(texts, replies), strict=True)

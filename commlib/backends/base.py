@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from commlib.config import Decoding
 from commlib.errors import CommlibError, LayerOutOfRangeError, NonFiniteActivationError
 from commlib.models import Model
 from commlib.prompts import Batch, split_shared_prefix
@@ -69,27 +70,6 @@ class Edit:
         out = hidden.clone()
         out[rows, pos] = new.to(hidden.dtype)
         return out
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Decoding settings, recorded with results.
-
-    Attributes:
-        max_new_tokens: Upper bound on generated tokens.
-        do_sample: Sample (with ``temperature``, ``top_p``) instead of greedy.
-        temperature: Softmax temperature when sampling.
-        top_p: Nucleus threshold when sampling (1.0 = off).
-        seed: Seed of the sampling generator.
-        stop_at_eos: Stop each row at its first EOS token.
-    """
-
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop_at_eos: bool = True
 
 
 @dataclass(frozen=True)
