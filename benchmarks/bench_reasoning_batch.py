@@ -2,8 +2,8 @@
 
 ``single-b`` (B alone) or ``ac`` (A = B, replace at ``--k``/``--j``) on the first
 ``--n`` GSM8k test items of seed 0, greedy, ``--max-new-tokens`` each: once
-through :func:`commlib.methods.reasoning.run_reasoning_method` item by item,
-once through :func:`commlib.methods.reasoning.run_reasoning_batch` in batches
+through :func:`commlib.protocols.reasoning.run_reasoning_method` item by item,
+once through :func:`commlib.protocols.reasoning.run_reasoning_batch` in batches
 of ``--batch-size``. Printed: wall time of each, their ratio, generated tokens
 per second, and how many answers are the same text (greedy decoding of a
 left-padded batch equals item by item up to float rounding, which can flip a
@@ -21,8 +21,9 @@ import time
 
 import torch
 
-from commlib.methods.reasoning import ReasoningConfig, run_reasoning_batch, run_reasoning_method
 from commlib.models import load_model
+from commlib.protocols.questions import ReasoningConfig
+from commlib.protocols.reasoning import run_reasoning_batch, run_reasoning_method
 from commlib.tasks.reasoning import load_task
 
 

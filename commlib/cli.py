@@ -170,7 +170,7 @@ def _cmd_games(args: argparse.Namespace) -> int:
 def _cmd_latent(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.baselines.split(",") if m.strip()]
     if args.method in ("interlat-trained", "interlat-compressed"):
-        from commlib.methods import interlat_compressed, interlat_trained, register_method
+        from commlib.protocols.games import interlat_compressed, interlat_trained, register_method
 
         trained = args.method == "interlat-trained"
         if not args.adapter:
@@ -249,7 +249,7 @@ def _cmd_reasoning(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_adapter(args: argparse.Namespace) -> int:
-    from commlib.methods.interlat import load_adapter, load_compressor, train_adapter, train_compressor
+    from commlib.channels.interlat import load_adapter, load_compressor, train_adapter, train_compressor
 
     compress = args.compress is not None
     if compress and (not args.adapter or args.game or args.kl_weight):

@@ -47,9 +47,9 @@ from commlib.backends.base import check_layer
 from commlib.combine import COMBINE_FNS, LinearMap, combine
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig
-from commlib.methods import MethodConfig, silent, skyline
 from commlib.models import Model, known_models, load_model
 from commlib.prompts import Batch, Position, encode, message_positions
+from commlib.protocols.games import MethodConfig, silent, skyline
 from commlib.sweep import ReceiverItem
 from commlib.tasks.games import GameItem, load_game
 

@@ -51,11 +51,11 @@ FIGURES_DIR = "../figures"
 # %%
 import pandas as pd
 
+from commlib.channels.interlat import train_adapter
 from commlib.experiments import choose_layers, run_games, run_latent_distance
-from commlib.methods import interlat_trained, register_method
-from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
 from commlib.plots import method_bars, save_figure
+from commlib.protocols.games import interlat_trained, register_method
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"

@@ -18,7 +18,7 @@
 #
 # One game, one pair (sharing a tokenizer, for CIPHER). Each method sends n
 # units of A's state uncollapsed and the rest as text (or, for AC, not at
-# all); `commlib.methods.series` says exactly what n is for each:
+# all); `commlib.protocols.series` says exactly what n is for each:
 #
 # * AC (`ac-replace`): A's states after block k at its last n prompt
 #   positions replace B's last n after block j, aligned from the end. n = 0 is
@@ -66,8 +66,8 @@ FIGURES_DIR = "../figures"
 # %%
 import pandas as pd
 
+from commlib.channels.interlat import train_adapter
 from commlib.experiments import choose_layers, n_sweep_table, run_compression, run_n_sweep
-from commlib.methods.interlat import train_adapter
 from commlib.models import load_model
 from commlib.plots import accuracy_distance_vs_n, accuracy_vs_distance, compression_vs_k, save_figure
 

@@ -6,17 +6,13 @@ import pytest
 import torch
 
 from commlib.backends import Decoding, get_backend
+from commlib.channels.slot import prompt_parts
 from commlib.errors import CommlibError
-from commlib.methods.cipher import _prompt_parts, cipher_debate
-from commlib.methods.reasoning import (
-    ReasoningConfig,
-    debate_prompt,
-    nld,
-    question_prompt,
-    run_reasoning_method,
-)
 from commlib.models import Model
 from commlib.prompts import Batch, encode
+from commlib.protocols.debate import cipher_debate, nld
+from commlib.protocols.questions import ReasoningConfig, debate_prompt, question_prompt
+from commlib.protocols.reasoning import run_reasoning_method
 from commlib.sweep import until_eos
 from commlib.tasks.reasoning import ReasoningItem
 
@@ -36,7 +32,7 @@ def token_debate(a: Model, b: Model, item: ReasoningItem, rounds: int, tokens: i
             if r == 0:
                 ids = encode(model, [question_prompt(item)]).input_ids
             else:
-                pre, post = _prompt_parts(model, debate_prompt(item, "{message}"), "")
+                pre, post = prompt_parts(model, debate_prompt(item, "{message}"), "")
                 said = previous[other]
                 blank = [not model.tokenizer.decode([i], skip_special_tokens=True).strip() for i in said]
                 while said and blank[0]:

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from commlib.backends import Decoding, get_backend
+from commlib.channels.cipher import soft_message
+from commlib.channels.interlat import as_receiver_inputs, embedding_norm, trajectory_message
+from commlib.channels.slot import NL_INSTRUCTION, NL_TEMPLATE, prompt_parts, receive
 from commlib.errors import CommlibError
-from commlib.methods import NL_INSTRUCTION, NL_TEMPLATE, MethodConfig, run_method
-from commlib.methods.cipher import _prompt_parts, receive, soft_message
-from commlib.methods.interlat import as_receiver_inputs, embedding_norm, trajectory_message
 from commlib.models import Model
 from commlib.prompts import Batch, encode
+from commlib.protocols.games import MethodConfig, run_method
 from commlib.tasks.games import countries
 
 TOKENS = 6
@@ -43,7 +44,7 @@ def test_zero_temperature_receiver_answers_as_with_the_text(tiny: Model) -> None
     template = NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
     soft = receive(tiny, template, vectors=msg.vectors, reply=item.reply, max_new_tokens=TOKENS)
     # the ordinary token path: B's prompt ids with A's greedy message ids in the slot
-    pre, post = _prompt_parts(tiny, template, item.reply)
+    pre, post = prompt_parts(tiny, template, item.reply)
     ids = torch.cat([pre, torch.tensor(msg.nearest_ids, dtype=torch.long), post])[None]
     gen = get_backend(tiny).generate(Batch(ids, torch.ones_like(ids)), None, Decoding(max_new_tokens=TOKENS))
     assert soft == receive(tiny, template, token_ids=msg.nearest_ids, reply=item.reply, max_new_tokens=TOKENS)
@@ -146,8 +147,8 @@ def test_interlat_inputs_rescaled_and_widths_checked(tiny: Model, tiny_wide: Mod
 
 
 def test_trained_adapter_lowers_the_loss_resumes_and_runs(tiny: Model, tiny_wide: Model, tmp_path) -> None:
+    from commlib.channels.interlat import adapter_loss, load_adapter, train_adapter
     from commlib.cli import main
-    from commlib.methods.interlat import adapter_loss, load_adapter, train_adapter
 
     out = tmp_path / "adapter"
     kwargs = {"n_train": 2, "lr": 3e-3, "message_tokens": 5, "progress": False, "checkpoint_every": 10}

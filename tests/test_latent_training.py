@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from commlib.errors import CommlibError
-from commlib.methods import NL_INSTRUCTION, MethodConfig, interlat_compressed, slot_template
-from commlib.methods.cipher import _prompt_parts
-from commlib.methods.interlat import (
+from commlib.channels.interlat import (
     InterlatAdapter,
     LatentCompressor,
     adapter_loss,
@@ -22,8 +19,11 @@ from commlib.methods.interlat import (
     train_compressor,
     trajectory_message,
 )
+from commlib.channels.slot import NL_INSTRUCTION, prompt_parts, slot_template
+from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import format_prompt
+from commlib.protocols.games import MethodConfig, interlat_compressed
 from commlib.sweep import answer_ids
 from commlib.tasks.games import countries
 
@@ -41,7 +41,7 @@ def _setup(model: Model) -> tuple:
 def _by_hand(model: Model, item, message: torch.Tensor | None = None, ids: list[int] | None = None):
     """B's answer logits with the message in the nl slot, built from token ids and embeddings here."""
     embed = model.hf.get_input_embeddings()
-    pre, post = _prompt_parts(model, slot_template(item), item.reply)
+    pre, post = prompt_parts(model, slot_template(item), item.reply)
     target = answer_ids(model, item.answer, format_prompt(model, "x", reply=item.reply))
     if ids is not None:  # the ordinary token path
         full = torch.cat([pre, torch.tensor(ids, dtype=torch.long), post, target[:-1]])[None]
@@ -81,8 +81,8 @@ def test_kl_weight_zero_is_the_cross_entropy_and_the_kl_is_zero_on_the_text_itse
 
 
 def test_kl_training_records_its_weight_and_refuses_another(tiny: Model, tmp_path) -> None:
+    from commlib.channels.interlat import load_adapter
     from commlib.cli import main
-    from commlib.methods.interlat import load_adapter
 
     out = tmp_path / "kl"
     train_adapter(tiny, tiny, "countries", out, steps=3, kl_weight=0.5, **TRAIN)

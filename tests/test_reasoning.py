@@ -13,15 +13,14 @@ import torch
 
 from commlib.errors import CommlibError
 from commlib.graft import map_layer
-from commlib.methods.reasoning import (
-    ReasoningConfig,
+from commlib.models import Model
+from commlib.protocols.questions import ReasoningConfig, question_prompt
+from commlib.protocols.reasoning import (
     check_methods,
-    question_prompt,
     run_reasoning_batch,
     run_reasoning_method,
     run_reasoning_methods,
 )
-from commlib.models import Model
 from commlib.tasks.biographies import Judgement, biographies, fact_score, judge_biography, parse_verdict
 from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_number, is_correct, load_task
 
@@ -245,8 +244,8 @@ def test_batched_methods_answer_as_item_by_item(any_model: Model, method: str) -
 def test_ac_unrelated_is_ac_with_a_reading_the_fixed_unrelated_question(tiny: Model, task: str) -> None:
     from dataclasses import replace
 
-    from commlib.methods.reasoning import question_prompt, unrelated_item
     from commlib.prompts import encode
+    from commlib.protocols.questions import question_prompt, unrelated_item
 
     [item] = load_task(task, 1, seed=0)
     cfg = ReasoningConfig(k=1, j=2, max_new_tokens=6)
@@ -716,7 +715,7 @@ def test_sampled_a_is_reproducible_and_shared_across_methods(tiny: Model) -> Non
 def test_ac_cot_grafts_the_state_at_the_end_of_a_reasoning(tiny: Model, tiny_wide: Model) -> None:
     from commlib.backends import Decoding
     from commlib.graft import GraftConfig, communicate
-    from commlib.methods.reasoning import question_prompt
+    from commlib.protocols.questions import question_prompt
 
     item = ReasoningItem("What is 2 + 2?", "4", id="q1")
     cfg = ReasoningConfig(k=2, j=1, max_new_tokens=6)
@@ -753,18 +752,21 @@ def test_debate_takes_its_first_round_from_the_single_answers(
     import pandas as pd
 
     from commlib.experiments import run_reasoning
-    from commlib.methods import reasoning as reasoning_mod
+    from commlib.protocols import debate as debate_mod
+    from commlib.protocols import questions as questions_mod
+    from commlib.protocols import reasoning as reasoning_mod
     from commlib.tasks.reasoning import load_task
 
     cfg = {"max_new_tokens": 5, "a_temperature": 1.0, "a_seed": 3}  # A sampled: its seed must line up too
     calls = []
-    answers = reasoning_mod._answers  # one call per decode; one name per prompt decoded
+    answers = questions_mod.answers  # one call per decode; one name per prompt decoded
 
     def spy(model: Model, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
         calls.extend([model.name] * len(prompts))
         return answers(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(reasoning_mod, "_answers", spy)
+    monkeypatch.setattr(questions_mod, "answers", spy)  # what the debate's turns call
+    monkeypatch.setattr(reasoning_mod, "answers", spy)  # what the single answers call
     run_reasoning("gsm8k", tiny, tiny, ["single-a", "single-b"], out_dir=tmp_path, n=2, progress=False, **cfg)
     calls.clear()
     run_reasoning(
@@ -778,9 +780,9 @@ def test_debate_takes_its_first_round_from_the_single_answers(
         mine = rows[rows["item_id"] == item.id].set_index("method")
         assert json.loads(mine.loc["nld", "transcript"]) == fresh.transcript
         assert mine.loc["nld", "output"] == fresh.text
-    first_round = reasoning_mod.debate(item, tiny, tiny, rc, 1)
+    first_round = debate_mod.debate(item, tiny, tiny, rc, 1)
     with pytest.raises(CommlibError, match="whole rounds"):
-        reasoning_mod.debate(item, tiny, tiny, rc, 2, opening=first_round[1:])  # B without A
+        debate_mod.debate(item, tiny, tiny, rc, 2, opening=first_round[1:])  # B without A
 
 
 def test_single_answers_are_shared_between_pairs_through_the_answer_store(
@@ -789,16 +791,18 @@ def test_single_answers_are_shared_between_pairs_through_the_answer_store(
     import pandas as pd
 
     from commlib.experiments import run_reasoning
-    from commlib.methods import reasoning as reasoning_mod
+    from commlib.protocols import questions as questions_mod
+    from commlib.protocols import reasoning as reasoning_mod
 
     calls = []
-    answers = reasoning_mod._answers  # one call per decode; one name per prompt decoded
+    answers = questions_mod.answers  # one call per decode; one name per prompt decoded
 
     def spy(model: Model, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
         calls.extend([model.name] * len(prompts))
         return answers(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(reasoning_mod, "_answers", spy)
+    monkeypatch.setattr(questions_mod, "answers", spy)  # what the debate's turns call
+    monkeypatch.setattr(reasoning_mod, "answers", spy)  # what the single answers call
     singles = ["single-a", "single-b"]
     # a run made before the store existed: re-running it with the store adds its answers
     run_reasoning(
@@ -959,7 +963,7 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
 ) -> None:
     import pandas as pd
 
-    import commlib.methods.reasoning as reasoning
+    import commlib.protocols.reasoning as reasoning
     from commlib.experiments import read_reasoning, reasoning_dir, run_reasoning_depths
 
     def sweep() -> pd.DataFrame:  # A has 4 blocks, B 3: B's blocks 0, 1, 2 are A's 0, 2, 3

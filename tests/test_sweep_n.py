@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from commlib.backends import Decoding, get_backend
+from commlib.channels.cipher import soft_message
+from commlib.channels.interlat import as_receiver_inputs, trajectory_message
+from commlib.channels.slot import embed, message_prompt, read_slot, receive, slot_template
 from commlib.errors import CommlibError
 from commlib.experiments import run_n_sweep
 from commlib.graft import GraftConfig, capture_span, communicate
-from commlib.methods import MethodConfig, _message_prompt, read_slot, run_method, slot_template
-from commlib.methods.cipher import _embed, receive, soft_message
-from commlib.methods.interlat import as_receiver_inputs, trajectory_message
-from commlib.methods.series import ACSeries, InterlatSeries, Point, series_for
 from commlib.models import Model
+from commlib.protocols.games import MethodConfig, run_method
+from commlib.protocols.series import ACSeries, InterlatSeries, Point, series_for
 from commlib.tasks.games import GameItem, countries
 
 STEPS = 5  # A's longest message
@@ -30,7 +31,7 @@ def point(method: str, item: GameItem, n: int | None, model: Model, cfg: MethodC
 
 
 def test_soft_steps_then_greedy_feedback(tiny: Model) -> None:
-    prompt = _message_prompt(countries(1, seed=3)[0])
+    prompt = message_prompt(countries(1, seed=3)[0])
     full = soft_message(tiny, tiny, prompt, temperature=1.0, max_tokens=STEPS)
     greedy = soft_message(tiny, tiny, prompt, temperature=0.0, max_tokens=STEPS)
     zero = soft_message(tiny, tiny, prompt, temperature=1.0, max_tokens=STEPS, soft_steps=0)
@@ -42,11 +43,11 @@ def test_soft_steps_then_greedy_feedback(tiny: Model) -> None:
     two = soft_message(tiny, tiny, prompt, temperature=1.0, max_tokens=STEPS, soft_steps=2)
     assert torch.equal(two.vectors[:2], full.vectors[:2])
     hard = torch.tensor(two.nearest_ids[2:])
-    assert torch.equal(two.vectors[2:], _embed(tiny, hard))  # the rest is text
+    assert torch.equal(two.vectors[2:], embed(tiny, hard))  # the rest is text
     # each hard token is the argmax after the soft prefix and the earlier tokens (one uncached pass)
     from commlib.prompts import encode
 
-    embeds = torch.cat([_embed(tiny, encode(tiny, [prompt]).input_ids[0]), two.vectors[:-1]])
+    embeds = torch.cat([embed(tiny, encode(tiny, [prompt]).input_ids[0]), two.vectors[:-1]])
     logits = tiny.hf(inputs_embeds=embeds[None]).logits[0, -len(two.vectors) :]
     assert logits.argmax(-1)[2:].tolist() == two.nearest_ids[2:]
     with pytest.raises(CommlibError, match="soft_steps"):
@@ -56,9 +57,7 @@ def test_soft_steps_then_greedy_feedback(tiny: Model) -> None:
 def test_cipher_series_runs_from_the_text_message_to_cipher(tiny: Model) -> None:
     for item in countries(2, seed=3):
         zero, every = point("cipher", item, 0, tiny), point("cipher", item, None, tiny)
-        greedy = soft_message(
-            tiny, tiny, _message_prompt(item), temperature=0.0, max_tokens=STEPS
-        ).nearest_ids
+        greedy = soft_message(tiny, tiny, message_prompt(item), temperature=0.0, max_tokens=STEPS).nearest_ids
         text = receive(tiny, slot_template(item), token_ids=greedy, reply=item.reply, max_new_tokens=3)
         assert zero.text == text == run_method("cipher-t0", [item], tiny, tiny, CFG)[0].text
         assert zero.n_sent == 0 and len(zero.injected) == 0
@@ -70,7 +69,7 @@ def test_cipher_series_runs_from_the_text_message_to_cipher(tiny: Model) -> None
 @pytest.mark.parametrize("method", ["interlat", "interlat-norm"])
 def test_interlat_series_runs_from_the_text_message_to_interlat(tiny: Model, method: str) -> None:
     item = countries(2, seed=3)[1]
-    trajectory = trajectory_message(tiny, _message_prompt(item), max_tokens=STEPS)
+    trajectory = trajectory_message(tiny, message_prompt(item), max_tokens=STEPS)
     text = receive(
         tiny, slot_template(item), token_ids=trajectory.token_ids, reply=item.reply, max_new_tokens=3
     )
@@ -79,13 +78,13 @@ def test_interlat_series_runs_from_the_text_message_to_interlat(tiny: Model, met
     two = point(method, item, 2, tiny)
     latents = as_receiver_inputs(trajectory, tiny, rescale=method == "interlat-norm")[:2]
     assert two.n_sent == 2 and torch.equal(two.injected, latents)
-    rest = _embed(tiny, torch.tensor(trajectory.token_ids[2:]))
+    rest = embed(tiny, torch.tensor(trajectory.token_ids[2:]))
     assert two.text == read_slot(tiny, item, torch.cat([latents, rest]), 3)
 
 
 def test_trained_series_reads_what_the_curriculum_trains_on(tiny: Model, tmp_path: Path) -> None:
-    from commlib.methods import interlat_trained
-    from commlib.methods.interlat import load_adapter, train_adapter
+    from commlib.channels.interlat import load_adapter, train_adapter
+    from commlib.protocols.games import interlat_trained
 
     train_adapter(tiny, tiny, "countries", tmp_path, n_train=2, steps=3, message_tokens=STEPS, progress=False)
     adapter, _ = load_adapter(tmp_path)
@@ -97,7 +96,7 @@ def test_trained_series_reads_what_the_curriculum_trains_on(tiny: Model, tmp_pat
         with torch.no_grad():
             latents = adapter(trajectory.hidden[:m]) if m else b[:0]
         framed = torch.cat([b[:1], latents, b[1:]])  # <bop>, adapted latents, <eop>
-        expected = torch.cat([framed, _embed(tiny, torch.tensor(trajectory.token_ids[m:]))])
+        expected = torch.cat([framed, embed(tiny, torch.tensor(trajectory.token_ids[m:]))])
         p = series.point(item, prepared, m)
         assert torch.allclose(p.injected, framed) and p.text == read_slot(tiny, item, expected, 3)
     every = series.point(item, prepared, None).text
@@ -157,7 +156,7 @@ def test_sweep_measures_what_b_receives_and_resumes(
     expected = task.table(combine(a, b, "sum"), b).mean()
     for metric in ("mahalanobis_pct", "knn_cosine", "displacement"):
         assert rows.loc[("ac-sum", "2"), metric] == pytest.approx(expected[metric], rel=1e-4)
-    trajectory = trajectory_message(tiny, _message_prompt(item), max_tokens=STEPS)
+    trajectory = trajectory_message(tiny, message_prompt(item), max_tokens=STEPS)
     latents = as_receiver_inputs(trajectory, tiny, rescale=True)[:2]
     expected = Manifold.fit(input_reference(tiny, n=300)).table(latents).mean()
     assert rows.loc[("interlat-norm", "2"), "mahalanobis_pct"] == pytest.approx(expected["mahalanobis_pct"])

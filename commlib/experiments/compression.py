@@ -41,7 +41,7 @@ def run_compression(
 ) -> pd.DataFrame:
     """Interlat compressed to K latent vectors, for each K, against the whole adapted trajectory; resumable.
 
-    For each K a :class:`commlib.methods.interlat.LatentCompressor` is
+    For each K a :class:`commlib.channels.interlat.LatentCompressor` is
     trained on top of the adapter in ``adapter_dir`` (B and the adapter
     frozen, the adapter's own training items; :func:`train_compressor`, in
     ``out_dir/compressor_k<K>``). Then B answers the game's items reading the
@@ -62,8 +62,8 @@ def run_compression(
     Raises:
         CommlibError: K < 1, or no adapter in ``adapter_dir``.
     """
-    from commlib.methods import interlat_compressed, interlat_trained, register_method
-    from commlib.methods.interlat import load_adapter, load_compressor, train_compressor
+    from commlib.channels.interlat import load_adapter, load_compressor, train_compressor
+    from commlib.protocols.games import interlat_compressed, interlat_trained, register_method
 
     if not ks or min(ks) < 1:
         raise CommlibError(f"compress to at least one vector: got K = {list(ks)}")

@@ -186,8 +186,8 @@ def reasoning_reference_states(
     from safetensors.torch import load_file, save_file
 
     from commlib.graft import capture_corpus
-    from commlib.methods.reasoning import question_prompt
     from commlib.models import cache_dir
+    from commlib.protocols.questions import question_prompt
 
     reference = other_items(task, evaluated, n_reference, seed)
     name = other_items_name(task, seed, len(evaluated))
@@ -228,7 +228,7 @@ def run_reasoning_distance(
 ) -> pd.DataFrame:
     """How far AC's grafted state sits from B's own states on a reasoning task, and how much it moves B.
 
-    AC on a reasoning item (see :mod:`commlib.methods.reasoning`) writes
+    AC on a reasoning item (see :mod:`commlib.protocols.reasoning`) writes
     ``f(a, b)`` (``replace``, the paper's width rule, or ``map``) into B's
     residual after block ``j`` at the last prompt token, where ``a`` is A's
     state after block ``k`` on the same prompt. This measures that state
@@ -266,8 +266,8 @@ def run_reasoning_distance(
     from commlib.combine import combine
     from commlib.distance import Manifold, ReferenceSet, next_token_kl
     from commlib.graft import GraftConfig, capture_message, graft_edit
-    from commlib.methods.reasoning import question_prompt
     from commlib.prompts import encode, message_positions
+    from commlib.protocols.questions import question_prompt
     from commlib.tasks.reasoning import load_task
 
     check_layer(sender, k, "k")

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
-from commlib.methods import MethodConfig, method_fn
 from commlib.models import Model
 from commlib.prompts import Position
+from commlib.protocols.games import MethodConfig, method_fn
 from commlib.results import (
     claim_run_dir,
 )
@@ -318,7 +318,7 @@ def run_latent_distance(
     from tqdm.auto import tqdm
 
     from commlib.distance import Manifold, input_reference
-    from commlib.methods import SlotMethod
+    from commlib.protocols.games import SlotMethod
 
     makers = {}
     for name in methods:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
-    from commlib.methods.reasoning import Turn
+    from commlib.protocols.debate import Turn
     from commlib.tasks.reasoning import ReasoningItem
 
 from commlib.combine import LinearMap
@@ -76,7 +76,7 @@ def run_reasoning(
     Per item and method, ``out_dir/items.csv`` keeps B's output (and the
     transcript), the extracted answer, wall time, token counts and analytic
     FLOPs (:func:`commlib.compute.method_flops`, KV cache). Methods are those
-    of :mod:`commlib.methods.reasoning`, ``nld-r1,...,nld-r4`` included (one
+    of :mod:`commlib.protocols.reasoning`, ``nld-r1,...,nld-r4`` included (one
     debate per item serves them all). ``results.json`` has per method the
     score with a 95% bootstrap CI, mean FLOPs (also relative to one forward
     pass of the smaller model over the mean prompt), mean wall time and
@@ -100,7 +100,7 @@ def run_reasoning(
             sweep of A = B = that model): they are mapped to A's and B's depth
             by :func:`commlib.graft.map_layer`, and both are recorded.
         a_temperature: A's sampling temperature (0: greedy), with ``a_top_p``
-            and ``a_seed`` (see :class:`commlib.methods.reasoning.ReasoningConfig`).
+            and ``a_seed`` (see :class:`commlib.protocols.questions.ReasoningConfig`).
         judge: The Biographies judge model.
         answers: A :class:`commlib.results.AnswerStore` directory: ``single-a``
             and ``single-b`` answers found there are taken instead of generated
@@ -109,7 +109,7 @@ def run_reasoning(
             judgements are shared the same way (:func:`judge_biographies`).
         batch_size: Items decoded together by the methods that are one decode
             per item (``single-a``, ``single-b``, ``ac``, ``ac-w``, ``ac-unrelated``; see
-            :func:`commlib.methods.reasoning.run_reasoning_batch`): the same
+            :func:`commlib.protocols.reasoning.run_reasoning_batch`): the same
             greedy answers up to float rounding, faster on a CPU. Not a setting
             of the directory: a run may resume with another batch size. A
             crash loses at most the batch in progress.
@@ -123,13 +123,12 @@ def run_reasoning(
 
     from commlib.compute import Shape, forward_flops, method_flops
     from commlib.graft import map_layer
-    from commlib.methods.reasoning import (
+    from commlib.protocols.debate import debate_rounds
+    from commlib.protocols.questions import ReasoningConfig, question_prompt
+    from commlib.protocols.reasoning import (
         BATCHED_METHODS,
-        ReasoningConfig,
         check_methods,
         compute_kind,
-        debate_rounds,
-        question_prompt,
         run_reasoning_batch,
         run_reasoning_methods,
         single_answer_key,
@@ -414,7 +413,7 @@ def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Turn]:
     """
     import json as _json
 
-    from commlib.methods.reasoning import Turn
+    from commlib.protocols.debate import Turn
 
     mine = {r["method"]: r for r in rows if str(r["item_id"]) == item_id}
     if "single-a" not in mine or "single-b" not in mine:
@@ -619,7 +618,7 @@ def fit_task_map(
         (torch.Size([96, 64]), 'gsm8k other items', 8)
     """
     from commlib.graft import fit_map
-    from commlib.methods.reasoning import question_prompt
+    from commlib.protocols.questions import question_prompt
     from commlib.tasks.reasoning import load_task
 
     fitted = other_items(task, load_task(task, n_eval, seed), n_map, seed)

@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 from commlib.errors import CommlibError
 from commlib.experiments.distance import REFERENCES, _layer_manifold
-from commlib.methods import MethodConfig
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
+from commlib.protocols.games import MethodConfig
 from commlib.results import (
     append_rows,
     bootstrap_ci,
@@ -89,7 +89,7 @@ def run_n_sweep(
 ) -> dict[str, Any]:
     """The sweep over n: per method, B's answers as more of A's state goes uncollapsed; resumable.
 
-    Each method is a series of :mod:`commlib.methods.series` (its docstring
+    Each method is a series of :mod:`commlib.protocols.series` (its docstring
     says what n is for each: AC's grafted positions, CIPHER's soft steps,
     Interlat's latent steps; ``"all"`` sends everything). For every item,
     method and n: B's answer (scored as in the games), the distance of what
@@ -121,7 +121,7 @@ def run_n_sweep(
         n: Items (default: the game's).
         seed: Items' seed (and the references' sampling).
         position: AC's message position.
-        adapter: ``interlat-trained``'s directory (from :func:`commlib.methods.interlat.train_adapter`).
+        adapter: ``interlat-trained``'s directory (from :func:`commlib.channels.interlat.train_adapter`).
         message_tokens: The longest message A writes (the adapter's own for ``interlat-trained``).
         max_new_tokens: B's answer length.
         n_reference: Sentences or prompts (AC) and token occurrences (latent) in B's references.
@@ -148,7 +148,7 @@ def run_n_sweep(
     from tqdm.auto import tqdm
 
     from commlib.distance import Manifold, input_reference
-    from commlib.methods.series import ALL, adapter_identity, parse_ns, series_for
+    from commlib.protocols.series import ALL, adapter_identity, parse_ns, series_for
 
     if reference not in REFERENCES:
         raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")

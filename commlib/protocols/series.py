@@ -1,6 +1,6 @@
 """The sweep over n: how much of A's state a method sends uncollapsed.
 
-A *series* is a method of :mod:`commlib.methods` with its own meaning of n,
+A *series* is a games method (:mod:`commlib.protocols.games`) with its own meaning of n,
 the amount of A's state that reaches B uncollapsed; n = 0 sends none of it
 and ``all`` (:data:`ALL`) all of it. :func:`commlib.experiments.run_n_sweep`
 runs series over a game's items and a list of n.
@@ -16,7 +16,7 @@ runs series over a game's items and a list of n.
   feeds back ``p @ E`` and ends the message when the nearest embedding of
   ``p @ E`` is EOS); from step n + 1 on it feeds back the embedding of its
   argmax token, continuing from the soft steps' KV cache, and ends the
-  message when the argmax is EOS (:func:`commlib.methods.cipher.soft_message`
+  message when the argmax is EOS (:func:`commlib.channels.cipher.soft_message`
   with ``soft_steps=n``). B reads ``p_t @ E_B`` for the soft steps and its
   embeddings of A's tokens for the rest, in the ``nl`` slot. n = 0 is A's
   greedy message read as tokens (``cipher-t0``); ``all`` (``message_tokens``
@@ -27,7 +27,7 @@ runs series over a game's items and a list of n.
   steps (raw, rescaled to B's embedding norm, or through the trained
   adapter between its learned boundaries), then the rest of the message as
   text: the mixture the adapter's curriculum trains on
-  (:func:`commlib.methods.interlat.with_text_rest`). n = 0 is the text
+  (:func:`commlib.channels.interlat.with_text_rest`). n = 0 is the text
   message (for the adapter framed by its two boundaries, as in training);
   ``all`` is the method itself.
 
@@ -67,11 +67,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from commlib.backends import Decoding, get_backend
+from commlib.backends.base import check_layer
+from commlib.channels.cipher import check_shared_vocabulary, soft_message
+from commlib.channels.interlat import as_receiver_inputs, load_adapter, trajectory_message, with_text_rest
+from commlib.channels.slot import message_prompt, prompt_parts, read_slot, slot_template
+from commlib.combine import combine
 from commlib.compute import Shape, method_flops, slot_flops
 from commlib.errors import CommlibError
-from commlib.methods import CIPHER_PREFIX, MethodConfig, _message_prompt, read_slot, slot_template
+from commlib.graft import NO_GRAFT, GraftConfig, capture_span, communicate
 from commlib.models import Model
 from commlib.prompts import encode, message_positions, span_available
+from commlib.protocols.games import CIPHER_PREFIX, MethodConfig
 from commlib.tasks.games import GameItem
 
 ALL = "all"
@@ -136,7 +143,7 @@ class Series:
     """How one method sends the first n units of A's state; subclasses say how.
 
     Attributes:
-        name: The method's name in :data:`commlib.methods.METHODS`.
+        name: The method's name in :data:`commlib.registry.METHODS`.
         unit: What n counts: ``"positions"`` (AC) or ``"steps"`` (of A's message).
         reference: What the injected states are measured against: ``"layer"``
             (B's residuals after block j) or ``"input"`` (B's input embeddings).
@@ -216,8 +223,6 @@ class ACSeries(Series):
     reference = "layer"
 
     def __init__(self, name: str, f: str, sender: Model, receiver: Model, cfg: MethodConfig) -> None:
-        from commlib.backends.base import check_layer
-
         super().__init__(name, sender, receiver, cfg)
         if cfg.k is None or cfg.j is None:
             raise CommlibError(f"{name} needs the layers: pass k and j (--k, --j)")
@@ -240,9 +245,6 @@ class ACSeries(Series):
         return min(self._available(it) for it in items)
 
     def prepare(self, item: GameItem) -> _Captured:
-        from commlib.backends import get_backend
-        from commlib.graft import capture_span
-
         full, cfg = self._available(item), self.cfg
         start = time.perf_counter()
         a = capture_span(get_backend(self.sender, cfg.backend), [item.sender], self.k, cfg.position, full)
@@ -258,10 +260,6 @@ class ACSeries(Series):
         return _Captured(a, b, full, seconds)
 
     def point(self, item: GameItem, prepared: _Captured, n: int | None) -> Point:
-        from commlib.backends import Decoding
-        from commlib.combine import combine
-        from commlib.graft import NO_GRAFT, GraftConfig, communicate
-
         m, cfg = prepared.full if n is None else n, self.cfg
         config = GraftConfig(
             k=self.k, j=self.j, f=self.f if m else NO_GRAFT, position=cfg.position, n_positions=max(m, 1)
@@ -310,15 +308,13 @@ class _SlotSeries(Series):
         soft: int,
         sender_seconds: float,
     ) -> Point:
-        from commlib.methods.cipher import _prompt_parts
-
         start = time.perf_counter()
         text = read_slot(self.receiver, item, vectors, self.cfg.max_new_tokens)
         seconds = time.perf_counter() - start
-        pre, post = _prompt_parts(self.receiver, slot_template(item), item.reply)
+        pre, post = prompt_parts(self.receiver, slot_template(item), item.reply)
         flops = slot_flops(
             *self.shapes,
-            prompt_a=encode(self.sender, [_message_prompt(item)]).length,
+            prompt_a=encode(self.sender, [message_prompt(item)]).length,
             prompt_b=len(pre) + len(post),
             steps=steps + 1,
             slot=len(vectors),
@@ -337,8 +333,6 @@ class CipherSeries(_SlotSeries):
     def __init__(
         self, name: str, temperature: float, sender: Model, receiver: Model, cfg: MethodConfig
     ) -> None:
-        from commlib.methods.cipher import check_shared_vocabulary
-
         super().__init__(name, sender, receiver, cfg)
         check_shared_vocabulary(sender, receiver)
         self.temperature = temperature
@@ -347,13 +341,11 @@ class CipherSeries(_SlotSeries):
         return self.cfg.message_tokens
 
     def _message(self, item: GameItem, soft_steps: int | None) -> tuple[Any, float]:
-        from commlib.methods.cipher import soft_message
-
         start = time.perf_counter()
         msg = soft_message(
             self.sender,
             self.receiver,
-            _message_prompt(item),
+            message_prompt(item),
             temperature=self.temperature,
             max_tokens=self.cfg.message_tokens,
             soft_steps=soft_steps,
@@ -406,21 +398,15 @@ class InterlatSeries(_SlotSeries):
         return self.message_tokens
 
     def prepare(self, item: GameItem) -> tuple[Any, float]:
-        from commlib.methods.interlat import trajectory_message
-
         start = time.perf_counter()
-        trajectory = trajectory_message(self.sender, _message_prompt(item), max_tokens=self.message_tokens)
+        trajectory = trajectory_message(self.sender, message_prompt(item), max_tokens=self.message_tokens)
         return trajectory, time.perf_counter() - start
 
     def latents(self, trajectory: Any, m: int) -> Float[Tensor, "m2 d"]:
         """What B reads for A's first ``m`` steps."""
-        from commlib.methods.interlat import as_receiver_inputs
-
         return as_receiver_inputs(trajectory, self.receiver, rescale=self.rescale)[:m]
 
     def point(self, item: GameItem, prepared: tuple[Any, float], n: int | None) -> Point:
-        from commlib.methods.interlat import with_text_rest
-
         trajectory, seconds = prepared
         steps = len(trajectory.token_ids)
         m = steps if n is None else min(n, steps)
@@ -451,8 +437,6 @@ class TrainedInterlatSeries(InterlatSeries):
     def __init__(
         self, name: str, adapter_dir: str | Path, sender: Model, receiver: Model, cfg: MethodConfig
     ) -> None:
-        from commlib.methods.interlat import load_adapter
-
         Series.__init__(self, name, sender, receiver, cfg)
         adapter, self.info = load_adapter(adapter_dir)
         if (sender.name, receiver.name) != (self.info.sender, self.info.receiver):
@@ -480,8 +464,6 @@ def adapter_identity(adapter_dir: str | Path) -> dict[str, Any]:
     Raises:
         CommlibError: no adapter there.
     """
-    from commlib.methods.interlat import load_adapter
-
     _, info = load_adapter(adapter_dir)
     digest = hashlib.sha1((Path(adapter_dir) / "adapter.safetensors").read_bytes()).hexdigest()[:16]
     return {**{k: v for k, v in asdict(info).items() if k != "losses"}, "sha1": digest}

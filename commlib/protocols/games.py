@@ -1,4 +1,4 @@
-"""Communication methods for the coordination games, one registry.
+"""The coordination games: how each method gets A's information to B on a game item.
 
 Every method maps a batch of :class:`~commlib.tasks.games.GameItem` and the
 two models to B's answers, with identical prompts and decoding across methods
@@ -32,9 +32,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from commlib.backends import Decoding, get_backend
+from commlib.channels.cipher import nearest_tokens, soft_message
+from commlib.channels.interlat import (
+    as_receiver_inputs,
+    check_pair,
+    load_adapter,
+    load_compressor,
+    trajectory_message,
+)
+from commlib.channels.slot import NL_TEMPLATE, message_prompt, read_slot
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
@@ -42,8 +52,6 @@ from commlib.models import Model
 from commlib.prompts import Position, encode
 from commlib.tasks.games import GameItem
 
-NL_INSTRUCTION = "Write a short message to your partner that tells them the information above."
-NL_TEMPLATE = "Your partner says: {message}\n{receiver}"
 SKYLINE_TEMPLATE = "{sender}\n{receiver}"
 
 
@@ -90,11 +98,6 @@ def _replies(items: Sequence[GameItem]) -> list[str]:
     return [i.reply for i in items]
 
 
-def _message_prompt(item: GameItem) -> str:
-    """What A reads when it writes a message (``nl``, CIPHER and Interlat alike)."""
-    return f"{item.sender}\n{NL_INSTRUCTION}"
-
-
 def silent(
     items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
 ) -> list[MethodOutput]:
@@ -121,7 +124,7 @@ def nl(
     items: Sequence[GameItem], sender: Model, receiver: Model, cfg: MethodConfig, map: LinearMap | None = None
 ) -> list[MethodOutput]:
     """A writes a message in natural language; B reads it before its own prompt."""
-    a_prompts = [_message_prompt(i) for i in items]
+    a_prompts = [message_prompt(i) for i in items]
     messages = _generate_alone(sender, a_prompts, cfg, cfg.message_tokens)
     b_prompts = [
         NL_TEMPLATE.format(message=m.strip() or "(nothing)", receiver=i.receiver)
@@ -169,20 +172,6 @@ def _ac(f: str, use_map: bool) -> MethodFn:
 SlotMessage = Callable[[GameItem, Model, Model, MethodConfig], tuple[Tensor, str]]
 
 
-def slot_template(item: GameItem) -> str:
-    """B's prompt for ``item`` as ``nl`` words it, with a ``{message}`` slot where A's message goes."""
-    return NL_TEMPLATE.format(message="{message}", receiver=item.receiver)
-
-
-def read_slot(receiver: Model, item: GameItem, vectors: Tensor, max_new_tokens: int) -> str:
-    """B's greedy answer to ``item`` reading ``vectors`` as input embeddings in the message slot."""
-    from commlib.methods.cipher import receive
-
-    return receive(
-        receiver, slot_template(item), vectors=vectors, reply=item.reply, max_new_tokens=max_new_tokens
-    )
-
-
 class SlotMethod:
     """A method whose message is vectors that B reads in the ``nl`` template's slot.
 
@@ -212,10 +201,8 @@ class SlotMethod:
 
 def _cipher(temperature: float) -> MethodFn:
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
-        from commlib.methods.cipher import soft_message
-
         msg = soft_message(
-            sender, receiver, _message_prompt(item), temperature=temperature, max_tokens=cfg.message_tokens
+            sender, receiver, message_prompt(item), temperature=temperature, max_tokens=cfg.message_tokens
         )
         return msg.vectors, msg.text
 
@@ -224,9 +211,7 @@ def _cipher(temperature: float) -> MethodFn:
 
 def _interlat(rescale: bool) -> MethodFn:
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
-        from commlib.methods.interlat import as_receiver_inputs, trajectory_message
-
-        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=cfg.message_tokens)
+        trajectory = trajectory_message(sender, message_prompt(item), max_tokens=cfg.message_tokens)
         return as_receiver_inputs(trajectory, receiver, rescale=rescale), trajectory.text
 
     scaled = ", each rescaled to B's embedding norm" if rescale else ""
@@ -239,17 +224,11 @@ def interlat_trained(adapter_dir: str) -> MethodFn:
     Raises:
         CommlibError: no adapter in ``adapter_dir``, or one trained for another pair (at run time).
     """
-    from commlib.methods.interlat import load_adapter
-
     adapter, info = load_adapter(adapter_dir)
 
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
-        import torch
-
-        from commlib.methods.interlat import check_pair, trajectory_message
-
         check_pair(adapter_dir, (info.sender, info.receiver), sender, receiver)
-        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
+        trajectory = trajectory_message(sender, message_prompt(item), max_tokens=info.message_tokens)
         with torch.no_grad():
             return adapter.to(receiver.device).message(trajectory.hidden.to(receiver.device)), trajectory.text
 
@@ -265,18 +244,11 @@ def interlat_compressed(compressor_dir: str) -> MethodFn:
         CommlibError: no compressor in ``compressor_dir`` (or its base adapter
             missing or retrained), or one trained for another pair (at run time).
     """
-    from commlib.methods.interlat import load_compressor
-
     compressor, adapter, info = load_compressor(compressor_dir)
 
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
-        import torch
-
-        from commlib.methods.cipher import nearest_tokens
-        from commlib.methods.interlat import check_pair, trajectory_message
-
         check_pair(compressor_dir, (info.sender, info.receiver), sender, receiver)
-        trajectory = trajectory_message(sender, _message_prompt(item), max_tokens=info.message_tokens)
+        trajectory = trajectory_message(sender, message_prompt(item), max_tokens=info.message_tokens)
         with torch.no_grad():
             device = receiver.device
             vectors = compressor.to(device).message(adapter.to(device).message(trajectory.hidden.to(device)))

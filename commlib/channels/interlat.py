@@ -29,11 +29,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from commlib.channels.slot import (
+    embed,
+    embedding_scale,
+    embedding_table,
+    message_prompt,
+    slot_embeddings,
+    slot_template,
+)
 from commlib.errors import CommlibError
-from commlib.methods.cipher import _scale, _table
 from commlib.models import Model
 from commlib.prompts import encode, format_prompt
-from commlib.tasks.games import GameItem
+from commlib.results import claim_run_dir
+from commlib.sweep import answer_ids
+from commlib.tasks.games import GameItem, load_game
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def _trajectory(sender: Model, prompt: str, max_tokens: int) -> Trajectory:
 
 def embedding_norm(model: Model) -> float:
     """Median norm of the model's input embeddings as it feeds them (scale included)."""
-    return float(_table(model).float().norm(dim=-1).median()) * float(_scale(model))
+    return float(embedding_table(model).float().norm(dim=-1).median()) * float(embedding_scale(model))
 
 
 def as_receiver_inputs(trajectory: Trajectory, receiver: Model, *, rescale: bool) -> Float[Tensor, "L d_B"]:
@@ -167,15 +176,13 @@ def with_text_rest(receiver: Model, latents: Tensor, trajectory: Trajectory, m: 
     """A's first ``m`` steps as ``latents`` (already B's inputs), then the rest of its message as text.
 
     The mixture of the adapter's curriculum (:func:`adapter_loss`) and of the
-    sweep over n (:mod:`commlib.methods.series`): after ``latents`` B reads
+    sweep over n (:mod:`commlib.protocols.series`): after ``latents`` B reads
     its own embeddings of A's tokens from step ``m`` on.
     """
-    from commlib.methods.cipher import _embed
-
     rest = trajectory.token_ids[m:]
     if not rest:
         return latents
-    return torch.cat([latents, _embed(receiver, torch.tensor(rest, dtype=torch.long, device=latents.device))])
+    return torch.cat([latents, embed(receiver, torch.tensor(rest, dtype=torch.long, device=latents.device))])
 
 
 @dataclass(frozen=True)
@@ -196,13 +203,9 @@ class AdapterInfo:
 
 def _slot_inputs(receiver: Model, item: GameItem, message: Tensor) -> tuple[Tensor, Tensor]:
     """B's input embeddings with ``message`` in the nl slot, followed by the answer; and the answer ids."""
-    from commlib.methods import slot_template
-    from commlib.methods.cipher import _embed, slot_embeddings
-    from commlib.sweep import answer_ids
-
     target = answer_ids(receiver, item.answer, format_prompt(receiver, "x", reply=item.reply))
     slot = slot_embeddings(receiver, slot_template(item), vectors=message, reply=item.reply)
-    return torch.cat([slot, _embed(receiver, target[:-1].to(slot.device))])[None], target
+    return torch.cat([slot, embed(receiver, target[:-1].to(slot.device))])[None], target
 
 
 def answer_logits(
@@ -269,7 +272,9 @@ def adapter_loss(
 
 def text_reference(receiver: Model, item: GameItem, trajectory: Trajectory) -> Float[Tensor, "T vocab"]:
     """B's answer log-probabilities reading A's message as text (its tokens): the KL alignment's target."""
-    empty = torch.zeros(0, receiver.info.d_model, dtype=_table(receiver).dtype, device=receiver.device)
+    empty = torch.zeros(
+        0, receiver.info.d_model, dtype=embedding_table(receiver).dtype, device=receiver.device
+    )
     return answer_logprobs(receiver, item, with_text_rest(receiver, empty, trajectory, 0))
 
 
@@ -279,14 +284,11 @@ def _training_set(
     """``n_train`` items of ``game`` drawn with ``seed``; A's trajectories for them, cached in ``cache``."""
     from tqdm.auto import tqdm
 
-    from commlib.methods import _message_prompt
-    from commlib.tasks.games import load_game
-
     items = load_game(game, n=n_train, seed=seed)
     if cache.exists():
         return items, [Trajectory(**t) for t in torch.load(cache)]
     trajectories = [
-        trajectory_message(sender, _message_prompt(it), max_tokens=message_tokens)
+        trajectory_message(sender, message_prompt(it), max_tokens=message_tokens)
         for it in tqdm(items, desc="A's trajectories", disable=not progress)
     ]
     torch.save([vars(t) for t in trajectories], cache)
@@ -373,8 +375,6 @@ def train_adapter(
     Raises:
         CommlibError: ``out_dir`` holds an adapter trained with other settings.
     """
-    from commlib.results import claim_run_dir
-
     out = Path(out_dir)
     settings = {
         "sender": sender.name,
@@ -602,8 +602,6 @@ def train_compressor(
         CommlibError: K < 1, no adapter in ``adapter_dir``, an adapter for
             another pair, or ``out_dir`` holding a compressor with other settings.
     """
-    from commlib.results import claim_run_dir
-
     if k < 1:
         raise CommlibError(f"compress to at least one vector, got K = {k}")
     adapter, base = load_adapter(adapter_dir)

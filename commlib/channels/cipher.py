@@ -1,0 +1,161 @@
+"""CIPHER (Pham et al., ICLR 2024): messages as expected token embeddings.
+
+The sender never samples. At each step it turns its next-token distribution
+``p = softmax(logits / T)`` into ``p @ E`` (its input embedding table), feeds
+that vector back as its next input, and stops when the nearest vocabulary
+embedding is an end-of-sequence token. The receiver reads the same
+distributions through its own table (``p @ E_B``; the pair must share a
+tokenizer) as input embeddings placed where a text message would go
+(:mod:`commlib.channels.slot`).
+
+``T -> 0`` makes every ``p`` one-hot, so the message is the embeddings of
+the sender's greedy text and the receiver answers exactly as when it reads
+those tokens (:func:`commlib.channels.slot.receive` with ``token_ids``;
+tested). Pham et al.'s debate over this channel is the reasoning method
+``cipher-debate`` (:mod:`commlib.protocols.debate`).
+
+Example:
+    >>> from commlib.models import load_model
+    >>> m = load_model("tiny-llama-random")
+    >>> msg = soft_message(m, m, "Alice is at the Eiffel Tower.", temperature=0.5, max_tokens=3)
+    >>> msg.vectors.shape[0] <= 3, len(msg.nearest_tokens) == msg.vectors.shape[0]
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from commlib.channels.slot import embed, embedding_scale, embedding_table, next_logits
+from commlib.errors import CommlibError
+from commlib.models import Model
+from commlib.prompts import encode
+
+
+@dataclass(frozen=True)
+class SoftMessage:
+    """A CIPHER message.
+
+    Attributes:
+        vectors: ``[L, d_B]`` what the receiver reads, ``p_t @ E_B``.
+        probs: ``[L, vocab]`` the sender's distributions ``p_t``.
+        nearest_ids: ``[L]`` nearest vocabulary embedding of each sender vector (for display).
+        nearest_tokens: The same, decoded.
+        temperature: T.
+    """
+
+    vectors: Float[Tensor, "L d"]
+    probs: Float[Tensor, "L vocab"]
+    nearest_ids: list[int]
+    nearest_tokens: list[str]
+    temperature: float
+
+    @property
+    def text(self) -> str:
+        """Nearest-neighbour decoding of the whole message."""
+        return "".join(self.nearest_tokens)
+
+
+def check_shared_vocabulary(sender: Model, receiver: Model) -> None:
+    """CIPHER multiplies the sender's probabilities into the receiver's table: the vocabularies must match.
+
+    Raises:
+        CommlibError: different tokenizers, naming the pairs that work.
+    """
+    if sender is receiver:
+        return
+    same = sender.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
+    if not same or embedding_table(sender).shape[0] != embedding_table(receiver).shape[0]:
+        raise CommlibError(
+            f"CIPHER needs a shared vocabulary; {sender.name} and {receiver.name} tokenize differently. "
+            "Use a model with itself, or qwen2.5-coder-0.5b with qwen2.5-coder-1.5b"
+        )
+
+
+def _soft_embed(model: Model, probs: Float[Tensor, "... vocab"]) -> Float[Tensor, "... d"]:
+    """``probs @ E`` with the model's own embedding scale."""
+    table = embedding_table(model)
+    return (probs.to(table.dtype) @ table) * embedding_scale(model)
+
+
+def nearest_token_ids(model: Model, vectors: Float[Tensor, "L d"]) -> list[int]:
+    """Nearest vocabulary embedding of each vector (as the model reads it, scale included), for display."""
+    table = embedding_table(model).float()
+    return torch.cdist(vectors.float() / float(embedding_scale(model)), table).argmin(-1).tolist()
+
+
+def nearest_tokens(model: Model, vectors: Float[Tensor, "L d"]) -> list[str]:
+    """:func:`nearest_token_ids`, each decoded on its own."""
+    return [str(model.tokenizer.decode([i])) for i in nearest_token_ids(model, vectors)]
+
+
+@torch.no_grad()
+def soft_message(
+    sender: Model,
+    receiver: Model,
+    prompt: str | Float[Tensor, "P d"],
+    *,
+    temperature: float = 1.0,
+    max_tokens: int = 48,
+    soft_steps: int | None = None,
+) -> SoftMessage:
+    """The sender's CIPHER message for ``prompt``, one vector per step.
+
+    Args:
+        sender: Writes the message.
+        receiver: Reads it (``vectors`` are ``p @ E_receiver``).
+        prompt: The full instruction as text, or as the sender's input embeddings
+            (e.g. :func:`commlib.channels.slot.slot_embeddings` with another message in it).
+        temperature: T; ``0`` is the one-hot limit: greedy text as embeddings.
+        max_tokens: At most this many steps.
+        soft_steps: Only the first ``soft_steps`` steps are CIPHER's; from
+            then on the sender feeds back the embedding of its argmax token
+            (greedy decoding, continuing from the soft steps' cache) and the
+            message ends when that token is EOS. Those steps' ``probs`` are
+            one-hot, so their ``vectors`` are the receiver's embeddings of the
+            tokens: the rest of the message as text. ``None``: every step soft.
+
+    Raises:
+        CommlibError: a vocabulary the receiver does not share, or a negative temperature or soft_steps.
+    """
+    check_shared_vocabulary(sender, receiver)
+    if temperature < 0:
+        raise CommlibError(f"temperature must be >= 0, got {temperature}")
+    if soft_steps is not None and soft_steps < 0:
+        raise CommlibError(f"soft_steps must be >= 0, got {soft_steps}")
+    tok = sender.tokenizer
+    if isinstance(prompt, str):
+        embeds = embed(sender, encode(sender, [prompt]).input_ids.to(sender.device))
+    else:
+        embeds = prompt.to(sender.device)[None]
+    logits, past = next_logits(sender, embeds, None)
+    table, scale = embedding_table(sender), embedding_scale(sender)
+    eos = set(sender.eos_token_ids())
+    probs: list[Tensor] = []
+    nearest: list[int] = []
+    for step in range(max_tokens):
+        hard = soft_steps is not None and step >= soft_steps
+        if temperature == 0 or hard:
+            p = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        else:
+            p = torch.softmax(logits / temperature, dim=-1)
+        expected = p.to(table.dtype) @ table  # [1, d_A], before the model's embedding scale
+        near = int(logits.argmax(-1)) if hard else nearest_token_ids(sender, expected * scale)[0]
+        if near in eos:
+            break
+        probs.append(p[0])
+        nearest.append(near)
+        logits, past = next_logits(sender, (expected * scale)[:, None, :], past)
+    vocab = logits.shape[-1]
+    stacked = torch.stack(probs) if probs else torch.zeros(0, vocab, device=logits.device)
+    return SoftMessage(
+        vectors=_soft_embed(receiver, stacked),
+        probs=stacked,
+        nearest_ids=nearest,
+        nearest_tokens=[str(tok.decode([i])) for i in nearest],
+        temperature=temperature,
+    )
