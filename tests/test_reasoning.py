@@ -334,6 +334,52 @@ def test_a_batched_run_writes_the_rows_of_an_item_by_item_run_and_resumes(tmp_pa
     )
 
 
+def test_a_finished_run_resumes_without_decoding_and_writes_the_same_results(
+    tiny: Model, tiny_wide: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-running a finished directory (another batch size, the answer store on) adds no row, decodes
+    nothing, and summarises its rows to the same results.json."""
+    import json
+
+    import pandas as pd
+
+    from commlib.experiments import read_reasoning, run_reasoning
+
+    out = tmp_path / "run"
+
+    def run(batch_size: int) -> dict[str, Any]:
+        return run_reasoning(
+            "gsm8k",
+            tiny,
+            tiny_wide,
+            ["single-a", "single-b", "nld", "ac"],
+            out_dir=out,
+            n=3,
+            k=1,
+            j=1,
+            max_new_tokens=3,
+            answers=tmp_path / "answers",
+            batch_size=batch_size,
+            progress=False,
+        )
+
+    first = run(2)
+    table, read = (out / "items.csv").read_bytes(), read_reasoning(out)
+    assert all(m["n"] == 3 for m in first["methods"].values()) and first["methods"]["ac"]["vs_b"]["n"] == 3
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished item was decoded again")
+
+    for decode in ("run_reasoning_batch", "run_reasoning_methods"):
+        monkeypatch.setattr(f"commlib.experiments.reasoning.{decode}", no_decoding)
+    again = run(1)
+    assert (out / "items.csv").read_bytes() == table
+    assert again["methods"] == first["methods"]
+    assert {**again["config"], "batch_size": 2, "versions": None} == {**first["config"], "versions": None}
+    assert json.loads((out / "results.json").read_text()) == again
+    pd.testing.assert_frame_equal(read_reasoning(out), read)
+
+
 # --------------------------------------------------------------------------- #
 # Biographies: data from a file, the judge's answers, scores, cached judging
 # --------------------------------------------------------------------------- #
@@ -440,10 +486,8 @@ def _fake_judge(calls: list[str]) -> Any:
 @pytest.fixture
 def judge_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The fake judge in the real one's place: the list of its calls (the judge's name per biography)."""
-    import commlib.tasks.biographies as bio
-
     calls: list[str] = []
-    monkeypatch.setattr(bio, "judge_biography", _fake_judge(calls))
+    monkeypatch.setattr("commlib.experiments.judging.judge_biography", _fake_judge(calls))
     return calls
 
 
@@ -556,7 +600,6 @@ def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
 ) -> None:
     import pandas as pd
 
-    import commlib.tasks.biographies as bio
     from commlib.experiments import judge_control, run_reasoning
 
     seen: list[tuple[str, str]] = []
@@ -570,7 +613,7 @@ def test_judge_control_reads_each_biography_against_the_next_persons_facts_once(
     run_reasoning(
         "biographies", tiny, tiny, ["single-b"], out_dir=out, n=None, max_new_tokens=3, progress=False
     )
-    monkeypatch.setattr(bio, "judge_biography", judge)
+    monkeypatch.setattr("commlib.experiments.judging.judge_biography", judge)
     items = load_task("biographies", n=None)
     control = judge_control(out, items, tiny, progress=False)
     people = [it.id for it in items]
@@ -963,7 +1006,6 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
 ) -> None:
     import pandas as pd
 
-    import commlib.protocols.reasoning as reasoning
     from commlib.experiments import read_reasoning, reasoning_dir, run_reasoning_depths
 
     def sweep() -> pd.DataFrame:  # A has 4 blocks, B 3: B's blocks 0, 1, 2 are A's 0, 2, 3
@@ -998,7 +1040,8 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished depth was decoded again")
 
-    monkeypatch.setattr(reasoning, "run_reasoning_batch", no_decoding)
+    for decode in ("run_reasoning_batch", "run_reasoning_methods"):
+        monkeypatch.setattr(f"commlib.experiments.reasoning.{decode}", no_decoding)
     pd.testing.assert_frame_equal(sweep(), table)
     first = load_task("gsm8k", 3, seed=0)[0].id
     held_out = run_reasoning_depths(
@@ -1021,7 +1064,6 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
 def test_reference_states_of_several_blocks_in_one_pass_equal_one_block_at_a_time_and_are_cached(
     tiny: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import commlib.graft as graft
     from commlib.experiments import reasoning_reference_states
     from commlib.models import cache_dir
 
@@ -1041,6 +1083,6 @@ def test_reference_states_of_several_blocks_in_one_pass_equal_one_block_at_a_tim
     def no_capture(*args: object, **kwargs: object) -> None:
         raise AssertionError("cached states were captured again")
 
-    monkeypatch.setattr(graft, "capture_corpus", no_capture)
+    monkeypatch.setattr("commlib.experiments.depth.capture_corpus", no_capture)
     cached = reasoning_reference_states("gsm8k", tiny, evaluated, [3, 0], n_reference=12)
     assert all(torch.equal(cached[layer], states) for layer, states in together.items())

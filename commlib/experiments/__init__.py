@@ -4,7 +4,9 @@
 * :mod:`~commlib.experiments.layers`: the (k, j) grid and layer selection.
 * :mod:`~commlib.experiments.distance`: how far a graft moves B off its own states.
 * :mod:`~commlib.experiments.reasoning`: GSM8k, MMLU and Biographies, with compute.
+* :mod:`~commlib.experiments.scoring`: a reasoning run's rows scored, with FLOPs, and summarised.
 * :mod:`~commlib.experiments.judging`: the Biographies judge and its controls.
+* :mod:`~commlib.experiments.held_out`: a task's items beside a run, for what is fitted next to it.
 * :mod:`~commlib.experiments.depth`: AC against its control per depth, for reasoning.
 * :mod:`~commlib.experiments.sweep_n`: accuracy and distance against how much state is sent.
 * :mod:`~commlib.experiments.compression`: a trained Interlat message compressed to K latents.
@@ -21,6 +23,7 @@ from commlib.experiments.depth import (
 )
 from commlib.experiments.distance import CONTROLS, REFERENCES, run_distance, run_latent_distance
 from commlib.experiments.games import run_games
+from commlib.experiments.held_out import REASONING_REFERENCE_SEED, fit_task_map, other_items, other_items_name
 from commlib.experiments.judging import (
     JUDGE_CONTROL,
     JUDGEMENTS,
@@ -42,16 +45,12 @@ from commlib.experiments.layers import (
     sweep_dir,
 )
 from commlib.experiments.reasoning import (
-    REASONING_FIELDS,
-    REASONING_REFERENCE_SEED,
-    fit_task_map,
-    other_items,
-    other_items_name,
     read_reasoning,
     reasoning_dir,
     run_pair_reasoning,
     run_reasoning,
 )
+from commlib.experiments.scoring import REASONING_FIELDS
 from commlib.experiments.sweep_n import N_SWEEP_DISTANCES, N_SWEEP_FIELDS, n_sweep_table, run_n_sweep
 
 __all__ = [

@@ -5,26 +5,28 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from commlib.tasks.reasoning import ReasoningItem
-
-from commlib.combine import LinearMap
+from commlib.backends import get_backend
+from commlib.backends.base import check_layer
+from commlib.combine import LinearMap, combine
+from commlib.distance import Manifold, ReferenceSet, next_token_kl
 from commlib.errors import CommlibError
-from commlib.experiments.reasoning import other_items, other_items_name, reasoning_dir, run_reasoning
-from commlib.experiments.sweep_n import _correct_by_item
-from commlib.models import Model
-from commlib.results import (
-    bootstrap_ci,
-    claim_run_dir,
-    paired_difference,
-)
+from commlib.experiments.held_out import other_items, other_items_name
+from commlib.experiments.reasoning import reasoning_dir, run_reasoning
+from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_edit
+from commlib.models import Model, cache_dir
+from commlib.prompts import encode, message_positions
+from commlib.protocols.questions import question_prompt
+from commlib.results import Run, bootstrap_ci, correct_by_item, paired_difference
+from commlib.tasks.reasoning import ReasoningItem, load_task
 
-DEPTH_METHODS = ("single-a", "single-b", "ac", "ac-unrelated")
+DEPTH_METHODS = ("single-a", "single-b", "ac-replace", "ac-replace-unrelated")
 """What :func:`run_reasoning_depths` runs at each depth: the models alone, AC and its control."""
 
 
@@ -48,7 +50,7 @@ def run_reasoning_depths(
     The games sweep picks (k, j) on a coordination game; on a reasoning task
     the pick can be a block where A's last-token state carries nothing of
     the question, and AC then acts as a fixed steering vector. The control
-    ``ac-unrelated`` (A reads one fixed unrelated question) tells the two
+    ``ac-replace-unrelated`` (A reads one fixed unrelated question) tells the two
     apart: only AC's lead over it is communication. For each block ``b`` of
     B this runs :func:`run_reasoning` with :data:`DEPTH_METHODS` at ``j = b``
     and ``k = b`` mapped to A's depth (``layers_from=receiver``: the paper's
@@ -84,15 +86,14 @@ def run_reasoning_depths(
         >>> with tempfile.TemporaryDirectory() as runs:
         ...     t = run_reasoning_depths("gsm8k", m, m, [0, 3], runs_root=runs, n=2, max_new_tokens=2,
         ...                              distance=False, progress=False)
-        >>> t.groupby("block")["k"].first().tolist(), t["vs_control"][t["method"] == "ac-unrelated"].tolist()
+        >>> control = t[t["method"] == "ac-replace-unrelated"]
+        >>> t.groupby("block")["k"].first().tolist(), control["vs_control"].tolist()
         ([0, 3], [0.0, 0.0])
     """
     if task == "biographies":
         raise CommlibError("run_reasoning_depths scores accuracy per item: use gsm8k or mmlu:SUBJECT")
     backend = options.get("backend", "nnsight")
     if distance:  # B's own states at every block in one pass, before the runs that use them
-        from commlib.tasks.reasoning import load_task
-
         evaluated = load_task(task, n=n, seed=seed)
         reasoning_reference_states(
             task, receiver, evaluated, blocks, n_reference=n_reference, seed=seed, backend=backend
@@ -137,30 +138,30 @@ def run_reasoning_depths(
                 "next_token_kl": float(ac["next_token_kl"].median()),
                 "mahalanobis_pct": float(ac["mahalanobis_pct"].median()),
             }
-        items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype={"item_id": str, "correct": str})
-        items = items[~items["item_id"].isin(set(exclude))]
-        correct = {m: _correct_by_item(items[items["method"] == m]) for m in DEPTH_METHODS}
-        depth = block / max(receiver.info.n_layers - 1, 1)
-        for method in DEPTH_METHODS:
-            scored = correct[method]
-            lo, hi = bootstrap_ci(scored.tolist(), seed=seed)
-            row = {
-                "block": block,
-                "k": k,
-                "j": block,
-                "depth": depth,
-                "method": method,
-                "accuracy": scored.mean(),
-                "ci_low": lo,
-                "ci_high": hi,
-                "n": len(scored),
-            }
-            for name, other in (("vs_b", "single-b"), ("vs_control", "ac-unrelated")):
-                row[name], row[f"{name}_low"], row[f"{name}_high"] = paired_difference(
-                    correct[method], correct[other], seed=seed
-                )
-            rows.append({**row, **graft})
+        place = {"block": block, "k": k, "j": block, "depth": block / max(receiver.info.n_layers - 1, 1)}
+        rows += [{**place, **row, **graft} for row in _against_controls(out, exclude, seed)]
     return pd.DataFrame(rows)
+
+
+def _against_controls(out: Path, exclude: Collection[str], seed: int) -> list[dict[str, Any]]:
+    """Each of :data:`DEPTH_METHODS` in a run: accuracy with its CI, paired with B alone and with the control.
+
+    Items in ``exclude`` are left out of every score.
+    """
+    items = Run(out, None).frame(keep_default_na=False, dtype={"item_id": str, "correct": str})
+    items = items[~items["item_id"].isin(set(exclude))]
+    correct = {m: correct_by_item(items[items["method"] == m]) for m in DEPTH_METHODS}
+    rows = []
+    for method in DEPTH_METHODS:
+        scored = correct[method]
+        lo, hi = bootstrap_ci(scored.tolist(), seed=seed)
+        row = {"method": method, "accuracy": scored.mean(), "ci_low": lo, "ci_high": hi, "n": len(scored)}
+        for name, other in (("vs_b", "single-b"), ("vs_control", "ac-replace-unrelated")):
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = paired_difference(
+                correct[method], correct[other], seed=seed
+            )
+        rows.append(row)
+    return rows
 
 
 def reasoning_reference_states(
@@ -183,12 +184,6 @@ def reasoning_reference_states(
     Returns:
         Per layer, a tensor of shape (items, d_model).
     """
-    from safetensors.torch import load_file, save_file
-
-    from commlib.graft import capture_corpus
-    from commlib.models import cache_dir
-    from commlib.protocols.questions import question_prompt
-
     reference = other_items(task, evaluated, n_reference, seed)
     name = other_items_name(task, seed, len(evaluated))
     paths = {
@@ -233,7 +228,7 @@ def run_reasoning_distance(
     residual after block ``j`` at the last prompt token, where ``a`` is A's
     state after block ``k`` on the same prompt. This measures that state
     against B's own states there on ``n_reference`` other items of the task
-    (drawn with :data:`REASONING_REFERENCE_SEED` + ``seed``, never one the run
+    (drawn with :data:`~commlib.experiments.held_out.REASONING_REFERENCE_SEED` + ``seed``, never one the run
     evaluates), with :class:`commlib.distance.Manifold` (raw metrics and
     percentiles: 50 is a typical state of B's, 100 beyond all), its
     displacement from B's own state, and the KL divergence it causes in B's
@@ -259,17 +254,6 @@ def run_reasoning_distance(
         >>> float(t.groupby("source")["displacement"].max()["b"])
         0.0
     """
-    import torch
-
-    from commlib.backends import get_backend
-    from commlib.backends.base import check_layer
-    from commlib.combine import combine
-    from commlib.distance import Manifold, ReferenceSet, next_token_kl
-    from commlib.graft import GraftConfig, capture_message, graft_edit
-    from commlib.prompts import encode, message_positions
-    from commlib.protocols.questions import question_prompt
-    from commlib.tasks.reasoning import load_task
-
     check_layer(sender, k, "k")
     check_layer(receiver, j, "j")
     if map is not None:
@@ -281,7 +265,6 @@ def run_reasoning_distance(
             f"{task} has only {len(reference)} items beyond the {len(items)} evaluated: "
             "too few to fit B's manifold; evaluate fewer items"
         )
-    out = Path(out_dir)
     settings = {
         "task": task,
         "sender": sender.name,
@@ -295,24 +278,37 @@ def run_reasoning_distance(
         "backend": backend,
         "map": asdict(map.info) if map is not None else None,
     }
-    claim_run_dir(out, settings)
-    path = out / "distances.csv"
-    if path.exists():
-        return pd.read_csv(path)
+    run = Run(out_dir, settings, fields=None, table="distances.csv")
+    if run.path.exists():
+        return run.frame()
     states = reasoning_reference_states(
         task, receiver, items, [j], n_reference=n_reference, seed=seed, backend=backend
     )[j]
     n_held = max(2, len(states) // 4)
-    manifold = Manifold.fit(
-        ReferenceSet(
-            fit=states[n_held:],
-            held_out=states[:n_held],
-            model=receiver.name,
-            layer=j,
-            corpus=f"{task} prompts",
-            seed=seed,
-        )
+    reference_set = ReferenceSet(
+        fit=states[n_held:],
+        held_out=states[:n_held],
+        model=receiver.name,
+        layer=j,
+        corpus=f"{task} prompts",
+        seed=seed,
     )
+    result = _graft_distances(Manifold.fit(reference_set), items, sender, receiver, k, j, map, backend)
+    result.to_csv(run.path, index=False)
+    return result
+
+
+def _graft_distances(
+    manifold: Manifold,
+    items: Sequence[ReasoningItem],
+    sender: Model,
+    receiver: Model,
+    k: int,
+    j: int,
+    map: LinearMap | None,
+    backend: str,
+) -> pd.DataFrame:
+    """AC's grafted state (source ``ac``) and B's own (``b``) per item on ``manifold``; B's next-token KL."""
     prompts = [question_prompt(it) for it in items]
     rb = get_backend(receiver, backend)
     a = capture_message(get_backend(sender, backend), prompts, k).float().cpu()
@@ -329,6 +325,4 @@ def run_reasoning_distance(
         table.insert(0, "item_id", [it.id for it in items])
         table["next_token_kl"] = next_token_kl(plain, logits).cpu().numpy()
         tables.append(table)
-    result = pd.concat(tables, ignore_index=True)
-    result.to_csv(path, index=False)
-    return result
+    return pd.concat(tables, ignore_index=True)

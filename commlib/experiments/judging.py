@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    pass
+from tqdm.auto import tqdm
 
 from commlib.errors import CommlibError
 from commlib.models import Model
-from commlib.results import (
-    paired_difference,
-)
+from commlib.registry import canonical
+from commlib.results import AnswerStore, Run, paired_difference
+from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, fact_score, judge_biography, judge_prompts
 
 JUDGEMENTS = "judgements.jsonl"
 """Per (judge, item, method) file of a Biographies run: the judge's prompts, raw answers and verdicts."""
@@ -57,20 +56,13 @@ def judge_biographies(
         no), p_yes (the judge's mean first-token p(yes) / (p(yes) + p(no))
         over facts; NaN for judgements that did not record it).
     """
-    import json as _json
-
-    from tqdm.auto import tqdm
-
-    from commlib.results import AnswerStore
-    from commlib.tasks.biographies import judge_biography
-
     out = Path(out_dir)
     path = out / JUDGEMENTS
     mine = _judged(path, judge.name)
     by_id = {it.id: it for it in items}
-    generated = pd.read_csv(out / "items.csv", keep_default_na=False)
+    generated = Run(out, None).frame(keep_default_na=False)
     if methods is not None:
-        generated = generated[generated["method"].isin(list(methods))]
+        generated = generated[generated["method"].isin([canonical(m) for m in methods])]
     store = AnswerStore(Path(answers) / "judgements") if answers is not None else None
     rows = [r for r in generated.to_dict("records") if str(r["item_id"]) in by_id]
     todo = [r for r in rows if (str(r["item_id"]), r["method"]) not in mine]
@@ -81,28 +73,16 @@ def judge_biographies(
                 store.put(judge_key(judge, by_id[str(r["item_id"])], str(r["output"]), backend), judged)
     for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress):
         item = by_id[str(r["item_id"])]
-        key = judge_key(judge, item, str(r["output"]), backend)
-        shared = store.get(key) if store is not None else None
-        if shared is None:
-            judged = _judgement_line(item, judge_biography(judge, item, str(r["output"]), backend=backend))
-            if store is not None:
-                store.put(key, judged)
-        else:
-            judged = {k: v for k, v in shared.items() if k != "key"}
-        line = {"judge": judge.name, "item_id": item.id, "method": r["method"], **judged}
-        with path.open("a") as fh:
-            fh.write(_json.dumps(line) + "\n")
+        line = {
+            "judge": judge.name,
+            "item_id": item.id,
+            "method": r["method"],
+            **_judgement(judge, item, str(r["output"]), backend, store),
+        }
+        _append_line(path, line)
         mine[(item.id, r["method"])] = line
     keys = set(zip(generated["item_id"].astype(str), generated["method"], strict=True))
-    cols = ["item_id", "method", "yes", "no", "uncertain", "unparsed", "score"]
-    return pd.DataFrame(
-        [
-            {**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])}
-            for key, r in mine.items()
-            if key in keys
-        ],
-        columns=[*cols, "p_yes"],
-    )
+    return verdict_table([r for key, r in mine.items() if key in keys], "item_id", "method")
 
 
 def judge_key(judge: Model, item: Any, output: str, backend: str = "nnsight") -> dict[str, Any]:
@@ -113,10 +93,6 @@ def judge_key(judge: Model, item: Any, output: str, backend: str = "nnsight") ->
     the exact judge prompts (:func:`~commlib.tasks.biographies.judge_prompts`:
     person, biography and facts), which decide what the greedy judge answers.
     """
-    import hashlib
-
-    from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, judge_prompts
-
     prompts = judge_prompts(item.question, output, item.answer.split("\n"))
     digest = hashlib.sha256("\0".join(prompts).encode()).hexdigest()
     return {
@@ -128,10 +104,45 @@ def judge_key(judge: Model, item: Any, output: str, backend: str = "nnsight") ->
     }
 
 
+def _judgement(
+    judge: Model, item: Any, output: str, backend: str, store: AnswerStore | None
+) -> dict[str, Any]:
+    """The judgement of one biography: from ``store`` when there, else judged now (and put in ``store``)."""
+    key = judge_key(judge, item, output, backend)
+    shared = store.get(key) if store is not None else None
+    if shared is not None:
+        return {k: v for k, v in shared.items() if k != "key"}
+    judged = _judgement_line(item, judge_biography(judge, item, output, backend=backend))
+    if store is not None:
+        store.put(key, judged)
+    return judged
+
+
+def _append_line(path: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line to a judgements file (flushed when the file closes)."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def verdict_table(lines: Sequence[dict[str, Any]], *keys: str) -> pd.DataFrame:
+    """Judgement lines as a table: the columns ``keys``, yes, no, uncertain, unparsed, score, p_yes.
+
+    Example:
+        >>> facts = [{"p_yes": 0.6, "p_no": 0.2}, {"p_yes": 0.5, "p_no": 0.5}]  # leaning 3/4, 1/2
+        >>> counts = {"yes": 1, "no": 1, "uncertain": 0, "unparsed": 0}
+        >>> row = verdict_table([{"item_id": "a", **counts, "score": 0.5, "facts": facts}], "item_id").iloc[0]
+        >>> row["item_id"], float(row["score"]), float(row["p_yes"])
+        ('a', 0.5, 0.625)
+    """
+    cols = [*keys, "yes", "no", "uncertain", "unparsed", "score"]
+    rows = [{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])} for r in lines]
+    return pd.DataFrame(rows, columns=[*cols, "p_yes"])
+
+
 def _judge_lines(path: Path, judge: str) -> list[dict[str, Any]]:
     """The lines of a judgements file written for ``judge``."""
     lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in lines if r["judge"] == judge]
+    return [{**r, "method": canonical(r["method"])} for r in lines if r["judge"] == judge]  # old names: new
 
 
 def _judged(path: Path, judge: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -141,8 +152,6 @@ def _judged(path: Path, judge: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 def _judgement_line(item: Any, facts: Sequence[Any]) -> dict[str, Any]:
     """What a judgements file keeps of one judged biography: counts, score (NaN as null), every fact."""
-    from commlib.tasks.biographies import fact_score
-
     verdicts = [f.verdict for f in facts]
     return {
         "person": item.question,
@@ -195,23 +204,14 @@ def judge_control(
     Raises:
         CommlibError: fewer than 2 biographies, or an unknown ``facts_of``.
     """
-    from tqdm.auto import tqdm
-
-    from commlib.tasks.biographies import judge_biography
-
     if facts_of not in ("next", "own"):
         raise CommlibError(f"unknown facts_of {facts_of!r}; use next (negative control) or own")
-    out = Path(out_dir)
+    out, method = Path(out_dir), canonical(method)
     path = out / JUDGE_CONTROL
     done = {(r["item_id"], r["method"], r.get("control", "next")): r for r in _judge_lines(path, judge.name)}
     by_id = {it.id: it for it in items}
-    if method == TRUTH:
-        biographies = {it.id: "\n".join(f"- {fact}" for fact in it.answer.split("\n")) for it in items[:n]}
-    else:
-        generated = pd.read_csv(out / "items.csv", keep_default_na=False)
-        ours = generated[(generated["method"] == method) & generated["item_id"].astype(str).isin(by_id)]
-        biographies = {str(r["item_id"]): str(r["output"]) for r in ours.head(n).to_dict("records")}
-    people = list(biographies)
+    written = _control_biographies(out, items, method, n)
+    people = list(written)
     if len(people) < 2:
         raise CommlibError(f"the judge control needs 2 or more {method} biographies in {out}; run them first")
     against = people[1:] + people[:1] if facts_of == "next" else people
@@ -220,7 +220,7 @@ def judge_control(
     ):
         if (person, method, facts_of) in done:
             continue
-        facts = judge_biography(judge, by_id[other], biographies[person], backend=backend)
+        facts = judge_biography(judge, by_id[other], written[person], backend=backend)
         line = {
             "judge": judge.name,
             "item_id": person,
@@ -229,12 +229,19 @@ def judge_control(
             "facts_of": other,
             **_judgement_line(by_id[other], facts),
         }
-        with path.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        _append_line(path, line)
         done[(person, method, facts_of)] = line
-    cols = ["item_id", "facts_of", "yes", "no", "uncertain", "unparsed", "score"]
-    rows = [done[(p, method, facts_of)] for p in people]
-    return pd.DataFrame([{**{c: r[c] for c in cols}, "p_yes": _mean_p_yes(r["facts"])} for r in rows])
+    return verdict_table([done[(p, method, facts_of)] for p in people], "item_id", "facts_of")
+
+
+def _control_biographies(out: Path, items: Sequence[Any], method: str, n: int) -> dict[str, str]:
+    """The first ``n`` people's ``method`` biographies in ``out``, or their facts as bullets (``truth``)."""
+    if method == TRUTH:
+        return {it.id: "\n".join(f"- {fact}" for fact in it.answer.split("\n")) for it in items[:n]}
+    by_id = {it.id for it in items}
+    generated = Run(out, None).frame(keep_default_na=False)
+    ours = generated[(generated["method"] == method) & generated["item_id"].astype(str).isin(by_id)]
+    return {str(r["item_id"]): str(r["output"]) for r in ours.head(n).to_dict("records")}
 
 
 def biographies_against_control(

@@ -1,49 +1,57 @@
-"""Reasoning benchmarks (GSM8k, MMLU, Biographies): single models, debate and AC, with compute."""
+"""Reasoning benchmarks (GSM8k, MMLU, Biographies): single models, debate and AC, with compute.
+
+:func:`run_reasoning` writes a resumable run directory (:class:`commlib.results.Run`): the methods'
+outputs, single answers shared between runs (:class:`SharedAnswers`), each scored as its row
+(:mod:`commlib.experiments.scoring`); :func:`read_reasoning` reads its ``results.json`` back.
+
+Example:
+    >>> reasoning_dir("runs", "mmlu:formal_logic", "a", "b", seed=0, n=20).as_posix()
+    'runs/a__b/mmlu_formal_logic/seed0_n20'
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from commlib.protocols.debate import Turn
-    from commlib.tasks.reasoning import ReasoningItem
-
+from commlib import registry
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
+from commlib.experiments.held_out import fit_task_map, other_items_name
 from commlib.experiments.judging import judge_biographies
 from commlib.experiments.layers import SELECTION_N, choose_layers
+from commlib.experiments.scoring import (
+    REASONING_FIELDS,
+    model_shapes,
+    one_pass_flops,
+    reasoning_row,
+    reasoning_summary,
+    score_stored_rows,
+)
+from commlib.graft import fit_map, map_layer
 from commlib.models import Model
-from commlib.results import (
-    append_rows,
-    bootstrap_ci,
-    claim_run_dir,
-    package_versions,
-    paired_difference,
-    write_json,
+from commlib.protocols.debate import Turn, debate_rounds
+from commlib.protocols.questions import ReasoningConfig, ReasoningOutput, question_prompt
+from commlib.protocols.reasoning import (
+    run_reasoning_batch,
+    run_reasoning_methods,
+    single_answer_key,
+    single_output,
 )
+from commlib.results import AnswerStore, Run, package_versions
+from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
+from commlib.tasks.reasoning import ReasoningItem, load_task
 
-REASONING_FIELDS = (
-    "item_id",
-    "method",
-    "answer",
-    "extracted",
-    "correct",
-    "output",
-    "transcript",
-    "seconds",
-    "prompt_a",
-    "prompt_b",
-    "message_tokens",
-    "answer_tokens",
-    "flops",
-    "batch",
-)
+SINGLES = ("single-a", "single-b")
+"""The methods of one model alone: their answers are shared between runs (:class:`SharedAnswers`)."""
+
+BIOGRAPHIES_METRIC = "mean over people of the fraction of facts judged consistent (uncertain dropped)"
 
 
 def run_reasoning(
@@ -75,7 +83,7 @@ def run_reasoning(
 
     Per item and method, ``out_dir/items.csv`` keeps B's output (and the
     transcript), the extracted answer, wall time, token counts and analytic
-    FLOPs (:func:`commlib.compute.method_flops`, KV cache). Methods are those
+    FLOPs (:func:`~commlib.experiments.scoring.reasoning_row`). Methods are those
     of :mod:`commlib.protocols.reasoning`, ``nld-r1,...,nld-r4`` included (one
     debate per item serves them all). ``results.json`` has per method the
     score with a 95% bootstrap CI, mean FLOPs (also relative to one forward
@@ -84,7 +92,8 @@ def run_reasoning(
     methods, every other method also has ``vs_b``: its paired difference
     with B alone over the items both score (95% bootstrap CI) and the items
     it scores above (``better``: on GSM8k and MMLU, B's misses it fixes) and
-    below B alone (``worse``: B's hits it breaks).
+    below B alone (``worse``: B's hits it breaks). A resumed run scores its
+    stored outputs again, as the current answer extraction does.
 
     The score is accuracy on GSM8k and MMLU. Biographies are scored by
     ``judge`` (:func:`judge_biographies`, cached in ``out_dir/judgements.jsonl``):
@@ -104,11 +113,11 @@ def run_reasoning(
         judge: The Biographies judge model.
         answers: A :class:`commlib.results.AnswerStore` directory: ``single-a``
             and ``single-b`` answers found there are taken instead of generated
-            again (a model alone answers the same in every pair), and this
-            run's single answers, old and new, are added to it. Biographies'
-            judgements are shared the same way (:func:`judge_biographies`).
+            again (:class:`SharedAnswers`), and this run's single answers, old
+            and new, are added to it. Biographies' judgements are shared the
+            same way (:func:`judge_biographies`).
         batch_size: Items decoded together by the methods that are one decode
-            per item (``single-a``, ``single-b``, ``ac``, ``ac-w``, ``ac-unrelated``; see
+            per item (``single-*``, ``ac-replace``, ``ac-w-replace``, ``ac-replace-unrelated``; see
             :func:`commlib.protocols.reasoning.run_reasoning_batch`): the same
             greedy answers up to float rounding, faster on a CPU. Not a setting
             of the directory: a run may resume with another batch size. A
@@ -117,37 +126,11 @@ def run_reasoning(
     Returns:
         The content of ``results.json``.
     """
-    import json as _json
-
-    from tqdm.auto import tqdm
-
-    from commlib.compute import Shape, forward_flops, method_flops
-    from commlib.graft import map_layer
-    from commlib.protocols.debate import debate_rounds
-    from commlib.protocols.questions import ReasoningConfig, question_prompt
-    from commlib.protocols.reasoning import (
-        BATCHED_METHODS,
-        check_methods,
-        compute_kind,
-        run_reasoning_batch,
-        run_reasoning_methods,
-        single_answer_key,
-        single_output,
-    )
-    from commlib.results import AnswerStore
-    from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
-    from commlib.tasks.reasoning import extract_answer, is_correct, load_task
-
-    methods = list(dict.fromkeys(methods))
-    check_methods(methods)
+    methods = registry.check_methods(methods, "reasoning")  # canonical names (ac: ac-replace), each once
     if batch_size < 1:
         raise CommlibError(f"batch_size must be at least 1, got {batch_size}")
     items = load_task(task, n, seed, source=source)  # type: ignore[arg-type]
-    chosen = None
-    if layers_from is not None and k is not None and j is not None:
-        chosen = {"model": layers_from.name, "k": k, "j": j}
-        depth = layers_from.info.n_layers
-        k, j = map_layer(k, depth, sender.info.n_layers), map_layer(j, depth, receiver.info.n_layers)
+    k, j, chosen = _mapped_layers(k, j, layers_from, sender, receiver)
     cfg = ReasoningConfig(
         k=k,
         j=j,
@@ -158,7 +141,6 @@ def run_reasoning(
         a_top_p=a_top_p,
         a_seed=a_seed,
     )
-    out = Path(out_dir)
     settings = {
         "task": task,
         "sender": sender.name,
@@ -170,237 +152,165 @@ def run_reasoning(
         "source": source,
         "map": asdict(map.info) if map is not None else None,
     }
-    claim_run_dir(out, settings)
-    path = out / "items.csv"
+    run = Run(out_dir, settings, fields=REASONING_FIELDS)
     judged = task == "biographies"
-    text = {"extracted": str, "correct": str}
-    rows = pd.read_csv(path, keep_default_na=False, dtype=text).to_dict("records") if path.exists() else []
-    if rows:
-        # Older files: rows of before batching ran alone; rows are scored again from their outputs, so a
-        # run scores as the current answer extraction does.
-        by_item = {item.id: item for item in items}
-        updated = [
-            {"batch": 1, **r, **({} if judged else _scored(by_item.get(str(r["item_id"])), r))} for r in rows
-        ]
-        if any(
-            {k: str(v) for k, v in u.items()} != {k: str(v) for k, v in r.items()}
-            for u, r in zip(updated, rows, strict=True)
-        ):
-            pd.DataFrame(updated, columns=list(REASONING_FIELDS)).to_csv(
-                path.with_suffix(".tmp"), index=False
-            )
-            path.with_suffix(".tmp").replace(path)
-        rows = updated
-    done = {(str(r["item_id"]), r["method"]) for r in rows}
-    shape_a, shape_b = Shape.from_config(sender.hf.config), Shape.from_config(receiver.hf.config)
-    debates = [m for m in methods if debate_rounds(m, cfg) is not None]
-    groups = [[m] for m in methods if m not in debates] + ([debates] if debates else [])
-    store = AnswerStore(answers) if answers is not None else None
-    singles = ("single-a", "single-b")
+    score_stored_rows(run, items, judged=judged)
+    shared = SharedAnswers(answers, sender, receiver, cfg)
+    shared.put_rows(run.rows, items)  # this directory's single answers serve other runs too
+    pair = _Generation(run, sender, receiver, cfg, map, shared, judged)
+    _generate(pair, methods, items, batch_size=batch_size, progress=progress)
+    judge = judge if judged else None
+    table = _scores(run, methods, items, judged, judge, backend=backend, answers=answers, progress=progress)
+    unit = one_pass_flops(table, sender, receiver)
+    result = {
+        "task": task,
+        "metric": BIOGRAPHIES_METRIC if judged else "accuracy",
+        "methods": reasoning_summary(table, methods, unit=unit, seed=seed),
+        "config": _recorded_config(settings, sender, receiver, items[0], unit, judge, answers, batch_size),
+    }
+    return run.write(result)
 
-    def shared_key(method: str, item: Any) -> dict[str, Any]:
-        return single_answer_key(method, item, sender, receiver, cfg)
 
-    def share(method: str, item: Any, text: str, prompt: int, answer: int, secs: float, batch: int) -> None:
-        if store is not None and method in singles:
-            stored = {
-                "text": text,
-                "prompt_tokens": prompt,
-                "answer_tokens": answer,
-                "seconds": secs,
-                "batch": batch,
-            }
-            store.put(shared_key(method, item), stored)
+class SharedAnswers:
+    """A run's ``single-a`` and ``single-b`` answers in an :class:`~commlib.results.AnswerStore`.
 
-    if store is not None:  # this directory's single answers serve other runs too
-        by_id = {item.id: item for item in items}
-        for r in rows:
-            if r["method"] in singles and str(r["item_id"]) in by_id:
-                prompt = int(r["prompt_a"]) or int(r["prompt_b"])
-                share(
-                    r["method"],
-                    by_id[str(r["item_id"])],
-                    r["output"],
-                    prompt,
-                    int(r["answer_tokens"]),
-                    float(r["seconds"]),
-                    int(r["batch"]),
-                )
+    A model alone answers a prompt the same in every pair (same backend and
+    decoding, :func:`commlib.protocols.reasoning.single_answer_key`), so a run
+    takes the answers stored there instead of generating them, and stores
+    its own for other runs. Other methods are never stored; with no
+    directory, nothing is.
 
-    def record(item: Any, outputs: dict[str, Any]) -> None:
-        for method, o in outputs.items():
-            share(method, item, o.text, o.prompt_a or o.prompt_b, o.answer, o.seconds, o.batch)
-            flops = method_flops(
-                compute_kind(method),
-                shape_a,
-                shape_b,
-                prompt_a=o.prompt_a,
-                prompt_b=o.prompt_b,
-                message=o.message,
-                answer=o.answer,
-                k=cfg.k,
-                rounds=debate_rounds(method, cfg) or rounds,
-            )["total"]
-            row = {
-                "item_id": item.id,
-                "method": method,
-                "answer": item.answer,
-                "extracted": extract_answer(item, o.text) or "",
-                "correct": "" if judged else is_correct(item, o.text),
-                "output": o.text,
-                "transcript": _json.dumps(o.transcript),
-                "seconds": o.seconds,
-                "prompt_a": o.prompt_a,
-                "prompt_b": o.prompt_b,
-                "message_tokens": o.message,
-                "answer_tokens": o.answer,
-                "flops": flops,
-                "batch": o.batch,
-            }
-            append_rows(path, REASONING_FIELDS, [row])
-            rows.append(row)
+    Example:
+        >>> import tempfile
+        >>> from commlib.models import load_model
+        >>> m, cfg = load_model("tiny-llama-random"), ReasoningConfig()
+        >>> item = ReasoningItem("What is 2 + 2?", "4")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     SharedAnswers(d, m, m, cfg).put("single-b", item, single_output("single-b", "4", 30, 1, 0.5))
+        ...     shared = SharedAnswers(d, m, m, cfg)  # another run, same pair and settings
+        ...     shared.get("single-b", item).text, shared.get("nld", item)
+        ('4', None)
+    """
 
-    def stored(method: str, item: Any) -> Any:
-        hit = store.get(shared_key(method, item)) if store is not None and method in singles else None
+    def __init__(
+        self, directory: str | Path | None, sender: Model, receiver: Model, cfg: ReasoningConfig
+    ) -> None:
+        self.store = AnswerStore(directory) if directory is not None else None
+        self.sender, self.receiver, self.cfg = sender, receiver, cfg
+
+    def _key(self, method: str, item: ReasoningItem) -> dict[str, Any]:
+        return single_answer_key(method, item, self.sender, self.receiver, self.cfg)
+
+    def get(self, method: str, item: ReasoningItem) -> ReasoningOutput | None:
+        """The stored answer of ``method`` on ``item``, or ``None``."""
+        hit = (
+            self.store.get(self._key(method, item)) if self.store is not None and method in SINGLES else None
+        )
         if hit is None:
             return None
-        return single_output(
-            method,
-            hit["text"],
-            hit["prompt_tokens"],
-            hit["answer_tokens"],
-            hit["seconds"],
-            hit.get("batch", 1),
-        )
+        text, prompt, answer = hit["text"], hit["prompt_tokens"], hit["answer_tokens"]
+        return single_output(method, text, prompt, answer, hit["seconds"], hit.get("batch", 1))
 
-    def run_batch(method: str, batch: list[Any]) -> None:
-        outputs = run_reasoning_batch(method, batch, sender, receiver, cfg, map)
-        for item, o in zip(batch, outputs, strict=True):
-            record(item, {method: o})
+    def put(self, method: str, item: ReasoningItem, output: ReasoningOutput) -> None:
+        """Store ``output`` of ``method`` on ``item`` (if ``method`` is a single one)."""
+        if self.store is not None and method in SINGLES:
+            answer = {
+                "text": output.text,
+                "prompt_tokens": output.prompt_a or output.prompt_b,
+                "answer_tokens": output.answer,
+                "seconds": output.seconds,
+                "batch": output.batch,
+            }
+            self.store.put(self._key(method, item), answer)
 
+    def outputs(self, methods: Sequence[str], item: ReasoningItem) -> dict[str, ReasoningOutput]:
+        """The stored answers of ``methods`` on ``item``, by method."""
+        return {m: o for m in methods if (o := self.get(m, item)) is not None}
+
+    def put_rows(self, rows: Sequence[dict[str, str]], items: Sequence[ReasoningItem]) -> None:
+        """Store the single answers among a run's ``rows`` (as :class:`commlib.results.Run` reads them)."""
+        by_id = {item.id: item for item in items}
+        for r in rows:
+            if self.store is not None and r["method"] in SINGLES and r["item_id"] in by_id:
+                prompt = int(r["prompt_a"]) or int(r["prompt_b"])
+                answer, seconds, batch = int(r["answer_tokens"]), float(r["seconds"]), int(r["batch"])
+                output = single_output(r["method"], r["output"], prompt, answer, seconds, batch)
+                self.put(r["method"], by_id[r["item_id"]], output)
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """What generating a run's rows takes: the pair and its settings, the map, shared answers, the table."""
+
+    run: Run
+    sender: Model
+    receiver: Model
+    cfg: ReasoningConfig
+    map: LinearMap | None
+    shared: SharedAnswers
+    judged: bool
+
+    def add(self, item: ReasoningItem, outputs: dict[str, ReasoningOutput]) -> None:
+        """Share and append each method's output on ``item`` as its row (flushed one by one)."""
+        for method, output in outputs.items():
+            self.shared.put(method, item, output)
+            row = reasoning_row(
+                item, method, output, self.sender, self.receiver, self.cfg, judged=self.judged
+            )
+            self.run.add([row])
+
+    def batch(self, method: str, items: Sequence[ReasoningItem]) -> None:
+        """Run ``method`` on ``items`` decoded together and append their rows."""
+        outputs = run_reasoning_batch(method, items, self.sender, self.receiver, self.cfg, self.map)
+        for item, output in zip(items, outputs, strict=True):
+            self.add(item, {method: output})
+
+    def each(
+        self, methods: Sequence[str], item: ReasoningItem, *, debate: bool
+    ) -> dict[str, ReasoningOutput]:
+        """Run ``methods`` on ``item``; a debate opens with the item's single answers when it has both."""
+        opening = _opening_round(self.run.rows, item.id) if debate else []
+        return run_reasoning_methods(methods, item, self.sender, self.receiver, self.cfg, self.map, opening)
+
+
+def _generate(
+    pair: _Generation,
+    methods: Sequence[str],
+    items: Sequence[ReasoningItem],
+    *,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Run each of ``methods`` on the ``items`` without a row of it yet; the debates in one debate per item.
+
+    A shared answer is taken instead of generated; the one-decode methods
+    (``batched`` in :data:`commlib.registry.METHODS`) run ``batch_size`` items at a time.
+    """
+    done = pair.run.done("item_id", "method")
+    debates = [m for m in methods if debate_rounds(m, pair.cfg) is not None]
+    groups = [[m] for m in methods if m not in debates] + ([debates] if debates else [])
     for group in groups:
-        batched = batch_size > 1 and len(group) == 1 and group[0] in BATCHED_METHODS
-        pending: list[Any] = []  # items waiting for a full batch
+        batched = batch_size > 1 and len(group) == 1 and registry.method(group[0]).batched
+        waiting: list[ReasoningItem] = []  # items waiting for a full batch
         with tqdm(total=len(items), desc=",".join(group), disable=not progress) as bar:
             for item in items:
                 todo = [m for m in group if (item.id, m) not in done]
-                outputs = {m: o for m in todo if (o := stored(m, item)) is not None}
+                outputs = pair.shared.outputs(todo, item)
                 rest = [m for m in todo if m not in outputs]
                 if rest and batched:
-                    pending.append(item)
-                    if len(pending) == batch_size:
-                        run_batch(group[0], pending)
-                        bar.update(len(pending))
-                        pending = []
+                    waiting.append(item)
+                    if len(waiting) == batch_size:
+                        pair.batch(group[0], waiting)
+                        bar.update(len(waiting))
+                        waiting = []
                     continue
                 if rest:
-                    opening = _opening_round(rows, item.id) if group is debates else []
-                    outputs.update(run_reasoning_methods(rest, item, sender, receiver, cfg, map, opening))
-                record(item, outputs)
+                    outputs.update(pair.each(rest, item, debate=group is debates))
+                pair.add(item, outputs)
                 bar.update()
-            if pending:
-                run_batch(group[0], pending)
-                bar.update(len(pending))
-    df = pd.DataFrame(rows)
-    df = df[df["method"].isin(methods)].copy()
-    if judged:
-        if judge is not None:
-            scores = judge_biographies(
-                out, items, judge, methods=methods, backend=backend, answers=answers, progress=progress
-            )
-        else:
-            scores = pd.DataFrame(columns=["item_id", "method", "score"])
-        keyed = scores.set_index(["item_id", "method"])["score"]
-        pairs = zip(df["item_id"].astype(str), df["method"], strict=True)
-        df["score"] = [keyed.get(key, float("nan")) for key in pairs]
-    else:
-        df["score"] = df["correct"].astype(str).isin(["True", "1"]).astype(float)
-    smaller = min((shape_a, shape_b), key=lambda s: forward_flops(s, 1))
-    unit = forward_flops(smaller, max(1, round(float(df[["prompt_a", "prompt_b"]].max(axis=1).mean()))))
-    summary = {}
-    for method in methods:
-        sub = df[df["method"] == method]
-        scored = sub["score"].dropna()
-        lo, hi = bootstrap_ci(scored.tolist(), seed=seed)
-        summary[method] = {
-            "accuracy": float(scored.mean()) if len(scored) else float("nan"),
-            "ci_low": lo,
-            "ci_high": hi,
-            "n": len(sub),
-            "n_scored": len(scored),
-            "flops": float(sub["flops"].mean()),
-            "flops_vs_one_pass": float(sub["flops"].mean()) / unit,
-            "seconds": float(sub["seconds"].mean()),
-            "batch_sizes": sorted({int(b) for b in sub["batch"]}),
-            "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
-        }
-    if "single-b" in methods:
-        by_item = df.pivot(index="item_id", columns="method", values="score")
-        for method in methods:
-            if method != "single-b":
-                summary[method]["vs_b"] = _paired_with(by_item[method], by_item["single-b"], seed=seed)
-    a_decoding = "greedy" if a_temperature <= 0 else "sampled (temperature, top_p, seed per item and turn)"
-    judging = (
-        {
-            "model": judge.info.to_dict(),
-            "prompt": JUDGE_PROMPT,
-            "decoding": "greedy",
-            "max_new_tokens": JUDGE_MAX_NEW_TOKENS,
-        }
-        if judged and judge is not None
-        else None
-    )
-    result = {
-        "task": task,
-        "metric": "mean over people of the fraction of facts judged consistent (uncertain dropped)"
-        if judged
-        else "accuracy",
-        "methods": summary,
-        "config": {
-            **settings,
-            "sender": sender.info.to_dict(),
-            "receiver": receiver.info.to_dict(),
-            "shapes": {"sender": shape_a.to_dict(), "receiver": shape_b.to_dict()},
-            "one_pass_flops": unit,
-            "example_prompt": question_prompt(items[0]),
-            "decoding": {"a": a_decoding, "b": "greedy"},
-            "judge": judging,
-            "shared_answers": str(answers) if answers is not None else None,
-            "batch_size": batch_size,
-            "seconds": "wall time per item; items decoded together (items.csv: batch > 1) split it",
-            "flops": "analytic, KV cache (commlib.compute.method_flops)",
-            "ci": "95% percentile bootstrap, 1000 resamples",
-            "versions": package_versions(),
-        },
-    }
-    write_json(out / "results.json", result)
-    return result
-
-
-def _paired_with(scores: pd.Series, baseline: pd.Series, *, seed: int) -> dict[str, float | int]:
-    """``scores`` against ``baseline`` on the items both score: paired difference, items above and below."""
-    both = pd.concat([scores, baseline], axis=1, keys=["method", "baseline"]).dropna()
-    difference, lo, hi = paired_difference(both["method"], both["baseline"], seed=seed)
-    return {
-        "difference": difference,
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": len(both),
-        "better": int((both["method"] > both["baseline"]).sum()),
-        "worse": int((both["method"] < both["baseline"]).sum()),
-    }
-
-
-def _scored(item: Any, row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row's ``extracted`` and ``correct``, from its output (as stored when the item is unknown)."""
-    from commlib.tasks.reasoning import extract_answer, is_correct
-
-    if item is None:
-        return {}
-    return {
-        "extracted": extract_answer(item, str(row["output"])) or "",
-        "correct": is_correct(item, str(row["output"])),
-    }
+            if waiting:
+                pair.batch(group[0], waiting)
+                bar.update(len(waiting))
 
 
 def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Turn]:
@@ -411,23 +321,96 @@ def _opening_round(rows: Sequence[dict[str, Any]], item_id: str) -> list[Turn]:
     decoding and settings: one directory, one config), so their answers,
     token counts and wall times serve as that round unchanged.
     """
-    import json as _json
-
-    from commlib.protocols.debate import Turn
-
     mine = {r["method"]: r for r in rows if str(r["item_id"]) == item_id}
     if "single-a" not in mine or "single-b" not in mine:
         return []
     return [
         Turn(
             agent,
-            _json.loads(r["transcript"])[0],
+            json.loads(r["transcript"])[0],
             int(r[f"prompt_{agent}"]),
             int(r["answer_tokens"]),
             float(r["seconds"]),
         )
         for agent, r in (("a", mine["single-a"]), ("b", mine["single-b"]))
     ]
+
+
+def _mapped_layers(
+    k: int | None, j: int | None, layers_from: Model | None, sender: Model, receiver: Model
+) -> tuple[int | None, int | None, dict[str, Any] | None]:
+    """(k, j) at A's and B's depth, and what they were chosen on (``None`` unless ``layers_from``)."""
+    if layers_from is None or k is None or j is None:
+        return k, j, None
+    depth = layers_from.info.n_layers
+    chosen = {"model": layers_from.name, "k": k, "j": j}
+    return map_layer(k, depth, sender.info.n_layers), map_layer(j, depth, receiver.info.n_layers), chosen
+
+
+def _scores(
+    run: Run,
+    methods: Sequence[str],
+    items: Sequence[ReasoningItem],
+    judged: bool,
+    judge: Model | None,
+    **judging: Any,
+) -> pd.DataFrame:
+    """The run's rows of ``methods`` with their ``score``: 1 or 0, or the judge's (Biographies; NaN unjudged).
+
+    ``judging``: :func:`judge_biographies`'s ``backend``, ``answers`` and ``progress``.
+    """
+    df = run.frame(keep_default_na=False, dtype={"extracted": str, "correct": str})
+    df = df[df["method"].isin(methods)].copy()
+    if not judged:
+        df["score"] = df["correct"].astype(str).isin(["True", "1"]).astype(float)
+        return df
+    if judge is not None:
+        scores = judge_biographies(run.dir, items, judge, methods=methods, **judging)
+    else:
+        scores = pd.DataFrame(columns=["item_id", "method", "score"])
+    keyed = scores.set_index(["item_id", "method"])["score"]
+    pairs = zip(df["item_id"].astype(str), df["method"], strict=True)
+    df["score"] = [keyed.get(key, float("nan")) for key in pairs]
+    return df
+
+
+def _recorded_config(
+    settings: dict[str, Any],
+    sender: Model,
+    receiver: Model,
+    example: ReasoningItem,
+    unit: float,
+    judge: Model | None,
+    answers: str | Path | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """``results.json``'s ``config``: the settings, the models and their shapes, decoding, judge, versions."""
+    shape_a, shape_b = model_shapes(sender, receiver)
+    sampled = "sampled (temperature, top_p, seed per item and turn)"
+    judging = None
+    if judge is not None:
+        judging = {
+            "model": judge.info.to_dict(),
+            "prompt": JUDGE_PROMPT,
+            "decoding": "greedy",
+            "max_new_tokens": JUDGE_MAX_NEW_TOKENS,
+        }
+    return {
+        **settings,
+        "sender": sender.info.to_dict(),
+        "receiver": receiver.info.to_dict(),
+        "shapes": {"sender": shape_a.to_dict(), "receiver": shape_b.to_dict()},
+        "one_pass_flops": unit,
+        "example_prompt": question_prompt(example),
+        "decoding": {"a": "greedy" if settings["a_temperature"] <= 0 else sampled, "b": "greedy"},
+        "judge": judging,
+        "shared_answers": str(answers) if answers is not None else None,
+        "batch_size": batch_size,
+        "seconds": "wall time per item; items decoded together (items.csv: batch > 1) split it",
+        "flops": "analytic, KV cache (commlib.compute.method_flops)",
+        "ci": "95% percentile bootstrap, 1000 resamples",
+        "versions": package_versions(),
+    }
 
 
 def reasoning_dir(
@@ -470,7 +453,7 @@ def read_reasoning(out_dir: str | Path) -> pd.DataFrame:
                 "task": result["task"],
                 "sender": config["sender"]["name"],
                 "receiver": config["receiver"]["name"],
-                "method": method,
+                "method": registry.canonical(method),  # a run stored under an old name: the new one
                 **values,
                 "k": config["k"],
                 "j": config["j"],
@@ -508,7 +491,7 @@ def run_pair_reasoning(
     block and B's j, and cached under ``runs_root/maps``; the map is part of a
     run directory's settings, so a (pair, task) directory is run with ``ac-w``
     always or never. ``map_source="task"`` fits an in-distribution W instead,
-    on up to ``n_map`` other items of the task (:func:`other_items`: none the
+    on up to ``n_map`` other items of the task (:func:`~commlib.experiments.held_out.other_items`: none the
     run scores), each read in the prompt format at the last token as AC reads
     it; give such a run its own ``variant``. The run lives in
     :func:`reasoning_dir` (``variant`` for other settings); ``options`` go to
@@ -520,8 +503,6 @@ def run_pair_reasoning(
     Returns:
         :func:`read_reasoning` of the run.
     """
-    from commlib.graft import fit_map, map_layer
-
     if map_source not in ("lambada", "task"):
         raise CommlibError(f"unknown map_source {map_source!r}; use lambada or task")
     pick = choose_layers(
@@ -529,19 +510,9 @@ def run_pair_reasoning(
     )
     k, j = int(pick["k"]), int(pick["j"])
     lin = None
-    if "ac-w" in methods:
+    if any(registry.method(m).map for m in methods):  # ac-w-replace (old name ac-w)
         k_a = map_layer(k, receiver.info.n_layers, sender.info.n_layers)
-        name = f"{sender.name}__{receiver.name}_k{k_a}_j{j}_n{n_map}"
-        if map_source == "task":
-            name += f"_{other_items_name(task, seed, n)}"
-        map_dir = Path(runs_root) / "maps" / name
-        if not (map_dir / "map.json").exists():
-            if map_source == "task":
-                lin = fit_task_map(task, sender, receiver, k_a, j, n_map=n_map, n_eval=n, seed=seed)
-            else:
-                lin = fit_map(sender, receiver, k_a, j, n=n_map)
-            lin.save(map_dir)
-        lin = LinearMap.load(map_dir)
+        lin = _cached_map(task, sender, receiver, k_a, j, runs_root, n_map, map_source, n=n, seed=seed)
     out = reasoning_dir(runs_root, task, sender.name, receiver.name, seed=seed, n=n, variant=variant)
     run_reasoning(
         task,
@@ -562,74 +533,32 @@ def run_pair_reasoning(
     return read_reasoning(out)
 
 
-REASONING_REFERENCE_SEED = 7_919
-"""Seed (plus the run's) of :func:`other_items`: B's manifold and the in-distribution W are fitted on them."""
-
-
-def other_items(task: str, evaluated: Sequence[ReasoningItem], n: int, seed: int = 0) -> list[ReasoningItem]:
-    """``n`` items of ``task`` not among ``evaluated`` (seed: :data:`REASONING_REFERENCE_SEED` + ``seed``).
-
-    What is fitted on a task next to a run of it (B's manifold in
-    :func:`run_reasoning_distance`, the in-distribution W of
-    :func:`run_pair_reasoning`) never sees an item the run scores.
-    """
-    from commlib.tasks.reasoning import load_task, sample_items
-
-    ids = {it.id for it in evaluated}
-    others = [it for it in load_task(task, n=None) if it.id not in ids]
-    return sample_items(others, n, REASONING_REFERENCE_SEED + seed)
-
-
-def other_items_name(task: str, seed: int, n_eval: int | None) -> str:
-    """How a cache names :func:`other_items` of a run of ``n_eval`` items of ``task`` with ``seed``.
-
-    Example:
-        >>> other_items_name("mmlu:formal_logic", 0, 20)
-        'mmlu_formal_logic-other-than-seed0-n20'
-    """
-    return f"{task.replace(':', '_')}-other-than-seed{seed}-n{n_eval}"
-
-
-def fit_task_map(
+def _cached_map(
     task: str,
     sender: Model,
     receiver: Model,
     k: int,
     j: int,
-    *,
+    runs_root: str | Path,
     n_map: int,
-    n_eval: int | None,
-    seed: int = 0,
-    epochs: int = 10,
-    backend: str = "nnsight",
+    map_source: str,
+    *,
+    n: int | None,
+    seed: int,
 ) -> LinearMap:
-    """In-distribution ``W``, fitted on ``n_map`` items of ``task`` that a run of ``n_eval`` does not score.
+    """AC-W's map from A's block ``k`` to B's ``j``, fitted once and cached under ``runs_root/maps``.
 
-    The paper fits it on GSM8k's train split, which no offline source ships;
-    this fits it on :func:`other_items` of the run (seed ``seed``, ``n_eval``
-    items), each read in the prompt format at its last token, where AC reads
-    A and writes B (:func:`commlib.graft.fit_map` with ``prompts``).
-
-    Example:
-        >>> from commlib.models import load_model
-        >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
-        >>> w = fit_task_map("gsm8k", a, b, 1, 1, n_map=8, n_eval=4)
-        >>> w.weight.shape, w.info.corpus, w.info.n
-        (torch.Size([96, 64]), 'gsm8k other items', 8)
+    Fitted on ``n_map`` LAMBADA sentences, or with ``map_source="task"`` on the
+    items beside a run of ``n`` items with ``seed`` (:func:`~commlib.experiments.held_out.fit_task_map`).
     """
-    from commlib.graft import fit_map
-    from commlib.protocols.questions import question_prompt
-    from commlib.tasks.reasoning import load_task
-
-    fitted = other_items(task, load_task(task, n_eval, seed), n_map, seed)
-    return fit_map(
-        sender,
-        receiver,
-        k,
-        j,
-        corpus=f"{task} other items",
-        n=len(fitted),
-        epochs=epochs,
-        backend=backend,
-        prompts=[question_prompt(it) for it in fitted],
-    )
+    name = f"{sender.name}__{receiver.name}_k{k}_j{j}_n{n_map}"
+    if map_source == "task":
+        name += f"_{other_items_name(task, seed, n)}"
+    map_dir = Path(runs_root) / "maps" / name
+    if not (map_dir / "map.json").exists():
+        if map_source == "task":
+            fitted = fit_task_map(task, sender, receiver, k, j, n_map=n_map, n_eval=n, seed=seed)
+        else:
+            fitted = fit_map(sender, receiver, k, j, n=n_map)
+        fitted.save(map_dir)
+    return LinearMap.load(map_dir)
