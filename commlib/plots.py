@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,31 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+FAST_FIGURES_DIR = Path(tempfile.gettempdir()) / "commlib-fast-figures"
+"""Where fast-mode notebook runs put figures aimed at ``figures/`` (see :func:`begin_notebook`)."""
+FAST_NOTICE = "FAST mode: tiny random models; every number below is smoke only and means nothing"
 COLUMN_WIDTH = 3.4  # inches, one paper column
+
+
+def begin_notebook(fast: bool, figures_dir: str | Path | None = None) -> Path | None:
+    """A notebook's first call: say whether its numbers mean anything; return where its figures go.
+
+    In fast mode it prints :data:`FAST_NOTICE` and keeps figures out of the
+    repository's ``figures/``: a ``figures_dir`` in it becomes :data:`FAST_FIGURES_DIR`.
+
+    Example:
+        >>> begin_notebook(False, "my_figures")
+        PosixPath('my_figures')
+        >>> begin_notebook(True, FIGURES_DIR) == FAST_FIGURES_DIR  # doctest: +ELLIPSIS
+        FAST mode: ...
+        True
+    """
+    out = None if figures_dir is None else Path(figures_dir)
+    if fast:
+        if out is not None and out.resolve().is_relative_to(FIGURES_DIR):
+            out = FAST_FIGURES_DIR
+        print(FAST_NOTICE + (f" (figures go to {out})" if out is not None else ""))
+    return out
 
 
 def set_style() -> None:

@@ -39,6 +39,11 @@ N_REFERENCE = 512  # corpus sentences per reference layer; 0 turns the distance 
 MAX_NEW_TOKENS = 12
 
 # %%
+from commlib.plots import begin_notebook
+
+begin_notebook(FAST)
+
+# %%
 from commlib.widgets import explore
 
 if FAST:

@@ -44,6 +44,11 @@ RUNS_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import pandas as pd
 
 from commlib.experiments import best_layers, grid_summary, run_sweep, selection_step, sweep_dir

@@ -42,6 +42,11 @@ RUNS_DIR = "../runs/distance"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import pandas as pd
 import torch
 
@@ -57,7 +62,7 @@ from commlib.distance import (
     similarity_table,
 )
 from commlib.experiments import run_distance
-from commlib.graft import capture_message
+from commlib.graft import capture_message, map_layer
 from commlib.models import load_model
 from commlib.plots import pair_heatmap, percentile_boxes, save_figure
 from commlib.tasks.games import load_game
@@ -67,8 +72,8 @@ if FAST:
 suffix = "_fast" if FAST else ""
 
 
-def layer_at(model) -> int:
-    return round(DEPTH * (model.info.n_layers - 1))
+def layer_at(model) -> int:  # DEPTH as block round(100 * DEPTH) of a 101-block ruler, moved to the model
+    return map_layer(round(100 * DEPTH), 101, model.info.n_layers)
 
 
 # %% [markdown]

@@ -82,6 +82,11 @@ SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import functools
 from pathlib import Path
 

@@ -48,6 +48,11 @@ SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import json
 from pathlib import Path
 

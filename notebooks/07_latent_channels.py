@@ -49,6 +49,11 @@ SWEEP_DIR = "../runs/sweep"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import pandas as pd
 
 from commlib.channels.interlat import train_adapter
