@@ -52,6 +52,11 @@ RUNS_DIR = "../runs/reasoning"
 FIGURES_DIR = "../figures"
 
 # %%
+from commlib.plots import begin_notebook
+
+FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
+
+# %%
 import pandas as pd
 
 from commlib.experiments import run_reasoning_depths
