@@ -64,8 +64,8 @@ TABLE3: dict[str, dict[str, float]] = {
         "single-a": (79.4, 58.0, 30.0, 16.0, 11.0, 0.0, 26.0),
         "single-b": (83.9, 60.0, 65.0, 42.0, 50.0, 20.0, 53.0),
         "nld": (80.2, 75.0, 83.0, 37.0, 71.0, 30.0, 63.0),
-        "ac": (84.6, 64.0, 85.0, 47.0, 78.0, 30.0, 74.0),
-        "ac-w": (86.8, 66.0, 70.0, 35.0, 79.0, 45.0, 63.0),
+        "ac-replace": (84.6, 64.0, 85.0, 47.0, 78.0, 30.0, 74.0),
+        "ac-w-replace": (86.8, 66.0, 70.0, 35.0, 79.0, 45.0, 63.0),
     }.items()
 }
 """Table 3 of the paper (A = LLaMA-3.2-3B, B = LLaMA-3.1-8B): method -> task -> score in percent.
@@ -76,7 +76,7 @@ Biographies is the paper's judged fact score; the other tasks are accuracy.
 TABLE4: dict[str, dict[str, dict[str, float]]] = {
     pair: {
         method: {"biographies": bio, "gsm8k": gsm}
-        for method, (bio, gsm) in zip(("single-a", "single-b", "nld", "ac"), scores, strict=True)
+        for method, (bio, gsm) in zip(("single-a", "single-b", "nld", "ac-replace"), scores, strict=True)
     }
     for pair, scores in {
         "LLaMA-3.2-3B -> LLaMA-3.1-8B": ((79.4, 58.0), (83.9, 60.0), (80.2, 75.0), (84.6, 64.0)),

@@ -29,6 +29,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from commlib.registry import canonical
+
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
 FAST_FIGURES_DIR = Path(tempfile.gettempdir()) / "commlib-fast-figures"
 """Where fast-mode notebook runs put figures aimed at ``figures/`` (see :func:`begin_notebook`)."""
@@ -77,18 +79,19 @@ METHOD_COLOURS: dict[str, tuple[float, float, float]] = {
     "single-a": (0.25, 0.25, 0.25),
 }
 """One colour per method in every figure (colour-blind palette); f names map to their AC method."""
-ALIASES = {"ac": "ac-replace", "single-b": "silent"}
-"""Reasoning methods that are a games method under another name (AC is replace; B alone is silent)."""
+ALIASES = {"single-b": "silent"}
+"""Reasoning methods that are a games method under another name (B alone is silent)."""
 
 
 def method_colour(name: str) -> tuple[float, float, float]:
     """The colour of a method (``"ac-sum"``) or of an f (``"sum"``: the same), fixed across figures.
 
     ``ac-w-*`` share one colour, as do the variants of a latent method
-    (``interlat-trained``) or of debate (``nld-r3``); the reasoning names
-    ``ac`` and ``single-b`` are ``ac-replace`` and ``silent``; an unknown
-    name gets a stable colour from its hash.
+    (``interlat-trained``) or of debate (``nld-r3``); an old name is its
+    method's (``ac`` is ``ac-replace``) and ``single-b`` is ``silent``; an
+    unknown name gets a stable colour from its hash.
     """
+    name = canonical(name)  # an old name (ac) is its method's (ac-replace)
     key = f"ac-{name}" if name in ("sum", "mean", "replace") else ALIASES.get(name, name)
     key = "ac-w" if key.startswith("ac-w") or key == "W" else key
     for method in METHOD_COLOURS:
@@ -342,7 +345,7 @@ def compute_accuracy(
     *,
     x: str = "flops_vs_one_pass",
     panel: str = "task",
-    arrows: tuple[str, ...] = ("nld", "ac"),
+    arrows: tuple[str, ...] = ("nld", "ac-replace"),
     title: str = "",
 ) -> Figure:
     """Accuracy against compute, arrows from each model alone to the methods (paper Figure 3).
@@ -632,7 +635,7 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
 
     ``table`` is :func:`commlib.experiments.run_reasoning_depths`. Left:
     accuracy (95% CI) per method against B's relative depth, the models
-    alone as flat lines. Middle: AC minus the control ``ac-unrelated``,
+    alone as flat lines. Middle: AC minus the control ``ac-replace-unrelated``,
     paired over items: above 0 only where what A read reaches B. Right
     (when the table has it): the median KL divergence AC's graft causes in
     B's first answer token.
@@ -643,9 +646,10 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
         1, 3 if with_kl else 2, figsize=(COLUMN_WIDTH * (2.7 if with_kl else 2), COLUMN_WIDTH * 0.8)
     )
     # AC solid, its control the same colour open and dashed, the models alone flat and grey
+    ac_colour = method_colour("ac-replace")
     looks: dict[str, dict[str, Any]] = {
-        "ac": {"color": method_colour("ac"), "marker": "o", "ls": "-"},
-        "ac-unrelated": {"color": method_colour("ac"), "marker": "o", "ls": "--", "mfc": "none"},
+        "ac-replace": {"color": ac_colour, "marker": "o", "ls": "-"},
+        "ac-replace-unrelated": {"color": ac_colour, "marker": "o", "ls": "--", "mfc": "none"},
         "single-b": {"color": "0.2", "marker": None, "ls": ":"},
         "single-a": {"color": "0.6", "marker": None, "ls": "-."},
     }
@@ -668,18 +672,14 @@ def accuracy_vs_depth(table: pd.DataFrame, *, title: str = "") -> Figure:
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("accuracy (%), 95% bootstrap CI")
     axes[0].legend(fontsize="x-small")
-    ac = table[table["method"] == "ac"].sort_values("depth")
+    ac = table[table["method"] == "ac-replace"].sort_values("depth")
     gap = 100 * ac["vs_control"].astype(float)
     gap_err = [gap - 100 * ac["vs_control_low"], 100 * ac["vs_control_high"] - gap]
-    axes[1].errorbar(
-        ac["depth"], gap, yerr=gap_err, color=method_colour("ac"), marker="o", ms=4, lw=1.0, capsize=1.5
-    )
+    axes[1].errorbar(ac["depth"], gap, yerr=gap_err, color=ac_colour, marker="o", ms=4, lw=1.0, capsize=1.5)
     axes[1].axhline(0, ls="--", lw=0.8, color="0.4")
     axes[1].set_ylabel("AC − control, paired (points)")
     if with_kl:
-        axes[2].plot(
-            ac["depth"], ac["next_token_kl"].astype(float), color=method_colour("ac"), marker="o", ms=4
-        )
+        axes[2].plot(ac["depth"], ac["next_token_kl"].astype(float), color=ac_colour, marker="o", ms=4)
         axes[2].set_ylabel("KL in B's first answer token\n(nats, median over items)")
         if (ac["next_token_kl"] > 0).all():
             axes[2].set_yscale("log")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from commlib.errors import CommlibError
+from commlib.registry import canonical
 
 ITEM_FIELDS = ("item_id", "method", "answer", "output", "message", "correct", "exact")
 
@@ -158,7 +159,9 @@ class Run:
     settings); :meth:`done` and :meth:`pending` say what is finished;
     :meth:`add` appends rows and flushes them, so a crash loses no finished
     row; :meth:`frame` reads the table back and :meth:`write` writes the
-    summary atomically.
+    summary atomically. Methods are read and written under their canonical
+    names (:func:`commlib.registry.canonical`), so a run stored under an old
+    name (``ac``) resumes and reads back as ``ac-replace``.
 
     Example:
         >>> import tempfile
@@ -204,13 +207,13 @@ class Run:
         if self.path.exists():
             with self.path.open(newline="") as fh:
                 reader = csv.DictReader(fh)
-                self.rows = list(reader)
+                self.rows = [_canonical(r) for r in reader]
                 header = reader.fieldnames or ()
         self.fields = tuple(header if fields is None else fields)
 
     def done(self, *columns: str, **where: Any) -> set[Any]:
         """Finished rows matching ``where`` (compared as text): their item ids, or tuples of ``columns``."""
-        match = {k: str(v) for k, v in where.items()}
+        match = {k: canonical(str(v)) if k == "method" else str(v) for k, v in where.items()}
         rows = [r for r in self.rows if all(r.get(k) == v for k, v in match.items())]
         if not columns:
             return {r["item_id"] for r in rows}
@@ -223,7 +226,7 @@ class Run:
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows to the table and flush them to disk (a column missing from a row is left empty)."""
-        rows = list(rows)
+        rows = [_canonical(r) for r in rows]
         if not self.fields:  # fields=None and a new table: the first rows' columns
             if not rows:
                 return
@@ -256,7 +259,10 @@ class Run:
 
         if not self.path.exists():
             return pd.DataFrame(columns=list(self.fields))
-        return pd.read_csv(self.path, **read_csv)
+        df = pd.read_csv(self.path, **read_csv)
+        if "method" in df:
+            df["method"] = df["method"].map(canonical)
+        return df
 
     def summary(self, methods: Sequence[str], seed: int = 0) -> dict[str, dict[str, float]]:
         """Accuracy (``correct``) with a 95% bootstrap CI, exact match (``exact``) and n, per method.
@@ -275,7 +281,7 @@ class Run:
             (0.5, 0.0, 2)
         """
         out = {}
-        for method in methods:
+        for method in dict.fromkeys(canonical(m) for m in methods):
             rows = [r for r in self.rows if r["method"] == method]
             correct = [float(r["correct"] in ("True", "1")) for r in rows]
             exact = [float(r["exact"] in ("True", "1")) for r in rows]
@@ -293,6 +299,11 @@ class Run:
         """Write ``result`` atomically to ``DIR/name`` and return it."""
         write_json(self.dir / name, result)
         return result
+
+
+def _canonical(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its method under its canonical name (``ac`` -> ``ac-replace``), as runs keep it."""
+    return {**row, "method": canonical(row["method"])} if isinstance(row.get("method"), str) else row
 
 
 def correct_by_item(rows: Any) -> Any:

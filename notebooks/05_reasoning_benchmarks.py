@@ -29,7 +29,7 @@
 # last-prompt-token state at block j by A's at block k, with (k, j) chosen on
 # B's own Countries sweep (A = B, last position, seed 0; notebook 02) and k
 # moved to A's depth by relative depth (`commlib.graft.map_layer`). AC(W)
-# uses the task-agnostic W fitted on LAMBADA sentences. `ac-unrelated` is
+# uses the task-agnostic W fitted on LAMBADA sentences. `ac-replace-unrelated` is
 # AC's control: A reads one fixed question unrelated to the item (same
 # format), so where it scores as AC does, what A read did not matter.
 # Biographies are scored
@@ -55,20 +55,21 @@ TASKS = [
     "mmlu:professional_law",
     "mmlu:public_relations",
 ]
-METHODS = ["single-a", "single-b", "nld", "ac", "ac-w", "ac-unrelated"]  # ac-unrelated: AC's control
+# ac-replace-unrelated: AC's control
+METHODS = ["single-a", "single-b", "nld", "ac-replace", "ac-w-replace", "ac-replace-unrelated"]
 IN_DISTRIBUTION_TASKS = ["gsm8k"]  # AC(W) with W fitted on other items of the task
 ABLATION_TASKS = ["gsm8k"]  # CoT on A (Table 6), debate rounds (Table 9) on the Table 3 pair; Table 8
-ABLATIONS = ["ac-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
+ABLATIONS = ["ac-replace-cot", "nld-r1", "nld-r2", "nld-r3", "nld-r4"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # Table 4: ordered pairs
 PAIRS = []  # Table 4 pairs as "A -> B"; empty: every ordered pair of MODELS
 CROSS_TASKS = ["biographies", "gsm8k"]
-CROSS_METHODS = ["single-a", "single-b", "nld", "ac"]  # Figure 11 needs only the first two and ac
+CROSS_METHODS = ["single-a", "single-b", "nld", "ac-replace"]  # Figure 11 needs only the first two and AC
 SAME_MODEL = "qwen2.5-coder-1.5b"  # Table 8: A and B two instances of it, A sampled
 A_TEMPERATURE = 0.7
 N = 100
 SEED = 0
 MAX_NEW_TOKENS = 256
-BATCH_SIZE = 8  # items decoded at once by single-a, single-b, ac, ac-w (same greedy answers, faster)
+BATCH_SIZE = 8  # items decoded at once by single-*, ac-replace, ac-w-replace (same greedy answers, faster)
 JUDGE = "qwen2.5-coder-1.5b"
 N_JUDGE_CHECK = 10  # people whose true biography the judge reads against own and next facts
 N_CONTROL = 10  # people whose biographies are also judged against the next person's facts
@@ -273,7 +274,7 @@ if IN_DISTRIBUTION_TASKS:
             run(
                 *PAIR,
                 task,
-                ["single-a", "single-b", "ac-w"],
+                ["single-a", "single-b", "ac-w-replace"],
                 variant="w-task",
                 map_source="task",
                 n_map=N_MAP_TASK,
@@ -296,7 +297,7 @@ if IN_DISTRIBUTION_TASKS:
 # shared by every pair it is in (`RUNS_DIR/answers`).
 
 # %%
-TABLE4_COLUMNS = {"A": "single-a", "B": "single-b", "NLD": "nld", "AC": "ac"}
+TABLE4_COLUMNS = {"A": "single-a", "B": "single-b", "NLD": "nld", "AC": "ac-replace"}
 rows = []
 pairs = [tuple(p.split(" -> ")) for p in PAIRS] or [(a, b) for a in MODELS for b in MODELS if a != b]
 for sender, receiver in pairs:
@@ -334,14 +335,16 @@ pd.DataFrame(
 # rounds), on the Table 3 pair.
 
 # %%
-ablation = table3[table3["task"].isin(ABLATION_TASKS) & table3["method"].isin(["single-b", "ac", *ABLATIONS])]
+ablation = table3[
+    table3["task"].isin(ABLATION_TASKS) & table3["method"].isin(["single-b", "ac-replace", *ABLATIONS])
+]
 ablation.pivot(index="method", columns="task", values="score")
 
 # %% [markdown]
 # Two instances of one model (Table 8), on `ABLATION_TASKS`: A samples its
 # text (temperature `A_TEMPERATURE`, nucleus 0.9, seeded per item and turn);
-# B decodes greedily. `ac-cot` grafts A's state at the end of its sampled
-# answer; plain `ac` at k = j would write B's own state back.
+# B decodes greedily. `ac-replace-cot` grafts A's state at the end of its sampled
+# answer; plain `ac-replace` at k = j would write B's own state back.
 
 # %%
 if ABLATION_TASKS:  # an empty list skips the ablations
@@ -351,7 +354,7 @@ if ABLATION_TASKS:  # an empty list skips the ablations
                 SAME_MODEL,
                 SAME_MODEL,
                 task,
-                ["single-a", "single-b", "nld", "ac", "ac-cot"],
+                ["single-a", "single-b", "nld", "ac-replace", "ac-replace-cot"],
                 variant=f"sampled-t{A_TEMPERATURE}",
                 a_temperature=A_TEMPERATURE,
             )

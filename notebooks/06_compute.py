@@ -35,7 +35,7 @@
 FAST = False
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TASKS = ["gsm8k", "biographies"]
-METHODS = ["single-a", "single-b", "nld", "ac", "ac-w"]
+METHODS = ["single-a", "single-b", "nld", "ac-replace", "ac-w-replace"]
 N = 100
 SEED = 0
 MAX_NEW_TOKENS = 256
@@ -61,6 +61,7 @@ import pandas as pd
 from commlib.experiments import SELECTION_N, reasoning_dir, run_pair_reasoning
 from commlib.models import load_model
 from commlib.plots import compute_accuracy, save_figure
+from commlib.results import Run
 
 if FAST:
     PAIR, JUDGE = ("tiny-llama-random", "tiny-llama-wide-random"), "tiny-llama-random"
@@ -98,7 +99,7 @@ print(f"{PAIR[0]} -> {PAIR[1]}, n = {N}, seed {SEED}, (k, j) = {tuple(table[['k'
 # ## Analytic FLOPs against measured wall time, relative to AC
 
 # %%
-ac = table[table["method"] == "ac"].set_index("task")
+ac = table[table["method"] == "ac-replace"].set_index("task")
 ratios = table.assign(
     gflops=table["flops"] / 1e9,
     flops_vs_ac=table["flops"] / table["task"].map(ac["flops"]),
@@ -126,7 +127,7 @@ ratios[
 
 # %%
 runs = {task: reasoning_dir(RUNS_DIR, task, *PAIR, seed=SEED, n=N) for task in TASKS}
-items = pd.concat([pd.read_csv(path / "items.csv").assign(task=task) for task, path in runs.items()])
+items = pd.concat([Run(path, None).frame().assign(task=task) for task, path in runs.items()])
 items = items[items["method"].isin(METHODS)]
 spearman = items.groupby(["task", "method"])[["flops", "seconds"]].corr(method="spearman")
 spearman.xs("flops", level=2)["seconds"].round(2)

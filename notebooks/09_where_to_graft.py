@@ -20,8 +20,8 @@
 # picks. For both Qwen receivers that is k = 0: A's state at the prompt's
 # last token, a chat-template token one block into the model, which
 # carries almost nothing of the question. There, AC's control
-# `ac-unrelated` (A reads one fixed question unrelated to the item, in the
-# same format) scores as `ac` does: a fixed steering vector, not a message.
+# `ac-replace-unrelated` (A reads one fixed question unrelated to the item, in the
+# same format) scores as `ac-replace` does: a fixed steering vector, not a message.
 #
 # Here A and B are grafted at one relative depth (k = j, the paper's choice,
 # k mapped to A's depth by `commlib.graft.map_layer`), for each of B's
@@ -105,7 +105,7 @@ for task, by_task in depths.groupby("task", sort=False):
             "notebook": "09_where_to_graft",
         },
     )
-ac_rows = depths[depths["method"] == "ac"].set_index(["task", "block", "k"])
+ac_rows = depths[depths["method"] == "ac-replace"].set_index(["task", "block", "k"])
 graft = [c for c in ("next_token_kl", "mahalanobis_pct") if c in ac_rows]
 (
     depths.pivot(index=["task", "block", "k"], columns="method", values="accuracy")
@@ -121,7 +121,7 @@ graft = [c for c in ("next_token_kl", "mahalanobis_pct") if c in ac_rows]
 # %%
 chosen = []
 for task, by_task in depths.groupby("task", sort=False):
-    ac = by_task[by_task["method"] == "ac"]
+    ac = by_task[by_task["method"] == "ac-replace"]
     block = int(ac.loc[ac["vs_control"].idxmax(), "block"])
     chosen_on = [item.id for item in load_task(task, n=N_CHOOSE, seed=SEED)]
     chosen.append(

@@ -14,7 +14,7 @@ from commlib.protocols.debate import cipher_debate, nld
 from commlib.protocols.questions import ReasoningConfig, debate_prompt, question_prompt
 from commlib.protocols.reasoning import run_reasoning_method
 from commlib.sweep import until_eos
-from commlib.tasks.reasoning import ReasoningItem
+from commlib.tasks.items import ReasoningItem
 
 ITEM = ReasoningItem(
     "Tom has 3 apples and buys 4 more. How many apples does he have?", "7", id="t", task="gsm8k"

@@ -80,11 +80,11 @@ def test_a_second_run_on_the_directory_sees_the_rows_and_other_settings_are_refu
     run = Run(tmp_path, settings)
     assert run.frame().empty and run.done() == set()
     run.add([{"item_id": items[0].id, "method": "nl", "correct": True}])
-    run.add([{"item_id": items[1].id, "method": "ac", "exact": 1}])
+    run.add([{"item_id": items[1].id, "method": "ac-sum", "exact": 1}])
     again = Run(tmp_path, dict(settings))
     assert again.rows == run.rows and again.rows[0]["correct"] == "True" and again.rows[1]["answer"] == ""
     assert again.done(method="nl") == {items[0].id}
-    assert again.done("item_id", "method") == {(items[0].id, "nl"), (items[1].id, "ac")}
+    assert again.done("item_id", "method") == {(items[0].id, "nl"), (items[1].id, "ac-sum")}
     assert again.pending(items, method="nl") == items[1:]
     assert list(again.frame().columns) == list(ITEM_FIELDS)
     before = (tmp_path / "run.json").read_text()

@@ -61,7 +61,8 @@ def test_a_method_keeps_its_colour_across_figures() -> None:
     }
     assert marker_colour["a, sum"] == pytest.approx(method_colour("ac-sum"))
     assert method_colour("sum") == method_colour("ac-sum") != method_colour("ac-replace")
-    assert method_colour("ac-w-replace") == METHOD_COLOURS["ac-w"]
+    assert method_colour("ac-w-replace") == METHOD_COLOURS["ac-w"] == method_colour("ac-w")  # an old name
+    assert method_colour("ac") == method_colour("ac-replace") == method_colour("ac-replace-unrelated")
     assert method_colour("interlat-trained") == METHOD_COLOURS["interlat"]
     assert method_colour("something-new") == method_colour("something-new")
 
@@ -79,7 +80,7 @@ def test_compute_figure_puts_each_method_at_its_compute_and_accuracy_with_arrows
     table = pd.DataFrame(
         {
             "task": ["gsm8k"] * 4 + ["biographies"] * 2,
-            "method": ["single-a", "single-b", "nld", "ac", "single-b", "ac"],
+            "method": ["single-a", "single-b", "nld", "ac-replace", "single-b", "ac-replace"],
             "flops_vs_one_pass": [3.0, 9.0, 40.0, 11.0, 8.0, 10.0],
             "accuracy": [20.0, 35.0, 50.0, 45.0, 60.0, 65.0],
         }
@@ -95,7 +96,8 @@ def test_compute_figure_puts_each_method_at_its_compute_and_accuracy_with_arrows
         }
         arrows = {(a.xyann, a.xy) for a in ax.texts}
         xy = {m: (r["flops_vs_one_pass"], r["accuracy"]) for m, r in sub.iterrows()}
-        starts, ends = [s for s in ("single-a", "single-b") if s in xy], [e for e in ("nld", "ac") if e in xy]
+        starts = [s for s in ("single-a", "single-b") if s in xy]
+        ends = [e for e in ("nld", "ac-replace") if e in xy]
         expected = {(xy[s], xy[e]) for s in starts for e in ends}
         assert points == xy and arrows == expected and ax.get_xscale() == "log"
     assert len(fig.axes[0].texts) == 4 and len(fig.axes[1].texts) == 1

@@ -157,8 +157,8 @@ def test_reasoning_run_writes_results_resumes_and_counts_compute(tmp_path) -> No
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     methods = result["methods"]
-    assert set(methods) == {"single-b", "nld", "ac"} and all(m["n"] == 3 for m in methods.values())
-    assert methods["ac"]["flops"] > methods["single-b"]["flops"]  # plus A's partial pass
+    assert set(methods) == {"single-b", "nld", "ac-replace"} and all(m["n"] == 3 for m in methods.values())
+    assert methods["ac-replace"]["flops"] > methods["single-b"]["flops"]  # plus A's partial pass
     assert methods["nld"]["flops"] > 2 * methods["single-b"]["flops"]  # two agents, two rounds
     items = pd.read_csv(out / "items.csv")
     assert len(items) == 9 and len(json.loads(items[items["method"] == "nld"]["transcript"].iloc[0])) == 4
@@ -201,7 +201,8 @@ def test_a_run_compares_each_method_with_b_alone_on_the_same_items(tmp_path: Pat
     items = pd.read_csv(out / "items.csv", keep_default_na=False, dtype=str)
     answers = {it.id: it.answer for it in load_task("gsm8k", 4, seed=0)}
     ids = list(answers)
-    right = {("single-b", ids[0]), ("single-b", ids[1]), ("ac", ids[1]), ("ac", ids[2]), ("ac", ids[3])}
+    ac = "ac-replace"  # what --methods ac is stored as
+    right = {("single-b", ids[0]), ("single-b", ids[1]), (ac, ids[1]), (ac, ids[2]), (ac, ids[3])}
     items["output"] = [
         f"The answer is {answers[i]}." if (m, i) in right else "The answer is -1."
         for m, i in zip(items["method"], items["item_id"], strict=True)
@@ -211,15 +212,16 @@ def test_a_run_compares_each_method_with_b_alone_on_the_same_items(tmp_path: Pat
     assert main(args) == 0
     printed = capsys.readouterr().out
     methods = json.loads((out / "results.json").read_text())["methods"]
-    assert (methods["single-b"]["accuracy"], methods["ac"]["accuracy"]) == (0.5, 0.75)
+    assert (methods["single-b"]["accuracy"], methods[ac]["accuracy"]) == (0.5, 0.75)
     assert "vs_b" not in methods["single-b"]
-    ac, alone = methods["ac"]["vs_b"], methods["single-a"]["vs_b"]
-    assert (ac["difference"], ac["better"], ac["worse"], ac["n"]) == (0.25, 2, 1, 4)  # fixes 2, breaks 1
+    paired, alone = methods[ac]["vs_b"], methods["single-a"]["vs_b"]
+    # AC fixes 2 of B's misses and breaks 1 of its hits
+    assert (paired["difference"], paired["better"], paired["worse"], paired["n"]) == (0.25, 2, 1, 4)
     assert (alone["difference"], alone["better"], alone["worse"]) == (-0.5, 0, 2)
-    assert ac["ci_low"] < 0.25 < ac["ci_high"]
+    assert paired["ci_low"] < 0.25 < paired["ci_high"]
     assert "better/worse" in printed and "2/1" in printed and "0/2" in printed
     table = read_reasoning(out).set_index("method")
-    assert table.loc["ac", ["vs_b", "better", "worse"]].tolist() == [0.25, 2, 1]
+    assert table.loc[ac, ["vs_b", "better", "worse"]].tolist() == [0.25, 2, 1]
     assert pd.isna(table.loc["single-b", "vs_b"])
 
 
@@ -365,7 +367,8 @@ def test_a_finished_run_resumes_without_decoding_and_writes_the_same_results(
 
     first = run(2)
     table, read = (out / "items.csv").read_bytes(), read_reasoning(out)
-    assert all(m["n"] == 3 for m in first["methods"].values()) and first["methods"]["ac"]["vs_b"]["n"] == 3
+    assert all(m["n"] == 3 for m in first["methods"].values())
+    assert first["methods"]["ac-replace"]["vs_b"]["n"] == 3
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished item was decoded again")
@@ -1030,11 +1033,11 @@ def test_depth_sweep_grafts_both_models_at_one_relative_depth_resumes_and_pairs_
             )
         )
         assert set(run["k"]) == {k} and set(run["j"]) == {block}
-        assert set(run["method"]) == {"single-a", "single-b", "ac", "ac-unrelated"}
+        assert set(run["method"]) == {"single-a", "single-b", "ac-replace", "ac-replace-unrelated"}
         scores = table[table["block"] == block].set_index("method")["accuracy"]  # as the run scored them
         assert scores.to_dict() == run.set_index("method")["accuracy"].to_dict()
     assert (table[table["method"] == "single-b"]["vs_b"] == 0).all()
-    assert (table[table["method"] == "ac-unrelated"]["vs_control"] == 0).all()
+    assert (table[table["method"] == "ac-replace-unrelated"]["vs_control"] == 0).all()
     assert (table["next_token_kl"] > 0).all()  # A's state, another model's, moves B's next token
 
     def no_decoding(*args: object, **kwargs: object) -> None:

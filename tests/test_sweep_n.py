@@ -188,10 +188,11 @@ def test_bad_input_is_refused_before_any_work(tiny: Model, tiny_wide: Model, tmp
     out = tmp_path / "run"
     kw = {"out_dir": out, "n": 2, "message_tokens": STEPS, "progress": False}
     cases = [
-        (["nl"], [0], {}, "no sweep over n for method 'nl'"),
+        (["nl"], [0], {}, "nl does not run in the sweep over n"),
+        (["telepathy"], [0], {}, "unknown method 'telepathy'"),
         (["cipher"], [0, STEPS + 1], {}, f"n={STEPS + 1} is more than the {STEPS} message steps"),
         (["ac-replace"], [1, 10_000], {"k": 1, "j": 1}, "n=10000 is more than the .* positions"),
-        (["ac-replace"], [1], {}, "--k, --j"),
+        (["ac"], [1], {}, "ac-replace needs the layers: pass k and j"),  # an old name is its method
         (["interlat-trained"], [0], {}, "--adapter"),
         (["cipher"], [-1], {}, "whole number"),
         (["cipher"], ["some"], {}, "whole number"),

@@ -19,6 +19,7 @@ from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import Position
 from commlib.protocols.games import MethodConfig, method_fn
+from commlib.registry import check_methods
 from commlib.results import (
     claim_run_dir,
 )
@@ -321,7 +322,7 @@ def run_latent_distance(
     from commlib.protocols.games import SlotMethod
 
     makers = {}
-    for name in methods:
+    for name in check_methods(methods, "games"):
         fn = method_fn(name)
         if not isinstance(fn, SlotMethod):
             raise CommlibError(f"{name} sends no vectors; use cipher-t<T> or interlat(-norm, -trained)")

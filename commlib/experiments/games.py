@@ -24,6 +24,7 @@ from commlib.combine import LinearMap
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
 from commlib.protocols.games import MethodConfig, MethodOutput, method_fn, run_method
+from commlib.registry import check_layers, check_map, check_methods
 from commlib.results import Run, contains_answer, exact_match, package_versions
 from commlib.tasks.games import GameItem, load_game
 
@@ -56,8 +57,11 @@ def run_games(
         The content written to ``out_dir/results.json``: per method accuracy,
         ci_low, ci_high, exact_match, n, and the full configuration.
     """
+    methods = check_methods(methods, "games")  # canonical names (ac: ac-replace), each once
+    check_map(methods, map)
+    check_layers(methods, k, j)
     for m in methods:
-        method_fn(m)  # an unknown name fails here, before any work
+        method_fn(m)  # an unknown name, or an adapter's method not bound, fails here, before any work
     items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     map_info = asdict(map.info) if map is not None else None

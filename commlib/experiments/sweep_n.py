@@ -149,6 +149,7 @@ def run_n_sweep(
 
     from commlib.distance import Manifold, input_reference
     from commlib.protocols.series import ALL, adapter_identity, parse_ns, series_for
+    from commlib.registry import check_methods
 
     if reference not in REFERENCES:
         raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
@@ -161,7 +162,8 @@ def run_n_sweep(
         message_tokens=message_tokens,
         backend=backend,
     )
-    series = {m: series_for(m, sender, receiver, cfg, adapter=adapter) for m in dict.fromkeys(methods)}
+    names = check_methods(methods, "sweep-n")  # canonical names (ac: ac-replace), each once
+    series = {m: series_for(m, sender, receiver, cfg, adapter=adapter) for m in names}
     items = load_game(game, n=n, seed=seed)
     for s in series.values():
         s.check(items, [v for _, v in labels if v is not None])

@@ -16,7 +16,7 @@
 
 Example:
     >>> from commlib.models import load_model
-    >>> from commlib.tasks.reasoning import ReasoningItem
+    >>> from commlib.tasks.items import ReasoningItem
     >>> m = load_model("tiny-llama-random")
     >>> item = ReasoningItem("What is 2 + 2?", "4")
     >>> turns = debate(item, m, m, ReasoningConfig(max_new_tokens=3), rounds=2)
@@ -26,10 +26,9 @@ Example:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -47,7 +46,9 @@ from commlib.protocols.questions import (
     debate_prompt,
     question_prompt,
 )
-from commlib.tasks.reasoning import ReasoningItem, extract_answer
+from commlib.registry import METHODS, register
+from commlib.tasks.items import ReasoningItem
+from commlib.tasks.reasoning import extract_answer
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,32 @@ def nld(
     return debate_output(item, debate(item, sender, receiver, cfg, cfg.rounds), cfg.rounds)
 
 
-_ROUNDS = re.compile(r"nld-r([1-9]\d*)")
+def _nld_rounds(rounds: str | None) -> Callable[..., ReasoningOutput]:
+    """``nld`` (``rounds`` None: ``cfg.rounds``) or ``nld-r<N>`` (N rounds), as the registry's factory."""
+    if rounds is None:
+        return nld
+    return lambda item, sender, receiver, cfg, map=None: nld(
+        item, sender, receiver, replace(cfg, rounds=int(rounds))
+    )
+
+
+register("reasoning", "nld")(_nld_rounds)
 
 
 def debate_rounds(name: str, cfg: ReasoningConfig) -> int | None:
-    """The rounds of a debate method (``nld``: ``cfg.rounds``; ``nld-r3``: 3), ``None`` for the others."""
-    if name == "nld":
-        return cfg.rounds
-    match = _ROUNDS.fullmatch(name)
-    return int(match.group(1)) if match else None
+    """The rounds of a debate method (``nld``: ``cfg.rounds``; ``nld-r3``: 3), ``None`` for the others.
+
+    Example:
+        >>> debate_rounds("nld-r3", ReasoningConfig()), debate_rounds("nld", ReasoningConfig(rounds=4))
+        (3, 4)
+        >>> debate_rounds("ac", ReasoningConfig()) is None
+        True
+    """
+    nld_ = METHODS["nld"]
+    if not nld_.matches(name):
+        return None
+    rounds = nld_.parameter(name)
+    return cfg.rounds if rounds is None else int(rounds)
 
 
 DEBATE_TEMPERATURES = (1.75, 0.15)
@@ -179,6 +197,9 @@ def cipher_debate(temperatures: tuple[float, float] = DEBATE_TEMPERATURES) -> Ca
         return debate_output(item, turns, cfg.rounds)
 
     return method
+
+
+register("reasoning", "cipher-debate")(cipher_debate())
 
 
 def _stripped(model: Model, ids: Sequence[int]) -> slice:

