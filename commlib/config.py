@@ -111,16 +111,13 @@ def option(
             (``--sample`` for ``do_sample``; ``--no-reply`` for ``reply``, which it clears).
         parse: Turns the flag's text into the field's value (e.g. :func:`comma_list`).
         metavar: The value's name in the help.
-        flags: For a nested dataclass field: per inner field, argparse settings
-            that differ in this command (``{"n": {"default": 100}}``).
+        flags: For a nested dataclass field: per inner field, the argparse settings
+            that differ in this command (``{"n": {"default": 100}}``), or
+            ``{"skip": True}`` for no flag (the field keeps its default).
     """
-    metadata = {"help": help, "choices": choices, "flag": flag, "parse": parse, "metavar": metavar}
-    metadata["flags"] = dict(flags or {})
+    metadata: dict[str, Any] = {"help": help, "choices": choices, "flag": flag, "parse": parse}
+    metadata |= {"metavar": metavar, "flags": dict(flags or {})}
     return field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
-
-
-def _game(default: Any = MISSING, help: str = GAME_HELP) -> Any:
-    return option(default, help=help)
 
 
 # ---- the library's settings ------------------------------------------------------
@@ -290,12 +287,12 @@ class GamesRun:
 
     pair: ModelPair = option(help=_PAIR)
     run: RunSpec = option(help=_RUN)
-    game: str = _game()
+    game: str = option(help=GAME_HELP)
     methods: tuple[str, ...] = option(
         ("silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"),
         parse=comma_list,
-        help="games methods, comma-separated: silent (B alone), skyline, nl, ac-sum, ac-mean, ac-replace, "
-        "ac-w-* (with --map), cipher, cipher-t<T>, interlat, interlat-norm",
+        help="comma-separated: silent (B alone), skyline, nl, ac-sum, ac-mean, ac-replace, ac-w-* (with "
+        "--map), cipher, cipher-t<T>, interlat, interlat-norm",
     )
     k: int | None = option(help="A's block for the ac-* methods")
     j: int | None = option(help="B's block for the ac-* methods")
@@ -314,7 +311,7 @@ class LatentRun:
         help=_PAIR, flags={"receiver": {"help": "model B, which answers: must share the sender's tokenizer"}}
     )
     run: RunSpec = option(help=_RUN)
-    game: str = _game()
+    game: str = option(help=GAME_HELP)
     method: str = option("cipher", choices=LATENT_METHODS, help="the latent channel")
     adapter: str | None = option(
         None, metavar="DIR", help="interlat-trained / -compressed: the directory train-adapter wrote"
@@ -323,7 +320,7 @@ class LatentRun:
         (1.0,), flag="--temperature", parse=float_list, help="cipher: comma-separated, one cipher-t<T> each"
     )
     baselines: tuple[str, ...] = option(
-        ("silent", "nl"), parse=comma_list, help="games methods run alongside ('' for none)"
+        ("silent", "nl"), parse=comma_list, help="games methods run alongside, comma-separated ('' for none)"
     )
     batch_size: int = option(8, help="items decoded together")
     max_new_tokens: int = option(24, help="most tokens B answers with (greedy)")
@@ -343,7 +340,7 @@ class TrainAdapterRun:
             "out": {"help": "directory of the adapter (or compressor); the same directory resumes"},
         },
     )
-    game: str | None = _game(None, help=f"{GAME_HELP}; not with --compress")
+    game: str | None = option(None, help=f"{GAME_HELP}; not with --compress")
     n_train: int = option(100, help="training items (Countries has 112 landmarks)")
     steps: int = option(300, help="optimiser steps")
     lr: float = option(1e-3, help="learning rate")
@@ -367,8 +364,8 @@ class ReasoningRun:
         help="comma-separated: single-a, single-b, nld, nld-r<N>, cipher-debate, ac, ac-w, ac-unrelated, "
         "ac-cot",
     )
-    k: int | None = option(None, help="A's block for ac")
-    j: int | None = option(None, help="B's block for ac")
+    k: int | None = option(None, help="A's block for the ac-* methods")
+    j: int | None = option(None, help="B's block for the ac-* methods")
     layers_from: str | None = option(
         None, help="model --k/--j were chosen on (e.g. its games sweep): map them by relative depth"
     )
@@ -386,7 +383,7 @@ class ReasoningRun:
     batch_size: int = option(
         1, help="items decoded together by single-a, single-b, ac, ac-w, ac-unrelated (same greedy answers)"
     )
-    map: str | None = option(None, metavar="DIR", help="learned W for ac-w (from fit-map)")
+    map: str | None = option(None, metavar="DIR", help="learned W for ac-w-replace (from fit-map)")
     source: str = option("offline", choices=SOURCES, help="read the task from the offline cache or the hub")
 
 
@@ -396,7 +393,7 @@ class SweepRun:
 
     pair: ModelPair = option(help=_PAIR)
     run: RunSpec = option(help=_RUN)
-    game: str = _game()
+    game: str = option(help=GAME_HELP)
     f: str = option("replace", choices=COMBINE_NAMES, help="how A's state a meets B's b")
     k_range: str | None = option(
         None, help="A's blocks: a:b (inclusive), a:b:step or a,b,c, e.g. 0:29:2 (default: all)"
@@ -414,7 +411,7 @@ class DistanceRun:
     pair: ModelPair = option(help=_PAIR)
     run: RunSpec = option(help=_RUN, flags={"out": {"help": "run directory (distances.csv); resumes"}})
     reference: Reference = option(help="reference")
-    game: str = _game()
+    game: str = option(help=GAME_HELP)
     k: int = option(help="A's block")
     j: int = option(help="B's block")
     methods: tuple[str, ...] = option(
@@ -449,7 +446,7 @@ class SweepNRun:
             }
         },
     )
-    game: str = _game()
+    game: str = option(help=GAME_HELP)
     methods: tuple[str, ...] = option(
         ("ac-replace", "cipher", "interlat-norm"),
         parse=comma_list,

@@ -1,14 +1,18 @@
-"""The command-line contract: JSON fields, one-line errors, non-zero exits."""
+"""The command-line contract: JSON fields, one-line errors, non-zero exits, help on every flag."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from commlib.cli import main
+import commlib.cli
+from commlib import config
+from commlib.cli import build_parser, main
+from commlib.cli.base import from_args
 
 
 def graft_args(*extra: str, model: str = "tiny-llama-random") -> list[str]:
@@ -83,7 +87,12 @@ def test_python_m_commlib_exits_nonzero_without_traceback() -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert "prompt 0 is empty" in proc.stderr
+    assert "the receiver's prompt 0 is empty" in proc.stderr
+
+
+def test_an_empty_sender_prompt_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*graft_args("--k", "1", "--j", "1", "--f", "sum"), "--sender-prompt", " "]) == 2
+    assert "the sender's prompt 0 is empty" in capsys.readouterr().err
 
 
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,3 +184,100 @@ def test_fit_map_refuses_a_corpus_with_a_task(tmp_path, capsys: pytest.CaptureFi
     assert main(["fit-map", *args, "--task", "gsm8k", "--corpus", "c4", "--out", f"{tmp_path / 'w'}"]) == 2
     assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def game_args(game: str, out: str) -> list[str]:
+    pair = ["--sender", "tiny-llama-random", "--receiver", "tiny-llama-random"]
+    return ["games", "--game", game, *pair, "--k", "1", "--j", "1", "--n", "2", "--out", out]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no game file"), ("{not json\n", "is not JSONL"), ("\n", "has no items")],
+)
+def test_a_bad_game_file_is_one_line_and_exit_2(
+    tmp_path, content: str | None, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    game = tmp_path / "game.jsonl"
+    if content is not None:
+        game.write_text(content)
+    assert main(game_args(str(game), str(tmp_path / "run"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("commlib: error:") and "\n" not in err
+    assert message in err and str(game) in err
+    assert not (tmp_path / "run").exists()  # refused before any run directory
+
+
+def test_a_missing_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["games", "--game", "countries"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "required" in err and "--sender" in err and "commlib games --help" in err
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_flag_has_help_and_every_command_an_example() -> None:
+    commands = subparsers()
+    assert len(commands) == 12
+    for name, parser in commands.items():
+        for action in parser._actions:
+            assert action.help and action.help.strip(), f"commlib {name} {action.dest} has no help"
+        assert f"commlib {name}" in (parser.epilog or ""), f"commlib {name} --help ends without an example"
+        assert parser.format_help().rstrip().splitlines()[-1].lstrip().startswith(f"$ commlib {name}")
+        assert f"``{name}``" in (commlib.cli.__doc__ or ""), f"the docstring of commlib.cli misses {name}"
+
+
+def test_help_imports_no_torch() -> None:
+    code = (
+        "import sys, commlib.cli; commlib.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    proc = subprocess.run(
+        [sys.executable, "-m", "commlib", "games", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "--max-new-tokens" in proc.stdout
+
+
+def test_flags_become_the_run_config() -> None:
+    args = graft_args("--k", "1", "--j", "2", "--f", "mean", "--sample", "--position", "content")
+    cfg = from_args(config.GraftRun, build_parser().parse_args(args))
+    assert cfg.pair == config.ModelPair("tiny-llama-random", "tiny-llama-random")
+    assert cfg.graft == config.GraftConfig(k=1, j=2, f="mean", position="content")
+    assert cfg.decoding == config.Decoding(max_new_tokens=4, do_sample=True)
+    games = from_args(
+        config.GamesRun, build_parser().parse_args([*game_args("countries", "o"), "--no-reply"])
+    )
+    assert games.methods == config.GamesRun.__dataclass_fields__["methods"].default
+    assert (games.reply, games.run) == (False, config.RunSpec(n=2, seed=0, out="o"))
+    reasoning = ["reasoning", "--task", "gsm8k", "--sender", "a", "--receiver", "b", "--out", "o"]
+    cfg_r = from_args(config.ReasoningRun, build_parser().parse_args([*reasoning, "--methods", "ac, nld,"]))
+    assert cfg_r.methods == ("ac", "nld") and cfg_r.run.n == 100  # this command's own default n
+
+
+def test_the_torch_free_choice_lists_match_the_library() -> None:
+    from commlib.backends import BACKENDS
+    from commlib.combine import COMBINE_FNS
+    from commlib.corpora import CORPORA
+    from commlib.experiments import CONTROLS, REFERENCES
+    from commlib.tasks.biographies import DEFAULT_JUDGE
+
+    assert tuple(BACKENDS) == config.BACKEND_NAMES
+    assert tuple(COMBINE_FNS)[: len(config.COMBINE_NAMES)] == config.COMBINE_NAMES
+    assert (config.CONTROLS, config.REFERENCES, config.CORPORA) == (CONTROLS, REFERENCES, CORPORA)
+    assert config.DEFAULT_JUDGE == DEFAULT_JUDGE
+
+
+def test_demo_shows_each_method_against_the_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--model", "tiny-llama-random"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "right answer: France" in lines
+    for label in ("B alone", "skyline", "NL", "AC"):
+        (row,) = [line for line in lines if line[2:].startswith(f"{label} ")]
+        assert row[0] in "✓✗"
+    assert lines[-1].startswith(("got France: ", "none got France"))
