@@ -285,3 +285,50 @@ def test_task_reference_puts_a_state_of_b_on_a_prompt_on_its_manifold(tmp_path, 
     for metric in ("mahalanobis_pct", "knn_euclidean_pct"):
         assert df.loc["a", metric].median() < 90, metric
         assert df.loc["random", metric].median() > 95, metric
+
+
+def test_a_distance_run_cut_short_resumes_to_the_table_of_one_uninterrupted_run(
+    tiny: Model, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from commlib.experiments import distance as distance_mod
+    from commlib.experiments import run_distance
+
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    kw = {
+        "k": 2,
+        "j": 2,
+        "fs": ("sum",),
+        "controls": ("random",),
+        "n": 3,
+        "n_reference": 120,
+        "progress": False,
+    }
+    real, calls = distance_mod.ReceiverItem, {"n": 0}
+
+    def crash_on_second_item(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distance_mod, "ReceiverItem", crash_on_second_item)
+    with pytest.raises(RuntimeError):
+        run_distance("countries", tiny, tiny, out_dir=tmp_path / "cut", **kw)
+    assert len(pd.read_csv(tmp_path / "cut" / "distances.csv")) == 2  # the first item's two sources
+    monkeypatch.setattr(distance_mod, "ReceiverItem", real)
+    resumed = run_distance("countries", tiny, tiny, out_dir=tmp_path / "cut", **kw)
+    whole = run_distance("countries", tiny, tiny, out_dir=tmp_path / "whole", **kw)
+    assert len(whole) == 3 * 2 and list(resumed.columns) == list(whole.columns)
+    pd.testing.assert_frame_equal(
+        resumed, whole, rtol=1e-4
+    )  # the first rows used the manifold before caching
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished item was scored again")
+
+    monkeypatch.setattr(distance_mod, "ReceiverItem", refuse)
+    pd.testing.assert_frame_equal(
+        run_distance("countries", tiny, tiny, out_dir=tmp_path / "whole", **kw), whole
+    )

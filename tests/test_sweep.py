@@ -145,3 +145,24 @@ def test_silent_baseline_equals_an_identity_graft(tiny: Model) -> None:
     # (the reply is on B's side only, so "content" is the position both prompts share)
     cells = sweep_item(tiny, tiny, same, ks=[1], js=[1], f="mean", max_new_tokens=0, position="content")
     assert cells[0]["answer_logprob"] == pytest.approx(cells[0]["silent_logprob"], abs=1e-5)
+
+
+def test_a_resumed_sweep_sweeps_nothing_again_and_reads_the_same_table(
+    tiny: Model, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from commlib.errors import CommlibError
+    from commlib.experiments import run_sweep
+
+    kw = {"out_dir": tmp_path, "ks": [0, 2], "js": [1], "n": 2, "max_new_tokens": 2, "progress": False}
+    first = run_sweep("countries", tiny, tiny, **kw)
+    assert len(first) == 2 * 2 and first["item_id"].nunique() == 2
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished item was swept again")
+
+    monkeypatch.setattr("commlib.experiments.layers.sweep_item", refuse)
+    pd.testing.assert_frame_equal(run_sweep("countries", tiny, tiny, **kw), first)
+    with pytest.raises(CommlibError, match="other settings"):
+        run_sweep("countries", tiny, tiny, **{**kw, "f": "sum"})

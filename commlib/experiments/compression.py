@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    pass
-
+from commlib.channels.interlat import load_adapter, load_compressor, train_compressor
 from commlib.errors import CommlibError
 from commlib.experiments.distance import run_latent_distance
 from commlib.experiments.games import run_games
-from commlib.experiments.sweep_n import _correct_by_item
 from commlib.models import Model
-from commlib.results import (
-    paired_difference,
-)
+from commlib.protocols.games import interlat_compressed, interlat_trained, register_method
+from commlib.results import correct_by_item, paired_difference
+
+WHOLE = "interlat-trained"
+"""The method that reads the whole adapted trajectory, which each K is compared with."""
 
 
 def run_compression(
@@ -62,16 +60,12 @@ def run_compression(
     Raises:
         CommlibError: K < 1, or no adapter in ``adapter_dir``.
     """
-    from commlib.channels.interlat import load_adapter, load_compressor, train_compressor
-    from commlib.protocols.games import interlat_compressed, interlat_trained, register_method
-
     if not ks or min(ks) < 1:
         raise CommlibError(f"compress to at least one vector: got K = {list(ks)}")
     _, base = load_adapter(adapter_dir)
     out = Path(out_dir)
-    full = "interlat-trained"
-    register_method(full, interlat_trained(str(adapter_dir)))
-    names: dict[int | None, str] = {None: full}
+    register_method(WHOLE, interlat_trained(str(adapter_dir)))
+    names: dict[int | None, str] = {None: WHOLE}
     losses: dict[int | None, tuple[float, ...]] = {None: ()}  # the whole trajectory trains no compressor
     for size in ks:
         where = out / f"compressor_k{size}"
@@ -116,12 +110,11 @@ def run_compression(
         progress=progress,
     )
     rows = pd.read_csv(out / "eval" / "items.csv", dtype={"item_id": str})
-    whole = _correct_by_item(rows[rows["method"] == full])
+    correct = {name: correct_by_item(rows[rows["method"] == name]) for name in methods}
     table = []
     for k, name in names.items():
-        gain, lo, hi = paired_difference(_correct_by_item(rows[rows["method"] == name]), whole, seed=seed)
+        gain, lo, hi = paired_difference(correct[name], correct[WHOLE], seed=seed)
         dist = distances[distances["method"] == name]
-        trained = losses[k]
         table.append(
             {
                 "method": name,
@@ -132,8 +125,20 @@ def run_compression(
                 "gain_ci_high": hi,
                 "median_mahalanobis_pct": float(dist["mahalanobis_pct"].median()),
                 "median_norm_ratio": float(dist["norm_ratio"].median()),
-                "loss_first": float(np.mean(trained[:30])) if trained else float("nan"),
-                "loss_last": float(np.mean(trained[-30:])) if trained else float("nan"),
+                **_loss_ends(losses[k]),
             }
         )
     return pd.DataFrame(table)
+
+
+def _loss_ends(losses: Sequence[float]) -> dict[str, float]:
+    """A compressor's training loss at its start and end: the mean of its first and last 30 steps.
+
+    Example:
+        >>> _loss_ends([3.0] * 30 + [1.0] * 30), _loss_ends([])["loss_first"]
+        ({'loss_first': 3.0, 'loss_last': 1.0}, nan)
+    """
+    return {
+        "loss_first": float(np.mean(losses[:30])) if losses else float("nan"),
+        "loss_last": float(np.mean(losses[-30:])) if losses else float("nan"),
+    }

@@ -5,24 +5,34 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from commlib.distance import Manifold
-
-from commlib.combine import LinearMap
+from commlib.backends import get_backend
+from commlib.combine import LinearMap, combine
+from commlib.distance import (
+    TASK_CORPUS,
+    Manifold,
+    covariance_matched,
+    input_reference,
+    manifold_for,
+    next_token_kl,
+    random_directions,
+    reference_activations,
+)
 from commlib.errors import CommlibError
+from commlib.graft import capture_span
 from commlib.models import Model
 from commlib.prompts import Position
-from commlib.protocols.games import MethodConfig, method_fn
+from commlib.protocols.games import MethodConfig, SlotMethod, method_fn
 from commlib.registry import check_methods
-from commlib.results import (
-    claim_run_dir,
-)
+from commlib.results import Run
+from commlib.sweep import ReceiverItem
 from commlib.tasks.games import GameItem, load_game
 
 CONTROLS = ("random", "gaussian", "unrelated")
@@ -56,10 +66,6 @@ def _control_sources(
     A's reference is captured only for ``gaussian``; ``unrelated`` takes the
     states of the previous item (all n positions).
     """
-    import torch
-
-    from commlib.distance import covariance_matched, random_directions, reference_activations
-
     g = torch.Generator().manual_seed(seed)
     rows = a.reshape(-1, a.shape[-1])
     norms = rows.norm(dim=-1, keepdim=True)
@@ -77,12 +83,10 @@ def _control_sources(
 
 def _reference_corpus(game: str, reference: str, corpus: str) -> str:
     """The corpus name of :func:`run_distance`'s ``reference``: the game's prompts for ``task``."""
-    from commlib.distance import TASK_CORPUS
-
     return f"{TASK_CORPUS}{game}" if reference == "task" else corpus
 
 
-def _layer_manifold(
+def layer_manifold(
     receiver: Model,
     j: int,
     items: Sequence[GameItem],
@@ -96,8 +100,6 @@ def _layer_manifold(
     corpus: str = "lambada",
 ) -> Manifold:
     """B's manifold after block ``j`` for :func:`run_distance`'s ``reference`` (cached on disk)."""
-    from commlib.distance import manifold_for
-
     ref_corpus = _reference_corpus(game, reference, corpus)
     reply = items[0].reply if reference == "prompt" else ""
     return manifold_for(
@@ -173,53 +175,33 @@ def run_distance(
     Returns:
         The tidy table.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from commlib.backends import get_backend
-    from commlib.combine import combine
-    from commlib.distance import next_token_kl
-    from commlib.graft import capture_span
-    from commlib.sweep import ReceiverItem
-
-    if reference not in REFERENCES:
-        raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
+    check_reference(reference)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise CommlibError(f"unknown control(s) {', '.join(unknown)}; use {', '.join(CONTROLS)}")
     items = load_game(game, n=n, seed=seed)
-    out = Path(out_dir)
-    claim_run_dir(
-        out,
-        {
-            "game": game,
-            "sender": sender.name,
-            "receiver": receiver.name,
-            "k": k,
-            "j": j,
-            "fs": list(fs),
-            "alphas": list(alphas),
-            "match_norm": list(match_norm),
-            "controls": list(controls),
-            "n_positions": list(n_positions),
-            "n": len(items),
-            "seed": seed,
-            "position": position,
-            "map": asdict(map.info) if map is not None else None,
-            "corpus": corpus,
-            "n_reference": n_reference,
-            "reference": reference,
-            "backend": backend,
-        },
-    )
-    path = out / "distances.csv"
-    done: set[tuple[str, int]] = set()
-    if path.exists():
-        finished = pd.read_csv(path)
-        done = set(zip(finished["item_id"].astype(str), finished["n_positions"].astype(int), strict=True))
-    formatted = reference != "corpus"
-    ref_corpus = _reference_corpus(game, reference, corpus)
-    manifold = _layer_manifold(
+    settings = {
+        "game": game,
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "k": k,
+        "j": j,
+        "fs": list(fs),
+        "alphas": list(alphas),
+        "match_norm": list(match_norm),
+        "controls": list(controls),
+        "n_positions": list(n_positions),
+        "n": len(items),
+        "seed": seed,
+        "position": position,
+        "map": asdict(map.info) if map is not None else None,
+        "corpus": corpus,
+        "n_reference": n_reference,
+        "reference": reference,
+        "backend": backend,
+    }
+    run = Run(out_dir, settings, fields=None, table="distances.csv")  # columns: the manifold's metrics
+    manifold = layer_manifold(
         receiver,
         j,
         items,
@@ -231,14 +213,14 @@ def run_distance(
         backend=backend,
         corpus=corpus,
     )
-    sb, rb = get_backend(sender, backend), get_backend(receiver, backend)
-    s_prompts = [it.sender for it in items]
-    r_prompts, replies = [it.receiver for it in items], [it.reply for it in items]
+    grafts = [
+        {"f": f, "alpha": alpha, "match_norm": norm} for f in fs for alpha in alphas for norm in match_norm
+    ]
     for n_pos in n_positions:
-        if all((it.id, n_pos) in done for it in items):
+        finished = run.done(n_positions=n_pos)
+        if all(it.id in finished for it in items):
             continue
-        a = capture_span(sb, s_prompts, k, position, n_pos).float().cpu()  # [items, n, d_A]
-        b = capture_span(rb, r_prompts, j, position, n_pos, replies=replies).float().cpu()
+        a, b = _capture(sender, receiver, items, k, j, position=position, n_positions=n_pos, backend=backend)
         sources = _control_sources(
             a,
             sender,
@@ -247,46 +229,108 @@ def run_distance(
             n_reference=n_reference,
             seed=seed,
             backend=backend,
-            corpus=ref_corpus,
-            formatted=formatted,
+            corpus=_reference_corpus(game, reference, corpus),
+            formatted=reference != "corpus",
             position=position,
         )
-        configs, states, tables = [], [], []
-        item_of_row = np.repeat(np.arange(len(items)), n_pos)
-        for source in ("a", *controls):
-            for f in fs:
-                for alpha in alphas:
-                    for norm in match_norm:
-                        x = combine(sources[source], b, f, map=map, alpha=alpha, match_norm=norm)
-                        configs.append({"source": source, "f": f, "alpha": alpha, "match_norm": norm})
-                        states.append(x)
-                        flat = manifold.table(x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1]))
-                        tables.append(flat.groupby(item_of_row).mean())  # vectorised; mean over positions
-        x_all = torch.stack(states, dim=1)  # [items, configs, n, d_B]
+        configs = [{"source": source, **graft} for source in ("a", *controls) for graft in grafts]
+        states, tables = _grafted_states(sources, b, configs, manifold, map)
         for i, item in enumerate(tqdm(items, desc=f"distance n={n_pos}", disable=not progress)):
-            if (item.id, n_pos) in done:
+            if item.id in finished:
                 continue
             rx = ReceiverItem(receiver, item, position=position, n_positions=n_pos, backend=backend)
-            scores = rx.score(j, _writes(x_all[i]), len(configs))
-            kl = next_token_kl(rx.silent_next_logits.expand_as(scores.next_logits), scores.next_logits)
-            rows = [
-                {
-                    "item_id": item.id,
-                    "n_positions": n_pos,
-                    **cfg,
-                    **tables[c].iloc[i].to_dict(),
-                    "next_token_kl": float(kl[c]),
-                    "answer_logprob": float(scores.answer_logprob[c]),
-                    "greedy_answer": bool(scores.greedy_answer[c]),
-                    "silent_logprob": rx.silent_logprob,
-                    "silent_greedy_answer": rx.silent_greedy_answer,
-                    "logprob_gain": float(scores.answer_logprob[c]) - rx.silent_logprob,
-                }
+            scores = _receiver_scores(rx, j, states[i], len(configs))
+            run.add(
+                {"item_id": item.id, "n_positions": n_pos, **cfg, **tables[c].iloc[i].to_dict(), **scores[c]}
                 for c, cfg in enumerate(configs)
-            ]
-            frame = pd.DataFrame(rows)
-            frame.to_csv(path, mode="a", header=not path.exists(), index=False)
-    return pd.read_csv(path)
+            )
+    return run.frame()
+
+
+def check_reference(reference: str) -> None:
+    """Refuse a distance reference that is not one of :data:`REFERENCES`.
+
+    Raises:
+        CommlibError: an unknown reference.
+
+    Example:
+        >>> check_reference("nearby")
+        Traceback (most recent call last):
+        ...
+        commlib.errors.CommlibError: unknown reference 'nearby'; use corpus, prompt, task
+    """
+    if reference not in REFERENCES:
+        raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
+
+
+def _capture(
+    sender: Model,
+    receiver: Model,
+    items: Sequence[GameItem],
+    k: int,
+    j: int,
+    *,
+    position: Position,
+    n_positions: int,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """A's states after block ``k`` and B's after block ``j`` at the message span, ``[items, n, d]`` each."""
+    a = capture_span(get_backend(sender, backend), [it.sender for it in items], k, position, n_positions)
+    b = capture_span(
+        get_backend(receiver, backend),
+        [it.receiver for it in items],
+        j,
+        position,
+        n_positions,
+        replies=[it.reply for it in items],
+    )
+    return a.float().cpu(), b.float().cpu()
+
+
+def _grafted_states(
+    sources: dict[str, Tensor],
+    b: Tensor,
+    configs: Sequence[dict[str, Any]],
+    manifold: Manifold,
+    map: LinearMap | None,
+) -> tuple[Tensor, list[pd.DataFrame]]:
+    """What the graft writes per configuration, ``[items, configs, n, d_B]``, and its distances.
+
+    One table per configuration, a row per item: each distance the mean over
+    the item's n positions (vectorised over items).
+    """
+    states, tables = [], []
+    item_of_row = np.repeat(np.arange(b.shape[0]), b.shape[1])
+    for cfg in configs:
+        x = combine(
+            sources[cfg["source"]], b, cfg["f"], map=map, alpha=cfg["alpha"], match_norm=cfg["match_norm"]
+        )
+        states.append(x)
+        flat = manifold.table(x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1]))
+        tables.append(flat.groupby(item_of_row).mean())
+    return torch.stack(states, dim=1), tables
+
+
+def _receiver_scores(rx: ReceiverItem, j: int, states: Tensor, rows: int) -> list[dict[str, Any]]:
+    """B's answer with each of ``states`` (``[configs, n, d_B]``) written at block ``j``, next to B alone.
+
+    One batched receiver pass: per configuration the KL divergence it causes in
+    B's next-token distribution, the answer's log-prob, the greedy-answer flag,
+    B alone's, and the log-prob gain.
+    """
+    scores = rx.score(j, _writes(states), rows)
+    kl = next_token_kl(rx.silent_next_logits.expand_as(scores.next_logits), scores.next_logits)
+    return [
+        {
+            "next_token_kl": float(kl[c]),
+            "answer_logprob": float(scores.answer_logprob[c]),
+            "greedy_answer": bool(scores.greedy_answer[c]),
+            "silent_logprob": rx.silent_logprob,
+            "silent_greedy_answer": rx.silent_greedy_answer,
+            "logprob_gain": float(scores.answer_logprob[c]) - rx.silent_logprob,
+        }
+        for c in range(rows)
+    ]
 
 
 def run_latent_distance(
@@ -316,11 +360,6 @@ def run_latent_distance(
     Raises:
         CommlibError: a method that sends no vectors (use the latent ones).
     """
-    from tqdm.auto import tqdm
-
-    from commlib.distance import Manifold, input_reference
-    from commlib.protocols.games import SlotMethod
-
     makers = {}
     for name in check_methods(methods, "games"):
         fn = method_fn(name)
@@ -328,30 +367,23 @@ def run_latent_distance(
             raise CommlibError(f"{name} sends no vectors; use cipher-t<T> or interlat(-norm, -trained)")
         makers[name] = fn.make
     items = load_game(game, n=n, seed=seed)
-    out = Path(out_dir)
-    claim_run_dir(
-        out,
-        {
-            "game": game,
-            "sender": sender.name,
-            "receiver": receiver.name,
-            "n": len(items),
-            "seed": seed,
-            "n_reference": n_reference,
-            "message_tokens": message_tokens,
-        },
-    )
-    path = out / "latent_distances.csv"
-    done: set[tuple[str, str]] = set()
-    if path.exists():
-        finished = pd.read_csv(path)
-        done = set(zip(finished["item_id"].astype(str), finished["method"], strict=True))
+    settings = {
+        "game": game,
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "n": len(items),
+        "seed": seed,
+        "n_reference": n_reference,
+        "message_tokens": message_tokens,
+    }
+    run = Run(out_dir, settings, fields=None, table="latent_distances.csv")  # columns: the manifold's metrics
+    finished = run.done("item_id", "method")
     manifold = Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
     cfg = MethodConfig(k=None, j=None, message_tokens=message_tokens)
     for item in tqdm(items, desc="latent distance", disable=not progress):
         rows = []
         for name, make in makers.items():
-            if (item.id, name) in done:
+            if (item.id, name) in finished:
                 continue
             vectors, text = make(item, sender, receiver, cfg)
             if len(vectors) == 0:
@@ -366,6 +398,5 @@ def run_latent_distance(
                     "message": text,
                 }
             )
-        if rows:
-            pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
-    return pd.read_csv(path)
+        run.add(rows)
+    return run.frame()

@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    pass
-
-from commlib.errors import CommlibError
-from commlib.experiments.distance import REFERENCES, _layer_manifold
+from commlib.distance import Manifold, input_reference
+from commlib.experiments.distance import check_reference, layer_manifold
+from commlib.experiments.games import example_prompts
 from commlib.models import Model
-from commlib.prompts import Position, format_prompt
+from commlib.prompts import Position
 from commlib.protocols.games import MethodConfig
+from commlib.protocols.series import ALL, Point, Series, adapter_identity, parse_ns, series_for
+from commlib.registry import check_methods
 from commlib.results import (
-    append_rows,
+    Run,
     bootstrap_ci,
-    claim_run_dir,
     contains_answer,
+    correct_by_item,
     exact_match,
     package_versions,
     paired_difference,
-    write_json,
 )
-from commlib.tasks.games import load_game
+from commlib.tasks.games import GameItem, load_game
 
 N_SWEEP_DISTANCES = (
     "norm_ratio",
@@ -142,17 +145,7 @@ def run_n_sweep(
             (before any work), a pair a method refuses, or ``out_dir`` holding
             a run with other settings.
     """
-    import time as _time
-
-    import torch
-    from tqdm.auto import tqdm
-
-    from commlib.distance import Manifold, input_reference
-    from commlib.protocols.series import ALL, adapter_identity, parse_ns, series_for
-    from commlib.registry import check_methods
-
-    if reference not in REFERENCES:
-        raise CommlibError(f"unknown reference {reference!r}; use {', '.join(REFERENCES)}")
+    check_reference(reference)
     labels = parse_ns(ns)
     cfg = MethodConfig(
         k=k,
@@ -168,173 +161,193 @@ def run_n_sweep(
     for s in series.values():
         s.check(items, [v for _, v in labels if v is not None])
     identity = adapter_identity(adapter) if adapter is not None else None
-    out = Path(out_dir)
-    claim_run_dir(
-        out,
-        {
-            "game": game,
-            "seed": seed,
-            "n": len(items),
-            "sender": sender.name,
-            "receiver": receiver.name,
-            **asdict(cfg),
-            "n_reference": n_reference,
-            "reference": reference,
-            "adapter": identity,
-        },
-    )
-    path = out / "items.csv"
-    done: set[tuple[str, str, str]] = set()
-    if path.exists():
-        finished = pd.read_csv(path, dtype={"item_id": str, "n": str})
-        done = set(zip(finished["item_id"], finished["method"], finished["n"], strict=True))
-    manifolds: dict[str, Any] = {}
-
-    def manifold(kind: str) -> Any:  # fitted on first use only: a finished run needs neither
-        if kind == "layer" and kind not in manifolds:
-            assert j is not None  # the AC series refuse a run without j
-            manifolds[kind] = _layer_manifold(
-                receiver,
-                j,
-                items,
-                game,
-                reference,
-                n_reference=n_reference,
-                seed=seed,
-                position=position,
-                backend=backend,
-            )
-        elif kind not in manifolds:
-            manifolds[kind] = Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
-        return manifolds[kind]
-
-    started = _time.perf_counter()
+    settings = {
+        "game": game,
+        "seed": seed,
+        "n": len(items),
+        "sender": sender.name,
+        "receiver": receiver.name,
+        **asdict(cfg),
+        "n_reference": n_reference,
+        "reference": reference,
+        "adapter": identity,
+    }
+    run = Run(out_dir, settings, fields=N_SWEEP_FIELDS)
+    finished = run.done("item_id", "method", "n")
+    fit = partial(_fit_reference, receiver, j, items, game, reference, n_reference, seed, position, backend)
+    manifold = cache(fit)  # fitted on first use only: a finished run needs neither
+    started = time.perf_counter()
     for item in tqdm(items, desc="sweep over n", disable=not progress):
         for name, s in series.items():
-            todo = [(label, v) for label, v in labels if (item.id, name, label) not in done]
+            todo = [(label, v) for label, v in labels if (item.id, name, label) not in finished]
             if not todo:
                 continue
             prepared = s.prepare(item)
             for label, v in todo:
-                p = s.point(item, prepared, v)
-                distances: dict[str, float] = {}
-                if len(p.injected):
-                    own = None if p.own is None else p.own.detach().float().cpu()
-                    table = manifold(s.reference).table(p.injected.detach().float().cpu(), own)
-                    distances = {c: float(x) for c, x in table.mean().items()}
-                append_rows(
-                    path,
-                    N_SWEEP_FIELDS,
-                    [
-                        {
-                            "item_id": item.id,
-                            "method": name,
-                            "n": label,
-                            "n_sent": p.n_sent,
-                            "answer": item.answer,
-                            "output": p.text,
-                            "message": p.message,
-                            "exact": exact_match(p.text, item.answer),
-                            "correct": contains_answer(p.text, item.answer, item.choices),
-                            **distances,
-                            "flops": p.flops,
-                            "seconds": p.seconds,
-                            "sender_seconds": p.sender_seconds,
-                        }
-                    ],
-                )
-    df = pd.read_csv(path, dtype={"item_id": str, "n": str})
-    ids = {it.id for it in items}
-    df = df[df["item_id"].isin(ids)]
-    summary = {}
-    for name, s in series.items():
-        points = {}
-        first = _correct_by_item(df[(df["method"] == name) & (df["n"] == labels[0][0])])
-        for label, _ in labels:
-            sub = df[(df["method"] == name) & (df["n"] == label)]
-            correct = _correct_by_item(sub)
-            lo, hi = bootstrap_ci(correct.tolist(), seed=seed)
-            gain, gain_lo, gain_hi = paired_difference(correct, first, seed=seed)
-            points[label] = _finite(
-                {
-                    "accuracy": float(correct.mean()),
-                    "ci_low": lo,
-                    "ci_high": hi,  # NaN when no rows
-                    "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
-                    "n_items": len(sub),
-                    "n_sent": float(sub["n_sent"].mean()),
-                    **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},
-                    "flops": float(sub["flops"].mean()),
-                    "seconds": float(sub["seconds"].mean()),
-                    "sender_seconds": float(sub["sender_seconds"].mean()),
-                    "gain": gain,
-                    "gain_ci_low": gain_lo,
-                    "gain_ci_high": gain_hi,
-                }
-            )
-        summary[name] = {
-            "what_n_is": s.description,
-            "unit": s.unit,
-            "trained": s.trained,
-            "distance_reference": s.reference,
-            **s.identity(),
-            "points": points,
-        }
-    example = items[0]
-    result = {
-        "game": game,
-        "methods": summary,
-        "config": {
-            "sender": sender.info.to_dict(),
-            "receiver": receiver.info.to_dict(),
-            **asdict(cfg),
-            "n": len(items),
-            "seed": seed,
-            "ns": [label for label, _ in labels],
-            "all": ALL,
-            "adapter": None if adapter is None else {"dir": str(adapter), **(identity or {})},
-            "n_reference": n_reference,
-            "reference": reference,
-            "distance_references": {
-                "layer": f"B's residuals after block {j}, {reference} reference ({n_reference}; "
-                "a quarter held out for the percentiles; see run_distance)",
-                "input": f"B's input embeddings of {n_reference} LAMBADA token occurrences "
-                "(a quarter held out)",
-            },
-            "distances": "per item the mean over its injected states; per point the median over items; "
-            "percentiles against B's held-out own states (50 typical, 100 beyond all)",
-            "example_prompts": {
-                "sender": format_prompt(sender, example.sender),
-                "receiver": format_prompt(receiver, example.receiver, reply=example.reply),
-            },
-            "decoding": "greedy",
-            "scoring": "answer in the first answer line, case-insensitive",
-            "ci": "95% percentile bootstrap, 1000 resamples",
-            "gain": f"paired over items: accuracy at this n minus at n = {labels[0][0]} (the first swept), "
-            "95% percentile bootstrap of the per-item differences",
-            "flops": "analytic, KV cache: compute.method_flops (AC; B alone at n = 0) and compute.slot_flops "
-            "(latent); B's answer length re-tokenised from its text",
-            "seconds": "wall time of B's answer; sender_seconds of A's message (shared across n, except "
-            "CIPHER's steps after n; ~0 where another series of the call made the same message, "
-            "as the Interlat variants share A's trajectory)",
-            "device": str(receiver.device),
-            "torch_threads": torch.get_num_threads(),
-            "wall_seconds_this_call": _time.perf_counter() - started,
-            "versions": package_versions(),
-        },
+                point = s.point(item, prepared, v)
+                run.add([_point_row(item, name, label, point, partial(manifold, s.reference))])
+    df = run.frame(dtype={"item_id": str, "n": str})
+    df = df[df["item_id"].isin({it.id for it in items})]
+    summary = {name: _series_summary(df, name, s, labels, seed=seed) for name, s in series.items()}
+    config = _n_sweep_config(sender, receiver, cfg, items, settings, labels, adapter=adapter, started=started)
+    return run.write({"game": game, "methods": summary, "config": config})
+
+
+def _fit_reference(
+    receiver: Model,
+    j: int | None,
+    items: Sequence[GameItem],
+    game: str,
+    reference: str,
+    n_reference: int,
+    seed: int,
+    position: Position,
+    backend: str,
+    kind: str,
+) -> Manifold:
+    """B's states that a series' injected states are measured against (``kind``: ``layer`` or ``input``)."""
+    if kind == "layer":
+        assert j is not None  # the AC series refuse a run without j
+        return layer_manifold(
+            receiver,
+            j,
+            items,
+            game,
+            reference,
+            n_reference=n_reference,
+            seed=seed,
+            position=position,
+            backend=backend,
+        )
+    return Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
+
+
+def _point_row(
+    item: GameItem, method: str, label: str, point: Point, reference: Callable[[], Manifold]
+) -> dict[str, Any]:
+    """One row of ``items.csv``: B's answer at one n, scored, and how far what B received sits from
+    ``reference()`` (each distance the mean over the injected states; none when nothing was injected).
+    """
+    distances: dict[str, float] = {}
+    if len(point.injected):
+        own = None if point.own is None else point.own.detach().float().cpu()
+        table = reference().table(point.injected.detach().float().cpu(), own)
+        distances = {c: float(x) for c, x in table.mean().items()}
+    return {
+        "item_id": item.id,
+        "method": method,
+        "n": label,
+        "n_sent": point.n_sent,
+        "answer": item.answer,
+        "output": point.text,
+        "message": point.message,
+        "exact": exact_match(point.text, item.answer),
+        "correct": contains_answer(point.text, item.answer, item.choices),
+        **distances,
+        "flops": point.flops,
+        "seconds": point.seconds,
+        "sender_seconds": point.sender_seconds,
     }
-    write_json(out / "results.json", result)
-    return result
 
 
-def _correct_by_item(rows: pd.DataFrame) -> pd.Series:
-    """Whether each item was answered correctly (1.0 / 0.0), indexed by item id."""
-    return rows.set_index("item_id")["correct"].astype(str).isin(["True", "1"]).astype(float)
+def _series_summary(
+    df: pd.DataFrame, name: str, series: Series, labels: Sequence[tuple[str, int | None]], *, seed: int
+) -> dict[str, Any]:
+    """One method's entry of ``results.json``: what its n is, and per n the summary of its rows in ``df``.
+
+    Each n's gain is paired over items against the first n swept.
+    """
+    rows = df[df["method"] == name]
+    first = correct_by_item(rows[rows["n"] == labels[0][0]])
+    points = {}
+    for label, _ in labels:
+        sub = rows[rows["n"] == label]
+        correct = correct_by_item(sub)
+        lo, hi = bootstrap_ci(correct.tolist(), seed=seed)
+        gain, gain_lo, gain_hi = paired_difference(correct, first, seed=seed)
+        points[label] = _finite(
+            {
+                "accuracy": float(correct.mean()),
+                "ci_low": lo,
+                "ci_high": hi,  # NaN when no rows
+                "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
+                "n_items": len(sub),
+                "n_sent": float(sub["n_sent"].mean()),
+                **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},
+                "flops": float(sub["flops"].mean()),
+                "seconds": float(sub["seconds"].mean()),
+                "sender_seconds": float(sub["sender_seconds"].mean()),
+                "gain": gain,
+                "gain_ci_low": gain_lo,
+                "gain_ci_high": gain_hi,
+            }
+        )
+    return {
+        "what_n_is": series.description,
+        "unit": series.unit,
+        "trained": series.trained,
+        "distance_reference": series.reference,
+        **series.identity(),
+        "points": points,
+    }
 
 
 def _finite(d: dict[str, float]) -> dict[str, float | None]:
     """NaN (no rows, or nothing injected) as ``None``, so the JSON stays standard."""
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
+
+
+def _n_sweep_config(
+    sender: Model,
+    receiver: Model,
+    cfg: MethodConfig,
+    items: Sequence[GameItem],
+    settings: dict[str, Any],
+    labels: Sequence[tuple[str, int | None]],
+    *,
+    adapter: str | Path | None,
+    started: float,
+) -> dict[str, Any]:
+    """The configuration in ``results.json``: ``settings`` in full, and how each number was made.
+
+    ``started``: when the call began (``time.perf_counter()``), for its wall time.
+    """
+    ns = [label for label, _ in labels]
+    reference, n_reference = settings["reference"], settings["n_reference"]
+    return {
+        "sender": sender.info.to_dict(),
+        "receiver": receiver.info.to_dict(),
+        **asdict(cfg),
+        "n": len(items),
+        "seed": settings["seed"],
+        "ns": ns,
+        "all": ALL,
+        "adapter": None if adapter is None else {"dir": str(adapter), **settings["adapter"]},
+        "n_reference": n_reference,
+        "reference": reference,
+        "distance_references": {
+            "layer": f"B's residuals after block {cfg.j}, {reference} reference ({n_reference}; "
+            "a quarter held out for the percentiles; see run_distance)",
+            "input": f"B's input embeddings of {n_reference} LAMBADA token occurrences (a quarter held out)",
+        },
+        "distances": "per item the mean over its injected states; per point the median over items; "
+        "percentiles against B's held-out own states (50 typical, 100 beyond all)",
+        "example_prompts": example_prompts(sender, receiver, items[0]),
+        "decoding": "greedy",
+        "scoring": "answer in the first answer line, case-insensitive",
+        "ci": "95% percentile bootstrap, 1000 resamples",
+        "gain": f"paired over items: accuracy at this n minus at n = {ns[0]} (the first swept), "
+        "95% percentile bootstrap of the per-item differences",
+        "flops": "analytic, KV cache: compute.method_flops (AC; B alone at n = 0) and compute.slot_flops "
+        "(latent); B's answer length re-tokenised from its text",
+        "seconds": "wall time of B's answer; sender_seconds of A's message (shared across n, except "
+        "CIPHER's steps after n; ~0 where another series of the call made the same message, "
+        "as the Interlat variants share A's trajectory)",
+        "device": str(receiver.device),
+        "torch_threads": torch.get_num_threads(),
+        "wall_seconds_this_call": time.perf_counter() - started,
+        "versions": package_versions(),
+    }
 
 
 def n_sweep_table(result: dict[str, Any]) -> pd.DataFrame:
