@@ -14,7 +14,7 @@ from commlib.experiments.distance import run_latent_distance
 from commlib.experiments.games import run_games
 from commlib.models import Model
 from commlib.protocols.games import interlat_compressed, interlat_trained, register_method
-from commlib.results import correct_by_item, paired_difference
+from commlib.results import Run, correct_by_item, paired_difference
 
 WHOLE = "interlat-trained"
 """The method that reads the whole adapted trajectory, which each K is compared with."""
@@ -109,7 +109,7 @@ def run_compression(
         message_tokens=base.message_tokens,
         progress=progress,
     )
-    rows = pd.read_csv(out / "eval" / "items.csv", dtype={"item_id": str})
+    rows = Run(out / "eval", None).frame(dtype={"item_id": str})  # run_games's rows, read back
     correct = {name: correct_by_item(rows[rows["method"] == name]) for name in methods}
     table = []
     for k, name in names.items():

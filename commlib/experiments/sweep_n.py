@@ -225,8 +225,10 @@ def _fit_reference(
 def _point_row(
     item: GameItem, method: str, label: str, point: Point, reference: Callable[[], Manifold]
 ) -> dict[str, Any]:
-    """One row of ``items.csv``: B's answer at one n, scored, and how far what B received sits from
-    ``reference()`` (each distance the mean over the injected states; none when nothing was injected).
+    """One row of ``items.csv``: B's answer at one n, scored, and how far what B received is.
+
+    Each distance is the mean over the injected states against ``reference()``,
+    fitted only when something was injected (none at n = 0).
     """
     distances: dict[str, float] = {}
     if len(point.injected):
