@@ -95,6 +95,15 @@ _AC = "A's residual after block k (last position) combined into B's after block 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
+        Method("single-a", ("reasoning",), "A alone answers", batched=True, flops="single-a"),
+        Method("single-b", ("reasoning",), "B alone answers", batched=True, flops="single-b"),
+        Method(
+            "nld",
+            ("reasoning",),
+            "natural-language debate of A and B (Du et al.), --rounds rounds; nld-r<N>: N rounds",
+            form="nld-r<N>",
+            flops="nld",
+        ),
         Method("silent", ("games",), "B alone, reading only its own prompt"),
         Method("skyline", ("games",), "B given both prompts, A's then its own, in one turn"),
         Method("nl", ("games",), "A writes a short message in words; B reads it before its prompt"),
@@ -163,15 +172,6 @@ METHODS: dict[str, Method] = {
             adapter=True,
             form="interlat-compressed-k<K>",
         ),
-        Method("single-a", ("reasoning",), "A alone answers", batched=True, flops="single-a"),
-        Method("single-b", ("reasoning",), "B alone answers", batched=True, flops="single-b"),
-        Method(
-            "nld",
-            ("reasoning",),
-            "natural-language debate of A and B (Du et al.), --rounds rounds; nld-r<N>: N rounds",
-            form="nld-r<N>",
-            flops="nld",
-        ),
         Method(
             "cipher-debate",
             ("reasoning",),
@@ -220,8 +220,8 @@ def names(protocol: str | None = None) -> list[str]:
 
     Example:
         >>> names("reasoning")  # doctest: +NORMALIZE_WHITESPACE
-        ['ac-replace', 'ac-w-replace', 'ac-replace-unrelated', 'ac-replace-cot', 'single-a', 'single-b',
-         'nld', 'nld-r<N>', 'cipher-debate']
+        ['single-a', 'single-b', 'nld', 'nld-r<N>', 'ac-replace', 'ac-w-replace', 'ac-replace-unrelated',
+         'ac-replace-cot', 'cipher-debate']
     """
     out = []
     for m in METHODS.values():

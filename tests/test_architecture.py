@@ -102,7 +102,6 @@ def test_no_import_cycle_in_commlib() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-@pytest.mark.xfail(strict=False, reason="commlib/cli.py (742 lines) is being split into a package")
 def test_no_module_over_700_lines() -> None:
     long = {
         _module_name(p): n
