@@ -16,11 +16,11 @@ from commlib.graft import map_layer
 from commlib.models import Model
 from commlib.protocols.questions import ReasoningConfig, question_prompt
 from commlib.protocols.reasoning import (
-    check_methods,
     run_reasoning_batch,
     run_reasoning_method,
     run_reasoning_methods,
 )
+from commlib.registry import check_methods
 from commlib.tasks.biographies import Judgement, biographies, fact_score, judge_biography, parse_verdict
 from commlib.tasks.reasoning import ReasoningItem, extract_choice, extract_number, is_correct, load_task
 
@@ -787,7 +787,7 @@ def test_debates_of_several_rounds_share_one_debate(tiny: Model) -> None:
     assert alone.transcript == outs["nld-r3"].transcript and alone.text == outs["nld-r3"].text
     assert outs["nld-r1"].seconds < outs["nld-r3"].seconds
     with pytest.raises(CommlibError, match="nld-r<N>"):
-        check_methods(["nld-r0"])
+        check_methods(["nld-r0"], "reasoning")
 
 
 def test_debate_takes_its_first_round_from_the_single_answers(
