@@ -2,11 +2,12 @@
 
 Torch-free, so ``commlib --help`` stays fast. Three kinds of settings:
 
-* the library's own: :class:`GraftConfig` (where and how to graft) and
-  :class:`Decoding` (how B decodes);
+* the library's own: :class:`GraftConfig` (where and how to graft),
+  :class:`Decoding` (how B decodes) and :class:`ReferenceSpec` (exactly
+  which states a distance reference is made of);
 * the pieces runs share: :class:`ModelPair` (A, B and the backend),
   :class:`RunSpec` (how many items, their seed, the run directory) and
-  :class:`Reference` (B's reference states for distances);
+  :class:`ReferenceChoice` (which of B's reference states for distances);
 * one run config per experiment command (:class:`GamesRun`, :class:`SweepRun`,
   ... :class:`GraftRun`), composed of those.
 
@@ -31,6 +32,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 from commlib.errors import CommlibError, UnknownCombineError
+from commlib.registry import ALIASES, names
 
 # ---- choice lists ----------------------------------------------------------------
 
@@ -195,6 +197,36 @@ class Decoding:
     stop_at_eos: bool = option(True, help="stop each row at its first end-of-sequence token")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReferenceSpec:
+    """Exactly which of a model's states a distance reference is made of; names its cache entry.
+
+    Attributes:
+        corpus: General text (:data:`CORPORA`), or ``"task:<game>"`` for a
+            game's own prompts, each with its reply (needs ``formatted``).
+        n: Sentences (or task prompts) read.
+        seed: Seed of the sentences drawn, and of the fit/held-out split.
+        formatted: Read each sentence as the user's text in the model's prompt
+            format, followed by ``reply``, at ``position``; otherwise raw, at its
+            final token.
+        position: Where a formatted sentence is read (see :data:`POSITIONS`).
+        reply: The start of the answer after each formatted sentence.
+
+    Example:
+        >>> from dataclasses import replace
+        >>> game = ReferenceSpec(corpus="task:countries", n=300, formatted=True)
+        >>> replace(game, seed=1).corpus, ReferenceSpec().n
+        ('task:countries', 3072)
+    """
+
+    corpus: str = "lambada"
+    n: int = 3072
+    seed: int = 0
+    formatted: bool = False
+    position: Position = "last"
+    reply: str = ""
+
+
 # ---- what runs share -------------------------------------------------------------
 
 
@@ -222,8 +254,8 @@ class RunSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Reference:
-    """B's own states that a grafted state's distance is a percentile of."""
+class ReferenceChoice:
+    """B's own states that a grafted state's distance is a percentile of, as a run chooses them."""
 
     reference: str = option(
         "corpus",
@@ -291,8 +323,8 @@ class GamesRun:
     methods: tuple[str, ...] = option(
         ("silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"),
         parse=comma_list,
-        help="comma-separated: silent (B alone), skyline, nl, ac-sum, ac-mean, ac-replace, ac-w-* (with "
-        "--map), cipher, cipher-t<T>, interlat, interlat-norm",
+        help=f"comma-separated: {', '.join(names('games'))} (ac-w-*: with --map; interlat-trained, "
+        "-compressed: through `commlib latent`)",
     )
     k: int | None = option(help="A's block for the ac-* methods")
     j: int | None = option(help="B's block for the ac-* methods")
@@ -359,10 +391,9 @@ class ReasoningRun:
     run: RunSpec = option(help=_RUN, flags={"n": {"default": 100, "help": "items scored"}})
     task: str = option(help="gsm8k, mmlu:SUBJECT (e.g. mmlu:formal_logic) or biographies")
     methods: tuple[str, ...] = option(
-        ("single-a", "single-b", "nld", "ac"),
+        ("single-a", "single-b", "nld", "ac-replace"),
         parse=comma_list,
-        help="comma-separated: single-a, single-b, nld, nld-r<N>, cipher-debate, ac, ac-w, ac-unrelated, "
-        "ac-cot",
+        help=f"comma-separated: {', '.join(names('reasoning'))} (the older {', '.join(ALIASES)} also work)",
     )
     k: int | None = option(None, help="A's block for the ac-* methods")
     j: int | None = option(None, help="B's block for the ac-* methods")
@@ -410,12 +441,14 @@ class DistanceRun:
 
     pair: ModelPair = option(help=_PAIR)
     run: RunSpec = option(help=_RUN, flags={"out": {"help": "run directory (distances.csv); resumes"}})
-    reference: Reference = option(help="reference")
+    reference: ReferenceChoice = option(help="reference")
     game: str = option(help=GAME_HELP)
     k: int = option(help="A's block")
     j: int = option(help="B's block")
     methods: tuple[str, ...] = option(
-        ("ac-sum", "ac-mean", "ac-replace"), parse=comma_list, help="ac-* (and ac-w-* with --map)"
+        ("ac-sum", "ac-mean", "ac-replace"),
+        parse=comma_list,
+        help="the grafts, comma-separated: ac-sum, ac-mean, ac-replace (ac-w-*: with --map)",
     )
     alphas: tuple[float, ...] = option((1.0,), parse=float_list, help="comma-separated, e.g. 0,0.5,1,1.5,2")
     match_norm: str = option(
@@ -437,7 +470,7 @@ class SweepNRun:
 
     pair: ModelPair = option(help=_PAIR)
     run: RunSpec = option(help=_RUN)
-    reference: Reference = option(
+    reference: ReferenceChoice = option(
         help="reference",
         flags={
             "reference": {
@@ -450,8 +483,7 @@ class SweepNRun:
     methods: tuple[str, ...] = option(
         ("ac-replace", "cipher", "interlat-norm"),
         parse=comma_list,
-        help="comma-separated: ac-sum, ac-mean, ac-replace, cipher, cipher-t<T>, interlat, interlat-norm, "
-        "interlat-trained",
+        help=f"comma-separated: {', '.join(names('sweep-n'))}",
     )
     adapter: str | None = option(
         None, metavar="DIR", help="interlat-trained: the directory train-adapter wrote"

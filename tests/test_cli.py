@@ -13,6 +13,7 @@ import commlib.cli
 from commlib import config
 from commlib.cli import build_parser, main
 from commlib.cli.base import from_args
+from commlib.registry import check_methods
 
 
 def graft_args(*extra: str, model: str = "tiny-llama-random") -> list[str]:
@@ -208,6 +209,25 @@ def test_a_bad_game_file_is_one_line_and_exit_2(
     assert not (tmp_path / "run").exists()  # refused before any run directory
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["games", "--game", "countries", "--methods", "silent,nosuch", "--k", "1", "--j", "1"], "'nosuch'"),
+        (["reasoning", "--task", "gsm8k", "--methods", "single-b,ac-replace"], "ac-replace needs the layers"),
+        (["sweep-n", "--game", "countries", "--methods", "nl"], "nl does not run in the sweep over n"),
+        (["distance", "--game", "countries", "--methods", "nl", "--k", "1", "--j", "1"], "use ac-* methods"),
+        (["distance", "--game", "countries", "--methods", "ac-w-sum", "--k", "1", "--j", "1"], "--map"),
+    ],
+)
+def test_methods_are_checked_before_a_model_loads(
+    tmp_path, command: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = ["--sender", "no-such-model", "--receiver", "no-such-model"]  # loading it would fail otherwise
+    assert main([*command, *pair, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["games", "--game", "countries"]) == 2
     err = capsys.readouterr().err.strip()
@@ -271,6 +291,7 @@ def test_the_torch_free_choice_lists_match_the_library() -> None:
     assert tuple(COMBINE_FNS)[: len(config.COMBINE_NAMES)] == config.COMBINE_NAMES
     assert (config.CONTROLS, config.REFERENCES, config.CORPORA) == (CONTROLS, REFERENCES, CORPORA)
     assert config.DEFAULT_JUDGE == DEFAULT_JUDGE
+    assert check_methods(config.LATENT_METHODS, "games") == list(config.LATENT_METHODS)
 
 
 def test_demo_shows_each_method_against_the_answer(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,13 +22,14 @@ import argparse
 import functools
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from commlib.config import ModelPair
 from commlib.errors import CommlibError
+from commlib.registry import check_layers, check_map, check_methods
 
 Handler = Callable[[Any], int]
 """A command: takes its run config (or the parsed flags) and returns the exit status."""
@@ -178,6 +179,24 @@ def load_map(path: str | None) -> Any:
     from commlib.combine import LinearMap
 
     return LinearMap.load(path)
+
+
+def check_run(
+    methods: Sequence[str],
+    protocol: str,
+    *,
+    k: int | None = None,
+    j: int | None = None,
+    map: str | None = None,
+) -> None:
+    """The registry's checks of a run's methods, before any model loads, so a bad name fails at once.
+
+    Raises:
+        CommlibError: a method unknown or not of ``protocol``, or without the layers or map it needs.
+    """
+    check_methods(methods, protocol)
+    check_layers(methods, k, j)
+    check_map(methods, map)
 
 
 def check_game(game: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from commlib.cli.base import add_command, check_game, load_map, load_pair
+from commlib.cli.base import add_command, check_game, check_run, load_map, load_pair
 from commlib.config import GamesRun, LatentRun, TrainAdapterRun
 from commlib.errors import CommlibError
 
@@ -12,6 +12,7 @@ from commlib.errors import CommlibError
 def games(cfg: GamesRun) -> int:
     from commlib.experiments import run_games
 
+    check_run(cfg.methods, "games", k=cfg.k, j=cfg.j, map=cfg.map)
     check_game(cfg.game)
     sender, receiver = load_pair(cfg.pair)
     lin = load_map(cfg.map)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from commlib.cli.base import add_command, load_map, load_pair
+from commlib.cli.base import add_command, check_run, load_map, load_pair
 from commlib.config import ReasoningRun
 
 
@@ -13,6 +13,7 @@ def reasoning(cfg: ReasoningRun) -> int:
     from commlib.experiments import run_reasoning
     from commlib.models import load_model
 
+    check_run(cfg.methods, "reasoning", k=cfg.k, j=cfg.j, map=cfg.map)
     sender, receiver = load_pair(cfg.pair)
     loaded = {sender.name: sender, receiver.name: receiver}
 

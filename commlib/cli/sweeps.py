@@ -6,7 +6,8 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from commlib.cli.base import add_command, check_game, load_map, load_pair
+from commlib import registry
+from commlib.cli.base import add_command, check_game, check_run, load_map, load_pair
 from commlib.config import DistanceRun, SweepNRun, SweepRun
 from commlib.errors import CommlibError
 
@@ -83,14 +84,13 @@ def sweep(cfg: SweepRun) -> int:
 def distance(cfg: DistanceRun) -> int:
     from commlib.experiments import run_distance
 
-    fs, use_map = [], False
-    for method in cfg.methods:
-        if not method.startswith("ac-"):
-            raise CommlibError(f"distance measures grafted states: use ac-* methods, not {method!r}")
-        use_map = use_map or method.startswith("ac-w-")
-        fs.append(method.removeprefix("ac-w-").removeprefix("ac-"))
-    if use_map and not cfg.map:
-        raise CommlibError("ac-w-* methods need --map (fit one with `commlib fit-map`)")
+    methods = registry.check_methods(cfg.methods, "games")  # canonical names (ac: ac-replace)
+    for name in methods:
+        if not registry.method(name).layers:
+            raise CommlibError(f"distance measures grafted states: use ac-* methods, not {name!r}")
+    registry.check_map(methods, cfg.map)
+    use_map = any(registry.method(name).map for name in methods)
+    fs = [name.removeprefix("ac-w-").removeprefix("ac-") for name in methods]
     check_game(cfg.game)
     sender, receiver = load_pair(cfg.pair)
     df = run_distance(
@@ -126,6 +126,7 @@ def sweep_n(cfg: SweepNRun) -> int:
     from commlib.experiments import n_sweep_table, run_n_sweep
     from commlib.plots import accuracy_distance_vs_n, save_figure
 
+    check_run(cfg.methods, "sweep-n", k=cfg.k, j=cfg.j)
     check_game(cfg.game)
     sender, receiver = load_pair(cfg.pair)
     result = run_n_sweep(
