@@ -50,13 +50,21 @@ POSITIONS: tuple[Position, ...] = ("last", "content")
 """Positions that carry a message: the last prompt token, or the last token of the user's text."""
 
 REFERENCES = ("corpus", "prompt", "task")
-"""B's reference states for distances: raw sentences, sentences in B's prompt format, the task's prompts."""
+"""What :func:`commlib.experiments.run_distance` measures B's states against: raw sentences,
+sentences in B's prompt format, or the task's own prompts (see its docstring)."""
 
 CONTROLS = ("random", "gaussian", "unrelated")
-"""Stand-ins for A's message that the distance experiment measures next to it."""
+"""Control sources for the distance runs, in place of A's message:
+
+* ``random``: an isotropic random direction at the norm of A's activation.
+* ``gaussian``: a sample of a Gaussian with the mean and covariance of A's own
+  activations at layer k (LAMBADA reference), at the norm of A's activation.
+* ``unrelated``: A's real activation on another item's prompt (right
+  statistics, wrong content).
+"""
 
 CORPORA = ("lambada", "c4")
-"""General text that W is fitted on (:mod:`commlib.corpora`)."""
+"""General text (:mod:`commlib.corpora`) that W is fitted on and distances are measured against."""
 
 SOURCES = ("offline", "hub")
 """Where reasoning tasks are read from (:mod:`commlib.tasks.reasoning`)."""
@@ -65,7 +73,7 @@ LATENT_METHODS = ("cipher", "interlat", "interlat-norm", "interlat-trained", "in
 """The latent channels ``commlib latent`` runs."""
 
 DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
-"""The Biographies judge model (:data:`commlib.tasks.biographies.DEFAULT_JUDGE`)."""
+"""The Biographies judge: the largest offline model."""
 
 GAME_HELP = (
     "countries (countries:train, countries:heldout: disjoint landmarks), tipsheets, or PATH.jsonl "

