@@ -6,9 +6,10 @@ that distance, in one place:
 
 * :func:`corpus_activations`: a model's final-token residuals after block
   ``layer`` on general-text sentences (or, ``corpus="task:<game>"``, at the
-  graft's position on a game's own prompts), cached per (model, layer,
-  corpus, n, seed); :func:`reference_activations` splits B's into a fit set
-  and a held-out calibration set.
+  graft's position on a game's own prompts), as a
+  :class:`~commlib.config.ReferenceSpec` says, cached per model, layer and
+  spec; :func:`reference_activations` splits B's into a fit set and a
+  held-out calibration set.
 * :class:`Manifold`: statistics fitted once on the fit set (mean, Ledoit-Wolf
   shrinkage precision, PCA, the fit set itself for nearest neighbours) and
   the held-out set's own distances, so that every metric is also reported as
@@ -25,7 +26,7 @@ Example:
     >>> import torch
     >>> from commlib.models import load_model
     >>> model = load_model("tiny-llama-random")
-    >>> ref = reference_activations(model, 2, n=200, cache=False)
+    >>> ref = reference_activations(model, 2, ReferenceSpec(n=200), cache=False)
     >>> manifold = Manifold.fit(ref)
     >>> far = torch.randn(3, model.info.d_model) * 50
     >>> bool((manifold.percentiles(far)["mahalanobis"] > 90).all())
@@ -45,9 +46,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from commlib.config import ReferenceSpec
 from commlib.errors import CommlibError
 from commlib.models import Model, cache_dir
-from commlib.prompts import Position
 
 METRICS = (
     "log_norm_ratio",
@@ -84,12 +85,12 @@ class ReferenceSet:
     seed: int
 
 
-def _key(corpus: str, layer: int, n: int, seed: int, formatted: bool, position: str, reply: str) -> str:
-    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
-    if formatted:
+def _key(ref: ReferenceSpec, layer: int) -> str:
+    key = f"{ref.corpus}_L{layer}_n{ref.n}_seed{ref.seed}"
+    if ref.formatted:
         import hashlib
 
-        key += f"_fmt-{position}-{hashlib.sha1(reply.encode()).hexdigest()[:8]}"
+        key += f"_fmt-{ref.position}-{hashlib.sha1(ref.reply.encode()).hexdigest()[:8]}"
     return key
 
 
@@ -100,30 +101,31 @@ def _reference_path(model: str, key: str) -> Path:
 def corpus_activations(
     model: Model,
     layer: int,
+    ref: ReferenceSpec = ReferenceSpec(),
     *,
-    corpus: str = "lambada",
-    n: int = 3072,
-    seed: int = 0,
     backend: str = "nnsight",
     cache: bool = True,
-    formatted: bool = False,
-    position: Position = "last",
-    reply: str = "",
 ) -> Float[Tensor, "n d"]:
-    """Residuals after block ``layer`` on ``n`` corpus sentences, in sentence order.
+    """Residuals after block ``layer`` on the sentences of ``ref``, in sentence order.
 
-    Sentences (``load_sentences(corpus, n, seed)``) are fed raw and read at
-    their final token, so rows of two models with the same arguments are the
-    same sentences. ``formatted=True`` instead wraps each sentence as the
-    user's text in the model's prompt format, followed by ``reply``, and reads
-    the state at ``position``: a reference at the positions a game's graft
-    uses (see :func:`commlib.graft.capture_corpus`). ``corpus="task:<game>"``
-    (with ``formatted=True``) reads the game's own prompts instead, each with
-    its reply (:func:`commlib.tasks.games.reference_prompts`: at most ``n``,
-    from seeds no evaluation uses). Cached under the commlib
+    Sentences (``load_sentences(ref.corpus, ref.n, ref.seed)``) are fed raw
+    and read at their final token, so rows of two models with the same
+    ``ref`` are the same sentences. ``ref.formatted`` instead wraps each
+    sentence as the user's text in the model's prompt format, followed by
+    ``ref.reply``, and reads the state at ``ref.position``: a reference at the
+    positions a game's graft uses (see :func:`commlib.graft.capture_corpus`).
+    ``corpus="task:<game>"`` (with ``formatted``) reads the game's own prompts
+    instead, each with its reply (:func:`commlib.tasks.games.reference_prompts`:
+    at most ``n``, from seeds no evaluation uses). Cached under the commlib
     cache directory (set ``COMMLIB_CACHE_DIR`` to move it); ``cache=False``
     neither reads nor writes. :func:`cache_corpus_activations` fills the
     cache for many layers in one pass.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> model = load_model("tiny-llama-random")
+        >>> corpus_activations(model, 1, ReferenceSpec(n=8), cache=False).shape[0]
+        8
 
     Raises:
         CommlibError: a bad layer, or NaN activations.
@@ -133,34 +135,20 @@ def corpus_activations(
     from commlib.backends.base import check_layer
 
     check_layer(model, layer)
-    options: dict[str, Any] = {
-        "corpus": corpus,
-        "n": n,
-        "seed": seed,
-        "backend": backend,
-        "formatted": formatted,
-        "position": position,
-        "reply": reply,
-    }
     if not cache:
-        return _capture_corpus(model, [layer], **options)[layer]
-    path = _reference_path(model.name, _key(corpus, layer, n, seed, formatted, position, reply))
+        return _capture_corpus(model, [layer], ref, backend)[layer]
+    path = _reference_path(model.name, _key(ref, layer))
     if not path.exists():
-        cache_corpus_activations(model, [layer], **options)
+        cache_corpus_activations(model, [layer], ref, backend=backend)
     return load_file(path)["activations"]
 
 
 def cache_corpus_activations(
     model: Model,
     layers: Sequence[int] | None = None,
+    ref: ReferenceSpec = ReferenceSpec(),
     *,
-    corpus: str = "lambada",
-    n: int = 3072,
-    seed: int = 0,
     backend: str = "nnsight",
-    formatted: bool = False,
-    position: Position = "last",
-    reply: str = "",
 ) -> list[int]:
     """Fill :func:`corpus_activations`' cache for ``layers`` (default: all) in one pass over the sentences.
 
@@ -173,23 +161,10 @@ def cache_corpus_activations(
     """
     from safetensors.torch import save_file
 
-    keys = {
-        layer: _key(corpus, layer, n, seed, formatted, position, reply)
-        for layer in (range(model.info.n_layers) if layers is None else layers)
-    }
+    keys = {layer: _key(ref, layer) for layer in (range(model.info.n_layers) if layers is None else layers)}
     todo = [layer for layer, key in keys.items() if not _reference_path(model.name, key).exists()]
     if todo:
-        acts = _capture_corpus(
-            model,
-            todo,
-            corpus=corpus,
-            n=n,
-            seed=seed,
-            backend=backend,
-            formatted=formatted,
-            position=position,
-            reply=reply,
-        )
+        acts = _capture_corpus(model, todo, ref, backend)
         for layer in todo:
             path = _reference_path(model.name, keys[layer])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,39 +177,30 @@ def cache_corpus_activations(
 
 
 def _capture_corpus(
-    model: Model,
-    layers: Sequence[int],
-    *,
-    corpus: str,
-    n: int,
-    seed: int,
-    backend: str,
-    formatted: bool,
-    position: Position,
-    reply: str,
+    model: Model, layers: Sequence[int], ref: ReferenceSpec, backend: str
 ) -> dict[int, Tensor]:
     from commlib.corpora import load_sentences
     from commlib.graft import capture_corpus
     from commlib.tasks.games import reference_prompts
 
-    replies: str | list[str] = reply
-    if corpus.startswith(TASK_CORPUS):
-        if not formatted:
+    replies: str | list[str] = ref.reply
+    if ref.corpus.startswith(TASK_CORPUS):
+        if not ref.formatted:
             raise CommlibError(
-                f"{corpus} is read in the prompt format, at the game's positions: pass formatted=True"
+                f"{ref.corpus} is read in the prompt format, at the game's positions: pass formatted=True"
             )
-        sentences, replies = reference_prompts(corpus.removeprefix(TASK_CORPUS), n, seed)
+        sentences, replies = reference_prompts(ref.corpus.removeprefix(TASK_CORPUS), ref.n, ref.seed)
     else:
-        sentences = load_sentences(corpus, n=n, seed=seed)
+        sentences = load_sentences(ref.corpus, n=ref.n, seed=ref.seed)
     label = f"L{layers[0]}" if len(layers) == 1 else f"{len(layers)} layers"
     acts = capture_corpus(
         model,
         sentences,
         layers,
         backend=backend,
-        desc=f"{model.name} {label} {corpus}",
-        formatted=formatted,
-        position=position,
+        desc=f"{model.name} {label} {ref.corpus}",
+        formatted=ref.formatted,
+        position=ref.position,
         reply=replies,
     )
     for layer, x in acts.items():
@@ -246,81 +212,72 @@ def _capture_corpus(
 def reference_activations(
     model: Model,
     layer: int,
+    ref: ReferenceSpec = ReferenceSpec(),
     *,
-    corpus: str = "lambada",
-    n: int = 3072,
-    seed: int = 0,
     held_out: float = 0.25,
     backend: str = "nnsight",
     cache: bool = True,
-    formatted: bool = False,
-    position: Position = "last",
-    reply: str = "",
 ) -> ReferenceSet:
-    """B's own :func:`corpus_activations`, with a seeded ``held_out`` fraction kept for calibration.
+    """B's own :func:`corpus_activations` of ``ref``, a seeded ``held_out`` fraction kept for calibration.
 
     Raises:
         CommlibError: a bad layer or split, or NaN activations.
     """
     if not 0 < held_out < 1:
         raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
-    acts = corpus_activations(
-        model,
-        layer,
-        corpus=corpus,
-        n=n,
-        seed=seed,
-        backend=backend,
-        cache=cache,
-        formatted=formatted,
-        position=position,
-        reply=reply,
-    )
-    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
+    acts = corpus_activations(model, layer, ref, backend=backend, cache=cache)
+    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(ref.seed))
     n_held = max(1, round(held_out * len(acts)))
     return ReferenceSet(
         fit=acts[order[n_held:]],
         held_out=acts[order[:n_held]],
         model=model.name,
         layer=layer,
-        corpus=corpus if not formatted else f"{corpus} in prompt format ({position}, reply {reply!r})",
-        seed=seed,
+        corpus=(
+            ref.corpus
+            if not ref.formatted
+            else f"{ref.corpus} in prompt format ({ref.position}, reply {ref.reply!r})"
+        ),
+        seed=ref.seed,
     )
 
 
 def input_reference(
-    model: Model, *, corpus: str = "lambada", n: int = 3072, seed: int = 0, held_out: float = 0.25
+    model: Model, ref: ReferenceSpec = ReferenceSpec(), *, held_out: float = 0.25
 ) -> ReferenceSet:
-    """B's own input embeddings (scale included) of ``n`` token occurrences drawn from corpus text.
+    """B's own input embeddings (scale included) of ``ref.n`` token occurrences drawn from corpus text.
 
     The reference for what a latent channel writes into B's input sequence
     (CIPHER's expected embeddings, Interlat's hidden states): tokens as often
-    as the text uses them, so a real token's embedding is typical here.
+    as the text uses them, so a real token's embedding is typical here. The
+    tokens come from ``min(ref.n, 3072)`` raw sentences of ``ref.corpus``.
 
     Raises:
-        CommlibError: a bad split.
+        CommlibError: a bad split, or a ``formatted`` reference (tokens are read from raw text).
     """
     from commlib.corpora import load_sentences
 
     if not 0 < held_out < 1:
         raise CommlibError(f"held_out is a fraction in (0, 1), got {held_out}")
+    if ref.formatted:
+        raise CommlibError("input_reference reads tokens of raw text: pass a ReferenceSpec without formatted")
     ids = [
         i
-        for s in load_sentences(corpus, n=min(n, 3072), seed=seed)
+        for s in load_sentences(ref.corpus, n=min(ref.n, 3072), seed=ref.seed)
         for i in model.tokenizer(s, add_special_tokens=False)["input_ids"]
     ]
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=g)]
+    g = torch.Generator().manual_seed(ref.seed)
+    pick = torch.tensor(ids)[torch.randint(len(ids), (ref.n,), generator=g)]
     with torch.no_grad():
         acts = model.hf.get_input_embeddings()(pick.to(model.device)).float().cpu()
-    n_held = max(1, round(held_out * n))
+    n_held = max(1, round(held_out * ref.n))
     return ReferenceSet(
         fit=acts[n_held:],
         held_out=acts[:n_held],
         model=model.name,
         layer=-1,
-        corpus=f"{corpus} token embeddings",
-        seed=seed,
+        corpus=f"{ref.corpus} token embeddings",
+        seed=ref.seed,
     )
 
 
@@ -498,37 +455,20 @@ class Manifold:
 def manifold_for(
     model: Model,
     layer: int,
+    ref: ReferenceSpec = ReferenceSpec(),
     *,
-    corpus: str = "lambada",
-    n: int = 3072,
-    seed: int = 0,
     n_components: int = 64,
     knn: int = 10,
     backend: str = "nnsight",
-    formatted: bool = False,
-    position: Position = "last",
-    reply: str = "",
 ) -> Manifold:
-    """The fitted :class:`Manifold` of ``model`` at ``layer``, computed once and cached.
-
-    ``formatted``, ``position`` and ``reply`` as in :func:`corpus_activations`.
-    """
-    key = _key(corpus, layer, n, seed, formatted, position, reply)
+    """The fitted :class:`Manifold` of ``model``'s states of ``ref`` at ``layer``; computed once, cached."""
+    key = _key(ref, layer)
     path = _reference_path(model.name, key).with_name(f"{key}_manifold_c{n_components}_k{knn}.safetensors")
     if path.exists():
         return Manifold.load(path)
-    ref = reference_activations(
-        model,
-        layer,
-        corpus=corpus,
-        n=n,
-        seed=seed,
-        backend=backend,
-        formatted=formatted,
-        position=position,
-        reply=reply,
+    manifold = Manifold.fit(
+        reference_activations(model, layer, ref, backend=backend), n_components=n_components, knn=knn
     )
-    manifold = Manifold.fit(ref, n_components=n_components, knn=knn)
     manifold.save(path)
     return manifold
 

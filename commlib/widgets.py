@@ -45,6 +45,7 @@ from torch import Tensor
 from commlib.backends import get_backend
 from commlib.backends.base import check_layer
 from commlib.combine import COMBINE_FNS, LinearMap, combine
+from commlib.config import ReferenceSpec
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig
 from commlib.models import Model, known_models, load_model
@@ -188,8 +189,9 @@ class Explorer:
         from commlib.distance import cache_corpus_activations, manifold_for
 
         if j not in self._manifolds:
-            cache_corpus_activations(self.receiver, n=self.n_reference, backend=self.backend)
-            self._manifolds[j] = manifold_for(self.receiver, j, n=self.n_reference, backend=self.backend)
+            ref = ReferenceSpec(n=self.n_reference)
+            cache_corpus_activations(self.receiver, ref=ref, backend=self.backend)
+            self._manifolds[j] = manifold_for(self.receiver, j, ref, backend=self.backend)
         return self._manifolds[j]
 
     def view(

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 import commlib
+from commlib.config import ReferenceSpec
 from commlib.distance import manifold_for, next_token_kl
 
 if FAST:
@@ -109,7 +110,8 @@ table
 
 # %%
 b = backend.capture(b_batch, layer=j)  # B's own state where the edit writes
-manifold = manifold_for(model, j, corpus="task:countries", n=N_REFERENCE, formatted=True)  # cached on disk
+game_states = ReferenceSpec(corpus="task:countries", n=N_REFERENCE, formatted=True)
+manifold = manifold_for(model, j, game_states)  # cached on disk
 states = {"B's own": b, **{f"AC {f}": commlib.combine(a, b, f) for f in ["replace", "sum", "mean"]}}
 distance = pd.DataFrame({name: manifold.percentiles(x)["mahalanobis"].numpy() for name, x in states.items()})
 distance["KL, AC replace (nats)"] = next_token_kl(alone.first_logits, grafted.first_logits).numpy()

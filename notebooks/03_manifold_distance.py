@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 
 from commlib.backends import get_backend
+from commlib.config import ReferenceSpec
 from commlib.distance import (
     METRICS,
     corpus_activations,
@@ -86,7 +87,7 @@ items = load_game(GAME, n=N, seed=SEED)
 for name in MODELS:
     model = load_model(name)
     j = layer_at(model)
-    manifold = manifold_for(model, j, n=N_REFERENCE, seed=SEED)
+    manifold = manifold_for(model, j, ReferenceSpec(n=N_REFERENCE, seed=SEED))
     own_task = capture_message(
         get_backend(model), [it.receiver for it in items], j, replies=[it.reply for it in items]
     )
@@ -183,7 +184,7 @@ for metric in ("mahalanobis_pct", "knn_cosine_pct"):
 acts = {}
 for name in MODELS:
     model = load_model(name)
-    acts[name] = corpus_activations(model, layer_at(model), n=N_SIMILARITY, seed=SEED + 1)
+    acts[name] = corpus_activations(model, layer_at(model), ReferenceSpec(n=N_SIMILARITY, seed=SEED + 1))
 similarity = similarity_table(acts)
 similarity.pivot(index="a", columns="b", values="linear_cka").round(2)
 

@@ -94,6 +94,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
+from commlib.config import ReferenceSpec
 from commlib.distance import corpus_activations, paper_similarity
 from commlib.errors import CommlibError
 from commlib.experiments import (
@@ -381,7 +382,8 @@ if ABLATION_TASKS:  # an empty list skips the ablations
 similarity = {}
 for pair, (k, j) in table4.groupby("pair")[["k", "j"]].first().iterrows():
     a, b = (load(name) for name in pair.split(" -> "))
-    x, y = (corpus_activations(m, layer, n=N_SIMILARITY, seed=SEED) for m, layer in ((a, k), (b, j)))
+    sentences = ReferenceSpec(n=N_SIMILARITY, seed=SEED)
+    x, y = (corpus_activations(m, layer, sentences) for m, layer in ((a, k), (b, j)))
     similarity[pair] = paper_similarity(x, y)
 gains = table4.assign(
     gain=table4["AC"] - (table4["A"] + table4["B"]) / 2,

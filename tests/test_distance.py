@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from commlib.backends import get_backend
+from commlib.config import ReferenceSpec
 from commlib.distance import (
     METRICS,
     Manifold,
@@ -25,14 +26,14 @@ from commlib.distance import (
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, capture_sender, graft_edit
 from commlib.models import Model
-from commlib.prompts import encode, message_positions
+from commlib.prompts import Position, encode, message_positions
 
 DIRECTIONAL = ("mahalanobis", "mahalanobis_pca", "knn_cosine")
 
 
 def _split_three(model: Model, layer: int, n: int) -> tuple[Manifold, torch.Tensor]:
     """Fit on half, calibrate on a quarter, and return the last quarter as fresh own activations."""
-    ref = reference_activations(model, layer, n=n, held_out=0.5, cache=False)
+    ref = reference_activations(model, layer, ReferenceSpec(n=n), held_out=0.5, cache=False)
     half = len(ref.held_out) // 2
     manifold = Manifold.fit(replace(ref, held_out=ref.held_out[:half]))
     return manifold, ref.held_out[half:]
@@ -70,7 +71,7 @@ def test_identity_graft_has_zero_displacement_and_zero_kl_and_sum_does_not(tiny:
     batch = encode(tiny, prompts)
     edit = graft_edit(b, message_positions(tiny, prompts, batch), GraftConfig(k=layer, j=layer, f=f))
     kl = next_token_kl(backend.logits(batch, None)[:, -1], backend.logits(batch, edit)[:, -1])
-    ref = reference_activations(tiny, layer, n=120, cache=False)
+    ref = reference_activations(tiny, layer, ReferenceSpec(n=120), cache=False)
     x = b if f == "replace" else b + b
     displacement = Manifold.fit(ref).distances(x, b)["displacement"]
     if f == "replace":
@@ -81,9 +82,9 @@ def test_identity_graft_has_zero_displacement_and_zero_kl_and_sum_does_not(tiny:
 
 def test_manifold_is_cached_and_reloads_identically(tiny: Model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path))
-    first = manifold_for(tiny, 1, n=100)
+    first = manifold_for(tiny, 1, ReferenceSpec(n=100))
     assert list((tmp_path / "reference" / tiny.name).glob("*_manifold_*.safetensors"))
-    again = manifold_for(tiny, 1, n=100)
+    again = manifold_for(tiny, 1, ReferenceSpec(n=100))
     x = torch.randn(5, tiny.info.d_model)
     for m, v in first.distances(x).items():
         assert torch.allclose(v, again.distances(x)[m]), m
@@ -92,12 +93,13 @@ def test_manifold_is_cached_and_reloads_identically(tiny: Model, tmp_path, monke
 
 def test_all_layers_in_one_pass_equal_one_layer_at_a_time(tiny: Model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path))
-    assert cache_corpus_activations(tiny, [0, 2], n=40) == [0, 2]
-    assert cache_corpus_activations(tiny, n=40) == [1, 3]  # only what is not cached yet
-    assert cache_corpus_activations(tiny, n=40) == []
+    ref = ReferenceSpec(n=40)
+    assert cache_corpus_activations(tiny, [0, 2], ref) == [0, 2]
+    assert cache_corpus_activations(tiny, ref=ref) == [1, 3]  # only what is not cached yet
+    assert cache_corpus_activations(tiny, ref=ref) == []
     for layer in range(tiny.info.n_layers):
-        alone = corpus_activations(tiny, layer, n=40, cache=False)
-        assert torch.allclose(corpus_activations(tiny, layer, n=40), alone, atol=1e-5), layer
+        alone = corpus_activations(tiny, layer, ref, cache=False)
+        assert torch.allclose(corpus_activations(tiny, layer, ref), alone, atol=1e-5), layer
 
 
 def test_bad_states_get_clear_errors(tiny: Model) -> None:
@@ -198,8 +200,10 @@ def test_prompt_format_reference_reads_the_graft_position(tiny: Model) -> None:
     from commlib.corpora import load_sentences
 
     reply = "Alice is located in"
-    acts = corpus_activations(tiny, 1, n=6, formatted=True, position="last", reply=reply, cache=False)
-    raw = corpus_activations(tiny, 1, n=6, cache=False)
+    acts = corpus_activations(
+        tiny, 1, ReferenceSpec(n=6, formatted=True, position="last", reply=reply), cache=False
+    )
+    raw = corpus_activations(tiny, 1, ReferenceSpec(n=6), cache=False)
     sentences = load_sentences("lambada", n=6, seed=0)
     batch = encode(tiny, sentences[:1], replies=[reply])
     state = get_backend(tiny).capture(batch, 1)  # last token of the formatted prompt + reply
@@ -229,13 +233,12 @@ def test_corpus_rows_come_back_in_sentence_order_whatever_the_batching(tiny: Mod
 
 
 @pytest.mark.parametrize("position", ["last", "content"])
-def test_task_reference_reads_each_side_where_the_graft_does(tiny: Model, position: str) -> None:
+def test_task_reference_reads_each_side_where_the_graft_does(tiny: Model, position: Position) -> None:
     from commlib.graft import capture_span
     from commlib.tasks.games import reference_prompts
 
-    acts = corpus_activations(
-        tiny, 1, corpus="task:tipsheets", n=6, formatted=True, position=position, cache=False
-    )
+    ref = ReferenceSpec(corpus="task:tipsheets", n=6, formatted=True, position=position)
+    acts = corpus_activations(tiny, 1, ref, cache=False)
     prompts, replies = reference_prompts("tipsheets", 6)
     assert replies[0] == "" and replies[1] == "I invest in"  # A's side as the graft reads A, then B's
     be = get_backend(tiny)
@@ -244,7 +247,7 @@ def test_task_reference_reads_each_side_where_the_graft_does(tiny: Model, positi
     assert torch.allclose(acts[0], sender[0], atol=1e-5)
     assert torch.allclose(acts[1], receiver[0], atol=1e-5)
     with pytest.raises(CommlibError, match="formatted=True"):
-        corpus_activations(tiny, 1, corpus="task:tipsheets", n=6, cache=False)
+        corpus_activations(tiny, 1, replace(ref, formatted=False), cache=False)
 
 
 def test_task_reference_never_draws_an_evaluated_item_and_keeps_prompts_once() -> None:
@@ -332,3 +335,48 @@ def test_a_distance_run_cut_short_resumes_to_the_table_of_one_uninterrupted_run(
     pd.testing.assert_frame_equal(
         run_distance("countries", tiny, tiny, out_dir=tmp_path / "whole", **kw), whole
     )
+
+
+def _old_key(corpus: str, layer: int, n: int, seed: int, formatted: bool, position: str, reply: str) -> str:
+    """The cache key as the seven loose arguments named it before ReferenceSpec, written out here."""
+    import hashlib
+
+    key = f"{corpus}_L{layer}_n{n}_seed{seed}"
+    if formatted:
+        key += f"_fmt-{position}-{hashlib.sha1(reply.encode()).hexdigest()[:8]}"
+    return key
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        {"corpus": "lambada", "n": 3072, "seed": 0, "formatted": False, "position": "last", "reply": ""},
+        {"corpus": "c4", "n": 40, "seed": 3, "formatted": False, "position": "content", "reply": "x"},
+        {"corpus": "lambada", "n": 300, "seed": 1, "formatted": True, "position": "last", "reply": "It is"},
+        {
+            "corpus": "task:countries",
+            "n": 300,
+            "seed": 0,
+            "formatted": True,
+            "position": "content",
+            "reply": "",
+        },
+    ],
+)
+def test_a_reference_spec_keeps_the_cache_key_of_the_old_arguments(
+    old: dict, tiny: Model, tmp_path, monkeypatch
+) -> None:
+    """Caches written before ReferenceSpec keep hitting: same key, same file, for every layer."""
+    from safetensors.torch import save_file
+
+    from commlib.distance import _key
+
+    ref = ReferenceSpec(**old)
+    for layer in (0, 1, 2):
+        assert _key(ref, layer) == _old_key(layer=layer, **old)
+    monkeypatch.setenv("COMMLIB_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "reference" / tiny.name / f"{_old_key(layer=1, **old)}.safetensors"
+    path.parent.mkdir(parents=True)
+    planted = torch.randn(7, tiny.info.d_model)
+    save_file({"activations": planted}, str(path))
+    assert torch.equal(corpus_activations(tiny, 1, ref), planted)  # read from the old file, not captured

@@ -9,6 +9,7 @@ from commlib.backends import Decoding, get_backend
 from commlib.channels.cipher import soft_message
 from commlib.channels.interlat import as_receiver_inputs, embedding_norm, trajectory_message
 from commlib.channels.slot import NL_INSTRUCTION, NL_TEMPLATE, prompt_parts, receive
+from commlib.config import ReferenceSpec
 from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import Batch, encode
@@ -212,7 +213,7 @@ def test_latent_distances_measure_what_b_reads(tiny: Model, tmp_path) -> None:
     assert len(df) == 6 and set(df["method"]) == set(methods)
     item = countries(2)[0]
     msg = soft_message(tiny, tiny, f"{item.sender}\n{NL_INSTRUCTION}", temperature=0.0, max_tokens=4)
-    manifold = Manifold.fit(input_reference(tiny, n=300, seed=0))
+    manifold = Manifold.fit(input_reference(tiny, ReferenceSpec(n=300, seed=0)))
     row = df[(df["item_id"] == item.id) & (df["method"] == "cipher-t0")].iloc[0]
     expected = manifold.table(msg.vectors.float()).mean()
     assert row["mahalanobis_pct"] == pytest.approx(expected["mahalanobis_pct"])

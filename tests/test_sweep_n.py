@@ -13,6 +13,7 @@ from commlib.backends import Decoding, get_backend
 from commlib.channels.cipher import soft_message
 from commlib.channels.interlat import as_receiver_inputs, trajectory_message
 from commlib.channels.slot import embed, message_prompt, read_slot, receive, slot_template
+from commlib.config import ReferenceSpec
 from commlib.errors import CommlibError
 from commlib.experiments import run_n_sweep
 from commlib.graft import GraftConfig, capture_span, communicate
@@ -152,13 +153,13 @@ def test_sweep_measures_what_b_receives_and_resumes(
     rows = df[df["item_id"] == item.id].set_index(["method", "n"])
     a = capture_span(get_backend(tiny), [item.sender], 1, "last", 2)[0]
     b = capture_span(get_backend(tiny), [item.receiver], 2, "last", 2, replies=[item.reply])[0]
-    task = manifold_for(tiny, 2, corpus="task:countries", n=300, formatted=True)  # the default reference
+    task = manifold_for(tiny, 2, ReferenceSpec(corpus="task:countries", n=300, formatted=True))  # the default
     expected = task.table(combine(a, b, "sum"), b).mean()
     for metric in ("mahalanobis_pct", "knn_cosine", "displacement"):
         assert rows.loc[("ac-sum", "2"), metric] == pytest.approx(expected[metric], rel=1e-4)
     trajectory = trajectory_message(tiny, message_prompt(item), max_tokens=STEPS)
     latents = as_receiver_inputs(trajectory, tiny, rescale=True)[:2]
-    expected = Manifold.fit(input_reference(tiny, n=300)).table(latents).mean()
+    expected = Manifold.fit(input_reference(tiny, ReferenceSpec(n=300))).table(latents).mean()
     assert rows.loc[("interlat-norm", "2"), "mahalanobis_pct"] == pytest.approx(expected["mahalanobis_pct"])
     assert df[df["n"] == "0"]["mahalanobis_pct"].isna().all()  # n = 0 injects nothing
     summary = res["methods"]["ac-sum"]["points"]["2"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from commlib.backends import Decoding
+from commlib.config import ReferenceSpec
 from commlib.distance import manifold_for
 from commlib.graft import communicate
 from commlib.models import Model
@@ -69,7 +70,7 @@ def test_alpha_zero_leaves_b_alone(ui: ExplorerUI) -> None:
 def test_distance_is_the_receivers_percentile(ui: ExplorerUI, tiny: Model) -> None:
     view = ui.view
     assert view is not None and view.distance is not None
-    manifold = manifold_for(tiny, view.config.j, n=N_REF)
+    manifold = manifold_for(tiny, view.config.j, ReferenceSpec(n=N_REF))
     a_state = ui.explorer.sender_states(view.item.sender, "last")[view.config.k]  # replace writes A's state
     expected = manifold.percentiles(a_state[None])["mahalanobis"][0]
     assert view.distance["mahalanobis"] == pytest.approx(float(expected))

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from commlib.config import ReferenceSpec
 from commlib.distance import Manifold, input_reference
 from commlib.experiments.distance import check_reference, layer_manifold
 from commlib.experiments.games import example_prompts
@@ -219,7 +220,7 @@ def _fit_reference(
             position=position,
             backend=backend,
         )
-    return Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
+    return Manifold.fit(input_reference(receiver, ReferenceSpec(n=n_reference, seed=seed)))
 
 
 def _point_row(
