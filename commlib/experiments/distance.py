@@ -17,6 +17,7 @@ from commlib.backends import get_backend
 from commlib.combine import LinearMap, combine
 from commlib.config import CONTROLS as CONTROLS
 from commlib.config import REFERENCES as REFERENCES
+from commlib.config import ReferenceSpec
 from commlib.distance import (
     TASK_CORPUS,
     Manifold,
@@ -43,16 +44,15 @@ def _control_sources(
     sender: Model,
     k: int,
     controls: Sequence[str],
+    ref: ReferenceSpec,
     *,
-    n_reference: int,
     seed: int,
     backend: str,
-    **reference: Any,
 ) -> dict[str, Tensor]:
     """A's states ``[items, n, d]`` and the requested :data:`CONTROLS` in their place.
 
-    A's reference is captured only for ``gaussian``; ``unrelated`` takes the
-    states of the previous item (all n positions).
+    A's reference ``ref`` is captured only for ``gaussian``; ``unrelated``
+    takes the states of the previous item (all n positions).
     """
     g = torch.Generator().manual_seed(seed)
     rows = a.reshape(-1, a.shape[-1])
@@ -61,17 +61,38 @@ def _control_sources(
     if "random" in controls:
         sources["random"] = random_directions(norms, a.shape[-1], g).reshape(a.shape)
     if "gaussian" in controls:
-        ref = reference_activations(sender, k, n=n_reference, seed=seed, backend=backend, **reference).fit
-        gauss = covariance_matched(ref, len(rows), g)
+        fit = reference_activations(sender, k, ref, backend=backend).fit
+        gauss = covariance_matched(fit, len(rows), g)
         sources["gaussian"] = (gauss / gauss.norm(dim=-1, keepdim=True) * norms).reshape(a.shape)
     if "unrelated" in controls:
         sources["unrelated"] = a.roll(1, dims=0)
     return sources
 
 
-def _reference_corpus(game: str, reference: str, corpus: str) -> str:
-    """The corpus name of :func:`run_distance`'s ``reference``: the game's prompts for ``task``."""
-    return f"{TASK_CORPUS}{game}" if reference == "task" else corpus
+def reference_spec(
+    game: str,
+    reference: str,
+    *,
+    n_reference: int,
+    seed: int,
+    position: Position,
+    reply: str = "",
+    corpus: str = "lambada",
+) -> ReferenceSpec:
+    """The states :func:`run_distance`'s ``reference`` choice names: ``corpus`` raw, formatted, or the game's.
+
+    Example:
+        >>> reference_spec("countries", "task", n_reference=300, seed=0, position="last").corpus
+        'task:countries'
+    """
+    return ReferenceSpec(
+        corpus=f"{TASK_CORPUS}{game}" if reference == "task" else corpus,
+        n=n_reference,
+        seed=seed,
+        formatted=reference != "corpus",
+        position=position,
+        reply=reply,
+    )
 
 
 def layer_manifold(
@@ -87,20 +108,15 @@ def layer_manifold(
     backend: str,
     corpus: str = "lambada",
 ) -> Manifold:
-    """B's manifold after block ``j`` for :func:`run_distance`'s ``reference`` (cached on disk)."""
-    ref_corpus = _reference_corpus(game, reference, corpus)
+    """B's manifold after block ``j`` for :func:`run_distance`'s ``reference`` (cached on disk).
+
+    The ``prompt`` reference reads each sentence followed by the first item's reply.
+    """
     reply = items[0].reply if reference == "prompt" else ""
-    return manifold_for(
-        receiver,
-        j,
-        corpus=ref_corpus,
-        n=n_reference,
-        seed=seed,
-        backend=backend,
-        formatted=reference != "corpus",
-        position=position,
-        reply=reply,
+    ref = reference_spec(
+        game, reference, n_reference=n_reference, seed=seed, position=position, reply=reply, corpus=corpus
     )
+    return manifold_for(receiver, j, ref, backend=backend)
 
 
 def _writes(x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -214,12 +230,11 @@ def run_distance(
             sender,
             k,
             controls,
-            n_reference=n_reference,
+            reference_spec(
+                game, reference, n_reference=n_reference, seed=seed, position=position, corpus=corpus
+            ),
             seed=seed,
             backend=backend,
-            corpus=_reference_corpus(game, reference, corpus),
-            formatted=reference != "corpus",
-            position=position,
         )
         configs = [{"source": source, **graft} for source in ("a", *controls) for graft in grafts]
         states, tables = _grafted_states(sources, b, configs, manifold, map)
@@ -366,7 +381,7 @@ def run_latent_distance(
     }
     run = Run(out_dir, settings, fields=None, table="latent_distances.csv")  # columns: the manifold's metrics
     finished = run.done("item_id", "method")
-    manifold = Manifold.fit(input_reference(receiver, n=n_reference, seed=seed))
+    manifold = Manifold.fit(input_reference(receiver, ReferenceSpec(n=n_reference, seed=seed)))
     cfg = MethodConfig(k=None, j=None, message_tokens=message_tokens)
     for item in tqdm(items, desc="latent distance", disable=not progress):
         rows = []
