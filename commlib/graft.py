@@ -56,7 +56,25 @@ def map_layer(layer: int, n_from: int, n_to: int) -> int:
         )
     if n_from == 1:
         return 0
-    return math.floor(layer / (n_from - 1) * (n_to - 1) + 0.5)
+    return layer_at_depth(layer / (n_from - 1), n_to)
+
+
+def layer_at_depth(depth: float, n_layers: int) -> int:
+    """The block at relative ``depth`` (0 the first block, 1 the last) of an ``n_layers``-block model.
+
+    The nearest block, halves up: ``round(depth * (n_layers - 1))``. The one
+    depth mapping of the library (:func:`map_layer` moves a block with it).
+
+    Example:
+        >>> layer_at_depth(0.67, 30), layer_at_depth(0.67, 28), layer_at_depth(1.0, 24)
+        (19, 18, 23)
+
+    Raises:
+        LayerOutOfRangeError: ``depth`` is outside [0, 1] or the model has no block.
+    """
+    if n_layers < 1 or not 0.0 <= depth <= 1.0:
+        raise LayerOutOfRangeError(f"depth {depth} of a {n_layers}-block model: use a depth in [0, 1]")
+    return math.floor(depth * (n_layers - 1) + 0.5)
 
 
 @dataclass(frozen=True)

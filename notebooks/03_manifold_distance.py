@@ -63,7 +63,7 @@ from commlib.distance import (
     similarity_table,
 )
 from commlib.experiments import run_distance
-from commlib.graft import capture_message, map_layer
+from commlib.graft import capture_message, layer_at_depth
 from commlib.models import load_model
 from commlib.plots import pair_heatmap, percentile_boxes, save_figure
 from commlib.tasks.games import load_game
@@ -73,8 +73,8 @@ if FAST:
 suffix = "_fast" if FAST else ""
 
 
-def layer_at(model) -> int:  # DEPTH as block round(100 * DEPTH) of a 101-block ruler, moved to the model
-    return map_layer(round(100 * DEPTH), 101, model.info.n_layers)
+def layer_at(model) -> int:
+    return layer_at_depth(DEPTH, model.info.n_layers)
 
 
 # %% [markdown]

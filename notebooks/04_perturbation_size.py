@@ -66,7 +66,7 @@ FIGURES_DIR = begin_notebook(FAST, FIGURES_DIR)
 import pandas as pd
 
 from commlib.experiments import run_distance
-from commlib.graft import map_layer
+from commlib.graft import layer_at_depth
 from commlib.models import load_model
 from commlib.plots import gain_vs_distance, save_figure
 from commlib.results import summarise
@@ -81,7 +81,7 @@ frames = []
 for a_name, b_name in PAIRS:
     sender = load_model(a_name)
     receiver = sender if b_name == a_name else load_model(b_name)
-    k, j = (map_layer(round(100 * DEPTH), 101, m.info.n_layers) for m in (sender, receiver))  # same depth
+    k, j = (layer_at_depth(DEPTH, m.info.n_layers) for m in (sender, receiver))  # same depth
     run_dir = f"{RUNS_DIR}/{a_name}__{b_name}/{GAME}/k{k}_j{j}_seed{SEED}_n{N}_{REFERENCE}"
     df = run_distance(
         GAME,
