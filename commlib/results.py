@@ -28,6 +28,9 @@ from commlib.registry import canonical
 
 ITEM_FIELDS = ("item_id", "method", "answer", "output", "message", "correct", "exact")
 
+TRUE_TEXT = ("True", "1")
+"""How a true flag (``correct``, ``exact``) reads back from a table: as csv and pandas write it, or 1."""
+
 
 def first_answer_line(text: str) -> str:
     """The first non-empty line of a generation, stripped."""
@@ -283,8 +286,8 @@ class Run:
         out = {}
         for method in dict.fromkeys(canonical(m) for m in methods):
             rows = [r for r in self.rows if r["method"] == method]
-            correct = [float(r["correct"] in ("True", "1")) for r in rows]
-            exact = [float(r["exact"] in ("True", "1")) for r in rows]
+            correct = [float(r["correct"] in TRUE_TEXT) for r in rows]
+            exact = [float(r["exact"] in TRUE_TEXT) for r in rows]
             lo, hi = bootstrap_ci(correct, seed=seed)
             out[method] = {
                 "accuracy": float(np.mean(correct)) if rows else float("nan"),
@@ -318,7 +321,7 @@ def correct_by_item(rows: Any) -> Any:
         >>> correct_by_item(rows).to_dict()
         {'a': 1.0, 'b': 0.0}
     """
-    return rows.set_index("item_id")["correct"].astype(str).isin(["True", "1"]).astype(float)
+    return rows.set_index("item_id")["correct"].astype(str).isin(TRUE_TEXT).astype(float)
 
 
 class AnswerStore:

@@ -44,7 +44,7 @@ from commlib.protocols.reasoning import (
     single_answer_key,
     single_output,
 )
-from commlib.results import AnswerStore, Run, package_versions
+from commlib.results import TRUE_TEXT, AnswerStore, Run, package_versions
 from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
 from commlib.tasks.reasoning import ReasoningItem, load_task
 
@@ -362,7 +362,7 @@ def _scores(
     df = run.frame(keep_default_na=False, dtype={"extracted": str, "correct": str})
     df = df[df["method"].isin(methods)].copy()
     if not judged:
-        df["score"] = df["correct"].astype(str).isin(["True", "1"]).astype(float)
+        df["score"] = df["correct"].astype(str).isin(TRUE_TEXT).astype(float)
         return df
     if judge is not None:
         scores = judge_biographies(run.dir, items, judge, methods=methods, **judging)

@@ -24,6 +24,7 @@ from commlib.protocols.games import MethodConfig
 from commlib.protocols.series import ALL, Point, Series, adapter_identity, parse_ns, series_for
 from commlib.registry import check_methods
 from commlib.results import (
+    TRUE_TEXT,
     Run,
     bootstrap_ci,
     contains_answer,
@@ -273,7 +274,7 @@ def _series_summary(
                 "accuracy": float(correct.mean()),
                 "ci_low": lo,
                 "ci_high": hi,  # NaN when no rows
-                "exact_match": float(sub["exact"].astype(str).isin(["True", "1"]).mean()),
+                "exact_match": float(sub["exact"].astype(str).isin(TRUE_TEXT).mean()),
                 "n_items": len(sub),
                 "n_sent": float(sub["n_sent"].mean()),
                 **{f"median_{c}": float(sub[c].median()) for c in N_SWEEP_DISTANCES},
