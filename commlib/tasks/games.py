@@ -3,9 +3,12 @@
 * Countries (Section 4.1): A reads "<Name> is at <landmark>.", B is asked
   "Which country is <Name> located in?"; the answer is the landmark's country.
   Landmarks come from ``data/landmarks.csv`` (written for this project); names
-  are drawn with a seed. ``countries:train`` and ``countries:heldout`` draw
-  from disjoint landmark sets (every fourth landmark is held out), so a
-  trained channel can be evaluated on landmarks it never saw.
+  are drawn with a seed. ``countries`` draws from the table's 112 ``original``
+  rows; ``countries:train`` and ``countries:heldout`` split them into disjoint
+  landmark sets (every fourth landmark is held out), so a trained channel can
+  be evaluated on landmarks it never saw. ``countries:full`` adds the rows
+  ``added`` for issue 24 (about 380 in all), which
+  :mod:`commlib.tasks.pools` splits into selection and test pools.
 * Tip Sheets: A reads a short tip sheet on three made-up companies (one
   falling, one at a record high, one at a record high but in a lawsuit); B must
   pick one company; the answer is the clean record-high one. Wording, company
@@ -31,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,15 +87,22 @@ class GameItem:
     reply: str = ""
 
 
-LANDMARK_SPLITS = ("all", "train", "heldout")
-"""Countries' landmark sets: all, or a disjoint train / held-out split (every fourth row held out)."""
+LANDMARK_SPLITS = ("all", "train", "heldout", "full")
+"""Countries' landmark sets: all original rows, a disjoint train / held-out split of them (every
+fourth row held out), or the full table (original and added rows)."""
 
 
 def landmarks(split: str = "all") -> list[tuple[str, str]]:
-    """(landmark, country) pairs from ``data/landmarks.csv``, all or one side of the split.
+    """(landmark, country) pairs from ``data/landmarks.csv``: a split of the original rows, or all rows.
+
+    ``all``, ``train`` and ``heldout`` read only the 112 rows whose ``set`` is
+    ``original`` (the table before issue 24), so stored runs keep their items;
+    ``full`` also returns the rows ``added`` after them.
 
     Example:
         >>> len(landmarks("train")) + len(landmarks("heldout")) == len(landmarks())
+        True
+        >>> landmarks("full")[: len(landmarks())] == landmarks()
         True
     """
     if split not in LANDMARK_SPLITS:
@@ -100,10 +111,29 @@ def landmarks(split: str = "all") -> list[tuple[str, str]]:
     if not path.exists():
         raise CommlibError(f"{path} is missing: run commlib from its repository (pip install -e .)")
     with path.open(newline="") as fh:
-        table = [(row["landmark"], row["country"]) for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    if split == "full":
+        return [(row["landmark"], row["country"]) for row in rows]
+    table = [(row["landmark"], row["country"]) for row in rows if row["set"] == "original"]
     if split == "all":
         return table
     return [row for i, row in enumerate(table) if (i % 4 == 0) == (split == "heldout")]
+
+
+def country_item(landmark: str, country: str, name: str, item_id: str) -> GameItem:
+    """The Countries item that puts ``name`` at ``landmark`` (answer: ``country``).
+
+    Example:
+        >>> country_item("Petra", "Jordan", "Omar", "x-0").sender
+        'Omar is at Petra.'
+    """
+    return GameItem(
+        sender=f"{name} is at {landmark}.",
+        receiver=f"Which country is {name} located in?",
+        answer=country,
+        id=item_id,
+        reply=f"{name} is located in",
+    )
 
 
 def countries(n: int = 100, seed: int = 0, split: str = "all") -> list[GameItem]:
@@ -122,12 +152,11 @@ def countries(n: int = 100, seed: int = 0, split: str = "all") -> list[GameItem]
     picks = rng.sample(table, n)
     names = [rng.choice(NAMES) for _ in picks]
     return [
-        GameItem(
-            sender=f"{name} is at {landmark}.",
-            receiver=f"Which country is {name} located in?",
-            answer=country,
-            id=f"countries-{seed}-{i}" if split == "all" else f"countries-{split}-{seed}-{i}",
-            reply=f"{name} is located in",
+        country_item(
+            landmark,
+            country,
+            name,
+            f"countries-{seed}-{i}" if split == "all" else f"countries-{split}-{seed}-{i}",
         )
         for i, ((landmark, country), name) in enumerate(zip(picks, names, strict=True))
     ]
@@ -156,6 +185,8 @@ _PREFIXES = (
     "Wex",
 )
 _SUFFIXES = ("tech", "corp", "dyne", "works", "labs", "ware", "gen", "systems", "logic", "media")
+COMPANIES = tuple(p + s for p in _PREFIXES for s in _SUFFIXES)
+"""Tip Sheets' made-up company names (200: every prefix with every suffix)."""
 _FALLING = (
     "{c} shares have been tanking all quarter.",
     "{c} stock keeps sliding to new lows.",
@@ -173,10 +204,23 @@ _LAWSUIT = (
 )
 
 
-def tipsheets(n: int = 70, seed: int = 0) -> list[GameItem]:
-    """``n`` Tip Sheets items with varied wording, names and order."""
+def tipsheets(n: int = 70, seed: int = 0, companies: Sequence[str] | None = None) -> list[GameItem]:
+    """``n`` Tip Sheets items with varied wording, names and order.
+
+    ``companies`` restricts the names drawn (default: all of :data:`COMPANIES`).
+
+    Raises:
+        CommlibError: fewer than three companies.
+
+    Example:
+        >>> three = ["Zentech", "Argocorp", "Novadyne"]
+        >>> sorted({c for it in tipsheets(5, companies=three) for c in it.choices})
+        ['Argocorp', 'Novadyne', 'Zentech']
+    """
+    pool = list(COMPANIES if companies is None else companies)
+    if len(pool) < 3:
+        raise CommlibError(f"a tip sheet names three companies; got {len(pool)}")
     rng = random.Random(seed)
-    pool = [p + s for p in _PREFIXES for s in _SUFFIXES]
     items = []
     for i in range(n):
         falling, record, lawsuit = rng.sample(pool, 3)
@@ -240,7 +284,8 @@ def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = T
     """A game's items: ``n`` of them (default: the paper's 100 and 70, or the whole file).
 
     ``game`` is ``countries`` (or ``countries:train`` / ``countries:heldout``,
-    disjoint landmarks: train a channel on one, evaluate on the other),
+    disjoint landmarks: train a channel on one, evaluate on the other;
+    ``countries:full`` for the whole table with the added landmarks),
     ``tipsheets``, or a path to a JSONL file. ``reply=False`` drops the items'
     answer openings (B answers from scratch).
 
@@ -258,8 +303,8 @@ def load_game(game: str, n: int | None = None, seed: int = 0, *, reply: bool = T
         items = items if n is None else items[:n]
     else:
         raise CommlibError(
-            f"unknown game {game!r}; use countries (or countries:train, countries:heldout), tipsheets, "
-            "or a .jsonl path"
+            f"unknown game {game!r}; use countries (or countries:train, countries:heldout, countries:full), "
+            "tipsheets, or a .jsonl path"
         )
     return items if reply else [replace(it, reply="") for it in items]
 
