@@ -24,13 +24,22 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from commlib.channels.slot import embed, embedding_scale, embedding_table, next_logits
+from commlib.channels.slot import (
+    embed,
+    embedding_scale,
+    embedding_table,
+    forward_rows,
+    keep_rows,
+    next_logits,
+    prefill_rows,
+)
 from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import encode
@@ -74,6 +83,12 @@ def check_shared_vocabulary(sender: Model, receiver: Model) -> None:
             f"CIPHER needs a shared vocabulary; {sender.name} and {receiver.name} tokenize differently. "
             "Use a model with itself, or qwen2.5-coder-0.5b with qwen2.5-coder-1.5b"
         )
+
+
+def _check(sender: Model, receiver: Model, temperature: float) -> None:
+    check_shared_vocabulary(sender, receiver)
+    if temperature < 0:
+        raise CommlibError(f"temperature must be >= 0, got {temperature}")
 
 
 def _soft_embed(model: Model, probs: Float[Tensor, "... vocab"]) -> Float[Tensor, "... d"]:
@@ -122,9 +137,7 @@ def soft_message(
     Raises:
         CommlibError: a vocabulary the receiver does not share, or a negative temperature or soft_steps.
     """
-    check_shared_vocabulary(sender, receiver)
-    if temperature < 0:
-        raise CommlibError(f"temperature must be >= 0, got {temperature}")
+    _check(sender, receiver, temperature)
     if soft_steps is not None and soft_steps < 0:
         raise CommlibError(f"soft_steps must be >= 0, got {soft_steps}")
     tok = sender.tokenizer
@@ -159,3 +172,77 @@ def soft_message(
         nearest_tokens=[str(tok.decode([i])) for i in nearest],
         temperature=temperature,
     )
+
+
+def _message(
+    sender: Model, receiver: Model, probs: list[Tensor], nearest: list[int], t: float, vocab: int
+) -> SoftMessage:
+    """A :class:`SoftMessage` from the sender's step distributions (over ``vocab``) and nearest tokens."""
+    stacked = torch.stack(probs) if probs else torch.zeros(0, vocab, device=sender.device)
+    tokens = [str(sender.tokenizer.decode([i])) for i in nearest]
+    return SoftMessage(_soft_embed(receiver, stacked), stacked, nearest, tokens, t)
+
+
+@torch.no_grad()
+def soft_messages(
+    sender: Model,
+    receiver: Model,
+    prompts: Sequence[str],
+    *,
+    temperature: float,
+    max_tokens: int = 48,
+    batch_size: int = 16,
+) -> list[SoftMessage]:
+    """:func:`soft_message` (text prompts, every step soft) for many prompts, in batches.
+
+    Each batch is left-padded (the positions all its prompts share run once)
+    and a row leaves it when its nearest token is EOS, as :func:`soft_message`
+    decides: the same messages as one prompt at a time (tested).
+
+    Raises:
+        CommlibError: a vocabulary the receiver does not share, or a negative temperature.
+    """
+    _check(sender, receiver, temperature)
+    out: list[SoftMessage] = []
+    for start in range(0, len(prompts), batch_size):
+        out += _soft_batch(sender, receiver, prompts[start : start + batch_size], temperature, max_tokens)
+    return out
+
+
+def _soft_batch(
+    sender: Model, receiver: Model, prompts: Sequence[str], temperature: float, max_tokens: int
+) -> list[SoftMessage]:
+    """One batch of :func:`soft_messages`."""
+    batch = encode(sender, prompts)
+    rows = [
+        embed(sender, ids[m.bool()]) for ids, m in zip(batch.input_ids, batch.attention_mask, strict=True)
+    ]
+    logits, _, past, mask = prefill_rows(sender, rows)
+    vocab = logits.shape[-1]
+    table, scale = embedding_table(sender), embedding_scale(sender)
+    eos = torch.tensor(sender.eos_token_ids(), device=logits.device)
+    live = torch.arange(len(rows), device=logits.device)
+    probs: list[list[Tensor]] = [[] for _ in rows]
+    nearest: list[list[int]] = [[] for _ in rows]
+    for step in range(max_tokens):
+        if temperature == 0:
+            p = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        else:
+            p = torch.softmax(logits / temperature, dim=-1)
+        sent = (p.to(table.dtype) @ table) * scale  # [rows, d_A], as the sender reads it
+        near = torch.tensor(nearest_token_ids(sender, sent), device=logits.device)
+        going = ~torch.isin(near, eos)
+        if not bool(going.any()):
+            break
+        if not bool(going.all()):
+            live, p, sent, near, mask = keep_rows(
+                past, going.nonzero().squeeze(-1), live, p, sent, near, mask
+            )
+        for i, row in enumerate(live.tolist()):
+            probs[row].append(p[i])
+            nearest[row].append(int(near[i]))
+        if step == max_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits, _, past = forward_rows(sender, sent[:, None, :], mask, past)
+    return [_message(sender, receiver, p, n, temperature, vocab) for p, n in zip(probs, nearest, strict=True)]

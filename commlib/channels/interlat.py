@@ -1,7 +1,8 @@
 """Interlat-style trajectory messages (Du et al., 2025), zero-shot variants.
 
 The sender writes its message greedily; its last-layer hidden state at every
-step (what its LM head reads) forms ``H = [h_1 .. h_L]``. The receiver reads
+step (what its LM head reads) forms ``H = [h_1 .. h_L]``
+(:mod:`commlib.channels.trajectory`, re-exported here). The receiver reads
 ``H`` as input embeddings where a text message would go (the ``nl``
 template's slot, as CIPHER does), either raw or rescaled row by row to the
 median norm of the receiver's own input embeddings. The trained variant (an
@@ -37,74 +38,15 @@ from commlib.channels.slot import (
     slot_embeddings,
     slot_template,
 )
+from commlib.channels.trajectory import Trajectory as Trajectory
+from commlib.channels.trajectory import trajectory_message as trajectory_message
+from commlib.channels.trajectory import trajectory_messages as trajectory_messages
 from commlib.errors import CommlibError
 from commlib.models import Model
-from commlib.prompts import encode, format_prompt
+from commlib.prompts import format_prompt
 from commlib.results import claim_run_dir
 from commlib.sweep import answer_ids
 from commlib.tasks.games import GameItem, load_game
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """A sender's message as hidden states.
-
-    Attributes:
-        hidden: ``[L, d_A]`` last-layer hidden state at each generated step
-            (the state that chose the step's token).
-        token_ids: The greedy tokens, up to (not including) EOS.
-        text: Their text.
-    """
-
-    hidden: Float[Tensor, "L d"]
-    token_ids: list[int]
-    text: str
-
-
-_TRAJECTORIES: dict[tuple[int, str, int], tuple[Model, Trajectory]] = {}
-_CACHE_SIZE = 1024
-
-
-def trajectory_message(sender: Model, prompt: str, *, max_tokens: int = 48) -> Trajectory:
-    """Greedy message for ``prompt`` (the full instruction) with the hidden state of every step.
-
-    Deterministic, so it is kept in memory (the last 1024 per process): the
-    Interlat variants of one run share A's work.
-    """
-    key = (id(sender), prompt, max_tokens)
-    if key not in _TRAJECTORIES:
-        if len(_TRAJECTORIES) >= _CACHE_SIZE:
-            _TRAJECTORIES.pop(next(iter(_TRAJECTORIES)))
-        _TRAJECTORIES[key] = (sender, _trajectory(sender, prompt, max_tokens))  # the model keeps its id
-    return _TRAJECTORIES[key][1]
-
-
-@torch.no_grad()
-def _trajectory(sender: Model, prompt: str, max_tokens: int) -> Trajectory:
-    tok = sender.tokenizer
-    ids = encode(sender, [prompt]).input_ids
-    out = sender.hf(input_ids=ids.to(sender.device), output_hidden_states=True, use_cache=True)
-    eos = set(sender.eos_token_ids())
-    hidden: list[Tensor] = []
-    chosen: list[int] = []
-    for _ in range(max_tokens):
-        nxt = int(out.logits[0, -1].argmax())
-        if nxt in eos:
-            break
-        hidden.append(out.hidden_states[-1][0, -1].float())
-        chosen.append(nxt)
-        out = sender.hf(
-            input_ids=torch.tensor([[nxt]], device=sender.device),
-            past_key_values=out.past_key_values,
-            output_hidden_states=True,
-            use_cache=True,
-        )
-    d = sender.info.d_model
-    return Trajectory(
-        hidden=torch.stack(hidden) if hidden else torch.zeros(0, d),
-        token_ids=chosen,
-        text=str(tok.decode(chosen, skip_special_tokens=True)),
-    )
 
 
 def embedding_norm(model: Model) -> float:
