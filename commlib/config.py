@@ -312,6 +312,9 @@ class FitMapRun:
     k: int = option(help="A's block W reads")
     j: int = option(help="B's block W writes")
     epochs: int = option(10, help="passes over the pairs of states")
+    fit: str = option(
+        "adam", choices=("adam", "ridge"), help="adam (the paper's) or closed-form ridge with a bias"
+    )
     corpus: str | None = option(None, choices=CORPORA, help="general text for W (default: lambada)")
     task: str | None = option(
         None,
@@ -506,3 +509,58 @@ class SweepNRun:
     position: Position = option("last", choices=POSITIONS, help=_AC_POSITION)
     message_tokens: int = option(48, help="longest message A writes (latent)")
     max_new_tokens: int = option(24, help="most tokens B answers with (greedy)")
+
+
+THESIS_DEFAULT_CHANNELS = (
+    "silent",
+    "skyline",
+    "nl",
+    "ac-sum",
+    "ac-mean",
+    "ac-replace",
+    "ac-w-replace",
+    "cipher-t0",
+    "cipher-t1",
+    "interlat",
+)
+"""What ``commlib thesis`` runs unless told otherwise."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThesisRun:
+    """``commlib thesis``: every channel against its content control on disjoint pools, one distance axis."""
+
+    pair: ModelPair = option(help=_PAIR)
+    run: RunSpec = option(
+        help=_RUN,
+        flags={
+            "n": {"default": 200, "help": "test items (each with its content control)"},
+            "seed": {"help": "fixes the pools, the names and the control derangement"},
+            "out": {
+                "help": "run directory (items.csv, summary.csv, results.json); the same directory resumes"
+            },
+        },
+    )
+    game: str = option(help="countries, tipsheets, or a JSONL task (fields sender, receiver, answer)")
+    channels: tuple[str, ...] = option(
+        THESIS_DEFAULT_CHANNELS,
+        parse=comma_list,
+        help="comma-separated channels; ac-* run at the selected and paper depth, ac-w-* at the paper's",
+    )
+    n_selection: int | None = option(None, help="selection items (default: the rest of the task)")
+    selection_fraction: float | None = option(None, help="JSONL task: the fraction held out for selection")
+    selection_file: str | None = option(None, metavar="PATH", help="JSONL task: a second file for selection")
+    depth_items: int = option(32, help="selection items AC's depth is chosen on")
+    grid: int = option(7, help="blocks per axis searched for AC's depth")
+    map: str | None = option(None, metavar="DIR", help="W at the paper's depth (default: fitted in the run)")
+    map_sentences: int = option(1024, help="LAMBADA sentences W is fitted on when --map is not given")
+    adapter: str | None = option(
+        None,
+        metavar="DIR",
+        help="interlat-trained's adapter (default: trained in the run on selection items)",
+    )
+    adapter_items: int = option(100, help="selection items the adapter trains on when --adapter is not given")
+    adapter_steps: int = option(300, help="the adapter's training steps when --adapter is not given")
+    message_tokens: int = option(32, help="longest message A writes (NL, CIPHER, Interlat)")
+    max_new_tokens: int = option(6, help="tokens B answers with after the reply (greedy)")
+    chunk: int = option(16, help="test items per batch of work; every channel advances together")

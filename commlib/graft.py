@@ -321,6 +321,7 @@ def fit_map(
     lr: float = 1e-3,
     backend: str = "nnsight",
     prompts: Sequence[str] | None = None,
+    fit: str = "adam",
 ) -> LinearMap:
     """Train the task-agnostic map ``W`` for a pair as in the paper.
 
@@ -337,11 +338,13 @@ def fit_map(
         >>> w.weight.shape
         torch.Size([96, 64])
     """
-    from commlib.combine import fit_linear_map
+    from commlib.combine import fit_linear_map, fit_ridge_map
     from commlib.corpora import load_sentences
 
     check_layer(sender, k, "k")
     check_layer(receiver, j, "j")
+    if fit not in ("adam", "ridge"):
+        raise CommlibError(f"unknown fit {fit!r}; use adam (the paper's) or ridge")
     formatted = prompts is not None
     sentences = list(prompts) if prompts is not None else load_sentences(corpus, n=n, seed=seed)
     if not sentences:
@@ -352,6 +355,15 @@ def fit_map(
         if (sender is receiver and k == j)
         else capture_corpus(receiver, sentences, [j], backend=backend, formatted=formatted)[j]
     )
+    names: dict[str, Any] = {
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "k": k,
+        "j": j,
+        "corpus": corpus,
+    }
+    if fit == "ridge":
+        return fit_ridge_map(a, b, seed=seed, **names)
     return fit_linear_map(
         a,
         b,
@@ -359,9 +371,5 @@ def fit_map(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        sender=sender.name,
-        receiver=receiver.name,
-        k=k,
-        j=j,
-        corpus=corpus,
+        **names,
     )

@@ -241,7 +241,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_flag_has_help_and_every_command_an_example() -> None:
     commands = subparsers()
-    assert len(commands) == 12
+    assert len(commands) == 13
     for name, parser in commands.items():
         for action in parser._actions:
             assert action.help and action.help.strip(), f"commlib {name} {action.dest} has no help"

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,40 @@ class Generation:
     token_ids: Int[Tensor, "batch new"]
     texts: list[str]
     first_logits: Float[Tensor, "batch vocab"]
+
+
+@contextmanager
+def final_states(model: Model) -> Iterator[list[Float[Tensor, "batch d"]]]:
+    """Collect what ``model``'s unembedding reads at the last position, in every pass of the block.
+
+    The final normed state (HF ``hidden_states[-1]``) of each forward pass
+    over ``model``'s weights, whichever module tree runs them: plain HF, the
+    nnsight copy or the TransformerLens bridge (a global forward pre-hook
+    that matches the unembedding by its weight). In :meth:`Backend.generate`
+    the first entry is the prefill's answer position. The hook is removed on
+    exit, also on error.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> from commlib.prompts import encode
+        >>> m = load_model("tiny-llama-random")
+        >>> with final_states(m) as states:
+        ...     _ = m.hf(encode(m, ["Hi"]).input_ids)
+        >>> states[0].shape
+        torch.Size([1, 64])
+    """
+    weight = model.hf.get_output_embeddings().weight
+    seen: list[Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(module, torch.nn.Linear) and module.weight is weight:
+            seen.append(args[0][:, -1].detach().float())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def check_finite(x: Tensor, what: str) -> None:

@@ -141,6 +141,8 @@ class AdapterInfo:
     message_tokens: int
     losses: tuple[float, ...]
     kl_weight: float = 0.0
+    items: tuple[str, ...] = ()
+    """The ids it was trained on when given a pool (empty: ``n_train`` of ``game`` drawn with ``seed``)."""
 
 
 def _slot_inputs(receiver: Model, item: GameItem, message: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,20 +223,16 @@ def text_reference(receiver: Model, item: GameItem, trajectory: Trajectory) -> F
 
 
 def _training_set(
-    sender: Model, game: str, n_train: int, seed: int, message_tokens: int, cache: Path, progress: bool
-) -> tuple[list[GameItem], list[Trajectory]]:
-    """``n_train`` items of ``game`` drawn with ``seed``; A's trajectories for them, cached in ``cache``."""
-    from tqdm.auto import tqdm
-
-    items = load_game(game, n=n_train, seed=seed)
+    sender: Model, items: list[GameItem], message_tokens: int, cache: Path, progress: bool
+) -> list[Trajectory]:
+    """A's trajectories for ``items``, cached in ``cache``."""
     if cache.exists():
-        return items, [Trajectory(**t) for t in torch.load(cache)]
-    trajectories = [
-        trajectory_message(sender, message_prompt(it), max_tokens=message_tokens)
-        for it in tqdm(items, desc="A's trajectories", disable=not progress)
-    ]
+        return [Trajectory(**t) for t in torch.load(cache)]
+    trajectories = trajectory_messages(
+        sender, [message_prompt(it) for it in items], max_tokens=message_tokens, batch_size=8
+    )
     torch.save([vars(t) for t in trajectories], cache)
-    return items, trajectories
+    return trajectories
 
 
 def _train(
@@ -301,6 +299,7 @@ def train_adapter(
     kl_weight: float = 0.0,
     checkpoint_every: int = 50,
     progress: bool = True,
+    items: Sequence[GameItem] | None = None,
 ) -> InterlatAdapter:
     """Train an :class:`InterlatAdapter` with B frozen, on ``n_train`` items of ``game`` drawn with ``seed``.
 
@@ -312,12 +311,16 @@ def train_adapter(
     are computed once and cached in ``out_dir``; the adapter, its optimizer
     and metadata are saved every ``checkpoint_every`` steps, and a re-run
     resumes from there. Keep ``seed`` away from the evaluation seeds (0 and
-    1 in the notebooks).
+    1 in the notebooks). With ``items`` (a selection pool,
+    :func:`commlib.tasks.pools.make_pools`) it trains on exactly those and
+    ``game`` names where they came from.
 
     Raises:
         CommlibError: ``out_dir`` holds an adapter trained with other settings.
     """
     out = Path(out_dir)
+    chosen = list(items) if items is not None else load_game(game, n=n_train, seed=seed)
+    n_train = len(chosen)
     settings = {
         "sender": sender.name,
         "receiver": receiver.name,
@@ -327,10 +330,12 @@ def train_adapter(
         "lr": lr,
         "message_tokens": message_tokens,
     }
-    claim_run_dir(out, {**settings, **({"kl_weight": kl_weight} if kl_weight else {})})  # older runs had none
-    items, trajectories = _training_set(
-        sender, game, n_train, seed, message_tokens, out / "trajectories.pt", progress
-    )
+    ids = tuple(it.id for it in chosen) if items is not None else ()
+    extra: dict[str, Any] = {"kl_weight": kl_weight} if kl_weight else {}  # older runs had none
+    if ids:
+        extra["items"] = list(ids)
+    claim_run_dir(out, {**settings, **extra})
+    trajectories = _training_set(sender, chosen, message_tokens, out / "trajectories.pt", progress)
     torch.manual_seed(seed)
     adapter = InterlatAdapter(
         sender.info.d_model, receiver.info.d_model, target_norm=embedding_norm(receiver)
@@ -340,15 +345,15 @@ def train_adapter(
     def step_loss(i: int, rng: torch.Generator) -> Tensor:
         r = float(torch.rand((), generator=rng))
         if kl_weight and i not in references:
-            references[i] = text_reference(receiver, items[i], trajectories[i])
+            references[i] = text_reference(receiver, chosen[i], trajectories[i])
         return adapter_loss(
-            adapter, receiver, items[i], trajectories[i], r, kl_weight=kl_weight, reference=references.get(i)
+            adapter, receiver, chosen[i], trajectories[i], r, kl_weight=kl_weight, reference=references.get(i)
         )
 
     losses = _train(
         adapter,
         step_loss,
-        len(items),
+        len(chosen),
         out,
         steps=steps,
         lr=lr,
@@ -369,6 +374,7 @@ def train_adapter(
         message_tokens,
         tuple(losses),
         kl_weight,
+        ids,
     )
     _save(adapter, asdict(info), out, "adapter")
     return adapter
@@ -386,7 +392,9 @@ def load_adapter(out_dir: str | Path) -> tuple[InterlatAdapter, AdapterInfo]:
         CommlibError: no adapter there.
     """
     weights, info_d = _load(Path(out_dir), "adapter", "train one with `commlib train-adapter`")
-    info = AdapterInfo(**{**info_d, "losses": tuple(info_d["losses"])})
+    info = AdapterInfo(
+        **{**info_d, "losses": tuple(info_d["losses"]), "items": tuple(info_d.get("items", ()))}
+    )
     d_out, d_in = weights["boundaries"].shape[1], weights["norm.weight"].shape[0]
     adapter = InterlatAdapter(d_in, d_out, target_norm=1.0)
     adapter.load_state_dict(weights)
@@ -548,6 +556,10 @@ def train_compressor(
         raise CommlibError(f"compress to at least one vector, got K = {k}")
     adapter, base = load_adapter(adapter_dir)
     check_pair(adapter_dir, (base.sender, base.receiver), sender, receiver)
+    if base.items:
+        raise CommlibError(
+            f"the adapter in {adapter_dir} was trained on a selection pool; compress one trained on --game"
+        )
     out = Path(out_dir)
     claim_run_dir(
         out,
@@ -561,14 +573,9 @@ def train_compressor(
         },
     )
     cache = Path(adapter_dir) / "trajectories.pt"
-    items, trajectories = _training_set(
-        sender,
-        base.game,
-        base.n_train,
-        base.seed,
-        base.message_tokens,
-        cache if cache.exists() else out / "trajectories.pt",
-        progress,
+    items = load_game(base.game, n=base.n_train, seed=base.seed)
+    trajectories = _training_set(
+        sender, items, base.message_tokens, cache if cache.exists() else out / "trajectories.pt", progress
     )
     torch.manual_seed(seed)
     compressor = LatentCompressor(receiver.info.d_model, k, target_norm=embedding_norm(receiver))

@@ -14,6 +14,7 @@ Commands (``commlib <command> --help`` explains each and ends with an example):
 * ``latent``: latent channels (CIPHER, Interlat) on a game next to baselines.
 * ``train-adapter``: train an Interlat adapter, or compress one to K latents.
 * ``reasoning``: GSM8k, MMLU and Biographies with single models, debate and AC.
+* ``thesis``: every channel against its content control, on disjoint pools and one distance axis.
 
 Each experiment's flags are the fields of its run config in
 :mod:`commlib.config` (shared ones, such as ``--sender``, declared once there);
@@ -34,11 +35,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from commlib.cli import exchange, games, reasoning, start, sweeps
+from commlib.cli import exchange, games, reasoning, start, sweeps, thesis
 from commlib.cli.base import CommandParser, from_args
 from commlib.errors import CommlibError
 
-FAMILIES = (start, exchange, games, sweeps, reasoning)
+FAMILIES = (start, exchange, games, sweeps, reasoning, thesis)
 """The modules of commands, in the order ``commlib --help`` lists them."""
 
 

@@ -51,16 +51,26 @@ def fit_map(cfg: FitMapRun) -> int:
             seed=seed,
             epochs=cfg.epochs,
             backend=backend,
+            fit=cfg.fit,
         )
     else:
         corpus = cfg.corpus or "lambada"
         lin = fit_map(
-            sender, receiver, cfg.k, cfg.j, corpus=corpus, n=n, seed=seed, epochs=cfg.epochs, backend=backend
+            sender,
+            receiver,
+            cfg.k,
+            cfg.j,
+            corpus=corpus,
+            n=n,
+            seed=seed,
+            epochs=cfg.epochs,
+            backend=backend,
+            fit=cfg.fit,
         )
     path = lin.save(cfg.run.out)
     info = lin.info
     print(
-        f"saved W {tuple(lin.weight.shape)} to {path}: train MSE {info.train_mse:.4g}, "
+        f"saved W {tuple(lin.weight.shape)} ({info.fit}) to {path}: train MSE {info.train_mse:.4g}, "
         f"val MSE {info.val_mse:.4g} (predicting the mean: {info.val_baseline_mse:.4g})"
     )
     return 0

@@ -54,6 +54,7 @@ def fit_task_map(
     seed: int = 0,
     epochs: int = 10,
     backend: str = "nnsight",
+    fit: str = "adam",
 ) -> LinearMap:
     """In-distribution ``W``, fitted on ``n_map`` items of ``task`` that a run of ``n_eval`` does not score.
 
@@ -80,4 +81,5 @@ def fit_task_map(
         epochs=epochs,
         backend=backend,
         prompts=[question_prompt(it) for it in fitted],
+        fit=fit,
     )

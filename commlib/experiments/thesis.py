@@ -1,0 +1,488 @@
+"""Does a message get through? Every channel against its content control, on one distance axis.
+
+The controlled experiment behind commlib's two questions (issue 24):
+
+1. **Pools.** Selection and test items share no content
+   (:func:`commlib.tasks.pools.make_pools`; a run refuses an overlap).
+2. **Controls.** Every channel runs twice per test item: carrying A's
+   message about the item (``own``) and, in the same format, A's message
+   about another test item with another answer (``control``; a derangement
+   fixed by the seed, :func:`commlib.tasks.pools.derangement`). A channel
+   carries the message only as far as ``own`` beats ``control``.
+3. **Depth.** AC's (k, j) is chosen on the selection pool by gain over the
+   control (:func:`commlib.experiments.selection.select_depth`); AC also runs
+   at the paper's depth (0.8 of both models), whatever selection says.
+4. **One distance axis**, measured on B at the answer position for every
+   channel alike: the KL of B's next-token distribution against B alone,
+   and the displacement of the state B's unembedding reads, in units of B's
+   own item-to-item spread (:func:`commlib.protocols.readings.distance`).
+
+Everything lands per item in ``DIR/items.csv`` (resumable, a crash loses
+no finished row) and is summarised by :func:`summarise_thesis` from that
+file alone into ``DIR/summary.csv``.
+
+Example:
+    >>> import tempfile
+    >>> from commlib.models import load_model
+    >>> m = load_model("tiny-llama-random")
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     s = run_thesis("countries", m, m, ["silent", "nl", "ac-replace"], n=4, n_selection=4,
+    ...                    out_dir=out, grid=2, message_tokens=3, max_new_tokens=2, progress=False)
+    >>> sorted(s["channel"])
+    ['ac-replace@paper', 'ac-replace@selected', 'nl', 'silent']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from commlib.channels.interlat import InterlatAdapter, train_adapter
+from commlib.channels.slot import Reading
+from commlib.combine import LinearMap
+from commlib.config import THESIS_DEFAULT_CHANNELS
+from commlib.errors import CommlibError
+from commlib.experiments.selection import PAPER_DEPTH, paper_layers, select_depth
+from commlib.graft import fit_map
+from commlib.models import Model
+from commlib.protocols.readings import (
+    Condition,
+    SenderSide,
+    SideNeeds,
+    check_channel,
+    distance,
+    read,
+    sender_side,
+    spread,
+)
+from commlib.results import TRUE_TEXT, Run, bootstrap_ci, contains_answer, package_versions, paired_difference
+from commlib.tasks.games import GameItem
+from commlib.tasks.pools import Pools, control_item, derangement, make_pools
+
+DEFAULT_CHANNELS = THESIS_DEFAULT_CHANNELS
+"""What ``commlib thesis`` runs unless told otherwise (``interlat-trained`` trains an adapter first)."""
+ITEM_FIELDS = (
+    "item_id",
+    "method",
+    "depth",
+    "k",
+    "j",
+    "message",
+    "donor_id",
+    "answer",
+    "donor_answer",
+    "output",
+    "correct",
+    "follows_donor",
+    "kl",
+    "shift",
+    "displacement",
+    "sent",
+)
+"""Columns of ``items.csv``: one row per test item, channel and message (own, control; none for silent)."""
+
+
+def conditions(
+    channels: Sequence[str], *, selected: tuple[int, int] | None, paper: tuple[int, int]
+) -> list[Condition]:
+    """The conditions ``channels`` expand to: AC at the selected and the paper's depth, AC(W) at the paper's.
+
+    Example:
+        >>> [c.name for c in conditions(["silent", "ac-mean", "ac-w-replace"], selected=(1, 2), paper=(3, 3))]
+        ['silent', 'ac-mean@selected', 'ac-mean@paper', 'ac-w-replace@paper']
+    """
+    out: list[Condition] = []
+    for name in dict.fromkeys(check_channel(c) for c in channels):
+        if name.startswith("ac-w-"):
+            out.append(Condition(name, "paper", *paper))
+        elif name.startswith("ac-"):
+            if selected is not None:
+                out.append(Condition(name, "selected", *selected))
+            out.append(Condition(name, "paper", *paper))
+        else:
+            out.append(Condition(name))
+    return out
+
+
+def run_thesis(
+    game: str,
+    sender: Model,
+    receiver: Model,
+    channels: Sequence[str] = DEFAULT_CHANNELS,
+    *,
+    out_dir: str | Path,
+    n: int = 200,
+    n_selection: int | None = None,
+    seed: int = 0,
+    selection_fraction: float | None = None,
+    selection_file: str | None = None,
+    depth_items: int = 32,
+    grid: int = 7,
+    paper_depth: float = PAPER_DEPTH,
+    map: LinearMap | None = None,
+    map_sentences: int = 1024,
+    adapter: InterlatAdapter | None = None,
+    adapter_items: int = 100,
+    adapter_steps: int = 300,
+    message_tokens: int = 32,
+    max_new_tokens: int = 6,
+    chunk: int = 16,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run the controlled experiment on ``game`` and return (and write) its summary.
+
+    Args:
+        game: ``countries``, ``tipsheets`` or a JSONL task (then give
+            ``selection_fraction`` or ``selection_file``).
+        sender: A.
+        receiver: B.
+        channels: Channels to run (:data:`DEFAULT_CHANNELS`); adding one to a
+            finished run computes only its rows.
+        out_dir: The run directory.
+        n: Test items.
+        n_selection: Selection items (default: the rest of the task).
+        seed: Fixes the pools, names and the control derangement.
+        depth_items: Selection items AC's depth is chosen on.
+        grid: Blocks per axis in the depth search.
+        paper_depth: The paper's relative depth.
+        map: W for ``ac-w-*`` at the paper's depth; by default fitted here
+            (:func:`commlib.graft.fit_map`) on ``map_sentences`` LAMBADA
+            sentences and kept in ``out_dir/map/``.
+        map_sentences: Sentences W is fitted on.
+        adapter: The Interlat adapter for ``interlat-trained``; by default
+            trained here (:func:`commlib.channels.interlat.train_adapter`) on
+            ``adapter_items`` selection items for ``adapter_steps`` steps and
+            kept in ``out_dir/adapter/`` (resumable).
+        adapter_items: Selection items the adapter trains on.
+        adapter_steps: Its training steps.
+        message_tokens: Length of A's message (NL, CIPHER, Interlat).
+        max_new_tokens: Tokens B answers with (the answer follows the reply).
+        chunk: Test items per batch of work (every channel advances together).
+        backend: ``nnsight`` or ``transformer-lens``.
+        progress: Show progress bars.
+
+    Returns:
+        :func:`summarise_thesis` of the run's rows.
+    """
+    names = [check_channel(c) for c in channels]
+    pools = make_pools(
+        game, n_test=n, n_selection=n_selection, seed=seed,
+        selection_fraction=selection_fraction, selection_file=selection_file,
+    )  # fmt: skip
+    test = list(pools.test)
+    paper = paper_layers(sender.info.n_layers, receiver.info.n_layers, paper_depth)
+    settings = {
+        "experiment": "thesis",
+        "game": game,
+        "sender": sender.name,
+        "receiver": receiver.name,
+        "seed": seed,
+        "pools": pools.record(),
+        "paper_depth": paper_depth,
+        "message_tokens": message_tokens,
+        "max_new_tokens": max_new_tokens,
+        "backend": backend,
+    }
+    run = Run(out_dir, settings, fields=ITEM_FIELDS)
+    selected = None
+    if any(c.startswith("ac-") and not c.startswith("ac-w-") for c in names):
+        selected = _selected_depth(
+            sender, receiver, pools, run.dir, depth_items, grid, seed, backend, progress
+        )
+    conds = conditions(names, selected=selected, paper=paper)
+    if any(c.method.startswith("ac-w-") for c in conds):
+        map = map or _paper_map(sender, receiver, paper, run.dir, map_sentences, seed, backend)
+        map.check_pair(sender.name, receiver.name, *paper)
+    if any(c.method == "interlat-trained" for c in conds) and adapter is None:
+        adapter = _selection_adapter(
+            sender, receiver, pools, run.dir, adapter_items, adapter_steps, message_tokens, seed, progress
+        )
+    donors = derangement(test, seed)
+    alone = _silent(run, test, sender, receiver, max_new_tokens, backend, progress)
+    scale = spread(list(alone.values()))
+    for start in tqdm(range(0, len(test), chunk), desc="test items", disable=not progress):
+        rows = list(range(start, min(start + chunk, len(test))))
+        _run_chunk(run, conds, test, rows, donors, alone, scale, sender, receiver, map, adapter,
+                   message_tokens, max_new_tokens, backend)  # fmt: skip
+    summary = summarise_thesis(run.frame(dtype=str), seed=seed)
+    summary.to_csv(run.dir / "summary.csv", index=False)
+    run.write(
+        {
+            "settings": settings,
+            "pool_ids": {"selection": [it.id for it in pools.selection], "test": [it.id for it in test]},
+            "conditions": [asdict(c) | {"name": c.name} for c in conds],
+            "paper_layers": list(paper),
+            "selected_layers": list(selected) if selected else None,
+            "spread": scale,
+            "map": asdict(map.info) if map is not None else None,
+            "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
+            "versions": package_versions(),
+            "summary": summary.to_dict("records"),
+        }
+    )
+    return summary
+
+
+def _selected_depth(
+    sender: Model, receiver: Model, pools: Pools, out: Path, depth_items: int, grid: int, seed: int,
+    backend: str, progress: bool,
+) -> tuple[int, int]:  # fmt: skip
+    """AC's (k, j) chosen on the selection pool (cached in ``out/selection.json``)."""
+    items = list(pools.selection[:depth_items])
+    if len(items) < 2:
+        raise CommlibError("choosing AC's depth needs at least 2 selection items: raise --n-selection")
+    choice = select_depth(
+        sender,
+        receiver,
+        items,
+        derangement(items, seed),
+        out_dir=out,
+        grid=grid,
+        backend=backend,
+        progress=progress,
+    )
+    (out / "selection.json").write_text(pd.Series(choice).to_json(indent=1))
+    return choice["k"], choice["j"]
+
+
+def _paper_map(
+    sender: Model, receiver: Model, paper: tuple[int, int], out: Path, n: int, seed: int, backend: str
+) -> LinearMap:
+    """W at the paper's depth on general text as the paper does, but by ridge (cached in ``out/map/``).
+
+    The closed-form ridge with a bias (:func:`commlib.combine.fit_ridge_map`)
+    is a stated deviation from the paper's Adam fit without a bias; the
+    run records its validation MSE next to that of predicting B's mean.
+    """
+    path = out / "map"
+    if (path / "map.json").exists():
+        return LinearMap.load(path)
+    w = fit_map(sender, receiver, *paper, n=n, seed=seed, backend=backend, fit="ridge")
+    w.save(path)
+    return w
+
+
+def _selection_adapter(
+    sender: Model, receiver: Model, pools: Pools, out: Path, n: int, steps: int, message_tokens: int,
+    seed: int, progress: bool,
+) -> InterlatAdapter:  # fmt: skip
+    """The Interlat adapter trained on the first ``n`` selection items only (kept in ``out/adapter/``)."""
+    items = list(pools.selection[:n])
+    if len(items) < 2:
+        raise CommlibError("training the adapter needs at least 2 selection items: raise --n-selection")
+    return train_adapter(
+        sender, receiver, pools.game, out / "adapter", items=items, steps=steps, seed=seed + 1000,
+        message_tokens=message_tokens, progress=progress,
+    ).eval()  # fmt: skip
+
+
+def _silent(
+    run: Run,
+    test: list[GameItem],
+    sender: Model,
+    receiver: Model,
+    max_new_tokens: int,
+    backend: str,
+    progress: bool,
+) -> dict[str, Reading]:
+    """B alone on every test item: its rows, and its readings (cached in ``silent.pt``) for the distances."""
+    path = run.dir / "silent.pt"
+    cached: dict[str, Reading] = {}
+    if path.exists():
+        cached = {k: Reading(*v) for k, v in torch.load(path, weights_only=False).items()}
+    todo = [it for it in test if it.id not in cached]
+    silent = Condition("silent")
+    for start in tqdm(range(0, len(todo), 16), desc="B alone", disable=not progress, leave=False):
+        items = todo[start : start + 16]
+        side = sender_side(sender, receiver, items, SideNeeds())
+        for it, r in zip(items, read(silent, items, side, sender, receiver, max_new_tokens=max_new_tokens,
+                                    backend=backend), strict=True):  # fmt: skip
+            cached[it.id] = r
+        torch.save({k: (r.text, r.first_logits, r.final_state) for k, r in cached.items()}, path)
+    done = run.done(method="silent")
+    run.add(_row(silent, it, None, cached[it.id], cached[it.id], 1.0) for it in test if it.id not in done)
+    return {it.id: cached[it.id] for it in test}
+
+
+def _run_chunk(
+    run: Run,
+    conds: list[Condition],
+    test: list[GameItem],
+    rows: list[int],
+    donors: list[int],
+    alone: dict[str, Reading],
+    scale: float,
+    sender: Model,
+    receiver: Model,
+    map: LinearMap | None,
+    adapter: InterlatAdapter | None,
+    message_tokens: int,
+    max_new_tokens: int,
+    backend: str,
+) -> None:
+    """Every pending (condition, message) of the test items at ``rows``: A once, then B per condition."""
+    finished = run.done("item_id", "method", "depth", "message")
+    todo = {
+        (c, message): [i for i in rows if (test[i].id, c.method, c.depth, message) not in finished]
+        for c in conds
+        if c.method != "silent"
+        for message in ("own", "control")
+    }
+    todo = {key: idx for key, idx in todo.items() if idx}
+    if not todo:
+        return
+    items = [test[i] for i in rows]
+    controls = [control_item(test[i], test[donors[i]]) for i in rows]
+    side = sender_side(
+        sender, receiver, items + controls, SideNeeds.of([c for c, _ in todo]),
+        message_tokens=message_tokens, backend=backend, batch_size=len(items + controls),
+    )  # fmt: skip
+    where = {i: n for n, i in enumerate(rows)}
+    for (c, message), idx in todo.items():
+        picks = [where[i] + (len(rows) if message == "control" else 0) for i in idx]
+        sub = _subset(side, picks)
+        readings = read(c, [test[i] for i in idx], sub, sender, receiver, map=map, adapter=adapter,
+                        max_new_tokens=max_new_tokens, backend=backend, batch_size=len(idx))  # fmt: skip
+        run.add(
+            _row(
+                c,
+                test[i],
+                test[donors[i]] if message == "control" else None,
+                r,
+                alone[test[i].id],
+                scale,
+                sent=_sent(c, sub, n),
+            )
+            for n, (i, r) in enumerate(zip(idx, readings, strict=True))
+        )
+
+
+def _subset(side: SenderSide, picks: list[int]) -> SenderSide:
+    """The sender side restricted to rows ``picks`` (in that order)."""
+    return SenderSide(
+        items=[side.items[p] for p in picks],
+        states={k: v[picks] for k, v in side.states.items()},
+        trajectories=[side.trajectories[p] for p in picks] if side.trajectories else [],
+        soft={t: [m[p] for p in picks] for t, m in side.soft.items()},
+    )
+
+
+def _sent(c: Condition, side: SenderSide, n: int) -> str:
+    """What A sent, as text where it has one (NL's message; the nearest tokens are not kept)."""
+    if side.trajectories and (c.method in ("nl", "cipher-t0") or c.method.startswith("interlat")):
+        return str(side.trajectories[n].text)[:200]
+    return ""
+
+
+def _row(
+    c: Condition, item: GameItem, donor: GameItem | None, reading: Reading, alone: Reading, scale: float,
+    sent: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    kl, shift = distance(reading, alone)
+    return {
+        "item_id": item.id,
+        "method": c.method,
+        "depth": c.depth,
+        "k": "" if c.k is None else c.k,
+        "j": "" if c.j is None else c.j,
+        "message": "none" if c.method == "silent" else ("control" if donor else "own"),
+        "donor_id": donor.id if donor else "",
+        "answer": item.answer,
+        "donor_answer": donor.answer if donor else "",
+        "output": reading.text,
+        "correct": contains_answer(reading.text, item.answer, item.choices),
+        "follows_donor": contains_answer(reading.text, donor.answer, donor.choices) if donor else "",
+        "kl": f"{kl:.6g}",
+        "shift": f"{shift:.6g}",
+        "displacement": f"{shift / scale:.6g}",
+        "sent": sent,
+    }
+
+
+SUMMARY_FIELDS = (
+    "channel", "method", "depth", "k", "j", "n", "accuracy", "ci_low", "ci_high",
+    "control_accuracy", "control_ci_low", "control_ci_high",
+    "vs_control", "vs_control_low", "vs_control_high",
+    "vs_silent", "vs_silent_low", "vs_silent_high",
+    "follows_donor", "kl_median", "kl_q1", "kl_q3",
+    "displacement_median", "displacement_q1", "displacement_q3",
+)  # fmt: skip
+"""Columns of ``summary.csv``: one row per channel (and depth for AC)."""
+
+
+def summarise_thesis(items: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """One row per channel from ``items.csv`` alone: accuracy, its control, paired gains, distances.
+
+    Gains are paired differences over the items both sides scored, with
+    95% bootstrap intervals: ``vs_control`` (own message minus another
+    item's, the test of communication) and ``vs_silent`` (minus B alone).
+    ``follows_donor``: how often B, given another item's message, gave that
+    item's answer. Distances are over the own-message rows.
+    """
+    df = items.assign(
+        ok=items["correct"].astype(str).isin(TRUE_TEXT).astype(float),
+        follows=items["follows_donor"].astype(str).isin(TRUE_TEXT).astype(float),
+        kl=pd.to_numeric(items["kl"]),
+        displacement=pd.to_numeric(items["displacement"]),
+        depth=items["depth"].fillna("").astype(str).replace("nan", ""),
+    )
+    silent = df[df["method"] == "silent"].set_index("item_id")["ok"]
+    records = []
+    for (method, depth), g in df.groupby(["method", "depth"], sort=False):
+        own = g[g["message"].isin(["own", "none"])].set_index("item_id")
+        ctrl = g[g["message"] == "control"].set_index("item_id")
+        acc_lo, acc_hi = bootstrap_ci(own["ok"].tolist(), seed=seed)
+        c_lo, c_hi = bootstrap_ci(ctrl["ok"].tolist(), seed=seed)
+        vc = paired_difference(own["ok"], ctrl["ok"], seed=seed) if len(ctrl) else (np.nan,) * 3
+        vs = paired_difference(own["ok"], silent, seed=seed) if method != "silent" else (np.nan,) * 3
+        q = own[["kl", "displacement"]].quantile([0.25, 0.5, 0.75])
+        first = g.iloc[0]
+        records.append(
+            {
+                "channel": f"{method}@{depth}" if depth else method,
+                "method": method,
+                "depth": depth,
+                "k": first["k"],
+                "j": first["j"],
+                "n": len(own),
+                "accuracy": own["ok"].mean(),
+                "ci_low": acc_lo,
+                "ci_high": acc_hi,
+                "control_accuracy": ctrl["ok"].mean() if len(ctrl) else np.nan,
+                "control_ci_low": c_lo,
+                "control_ci_high": c_hi,
+                "vs_control": vc[0],
+                "vs_control_low": vc[1],
+                "vs_control_high": vc[2],
+                "vs_silent": vs[0],
+                "vs_silent_low": vs[1],
+                "vs_silent_high": vs[2],
+                "follows_donor": ctrl["follows"].mean() if len(ctrl) else np.nan,
+                "kl_median": q.loc[0.5, "kl"],
+                "kl_q1": q.loc[0.25, "kl"],
+                "kl_q3": q.loc[0.75, "kl"],
+                "displacement_median": q.loc[0.5, "displacement"],
+                "displacement_q1": q.loc[0.25, "displacement"],
+                "displacement_q3": q.loc[0.75, "displacement"],
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(SUMMARY_FIELDS))
+
+
+def read_thesis(out_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
+    """The summary of a run directory (or of committed ``results/``), recomputed from its ``items.csv``."""
+    path = Path(out_dir) / "items.csv"
+    if not path.exists():
+        raise CommlibError(f"{path} does not exist: run `commlib thesis --out {out_dir}` first")
+    if seed is None:
+        run_json = Path(out_dir) / "run.json"
+        seed = int(pd.read_json(run_json, typ="series")["seed"]) if run_json.exists() else 0
+    return summarise_thesis(pd.read_csv(path, dtype=str, keep_default_na=False), seed=seed)
