@@ -295,7 +295,7 @@ def gain_vs_distance(
     ``f``, ``panel`` and ``marker`` (default ``source``; e.g. ``n_positions``).
     Colour is f (:func:`method_colour`), the marker shape the ``marker`` column.
     """
-    panels, fig, axes = _panel_axes(points[panel])
+    panels, fig, axes = panel_axes(points[panel])
     colours = {f: method_colour(f) for f in dict.fromkeys(points["f"])}
     shapes = "osD^vP*Xh<>p8"
     markers = {m: shapes[i % len(shapes)] for i, m in enumerate(dict.fromkeys(points[marker]))}
@@ -317,10 +317,10 @@ def gain_vs_distance(
         ax.axhline(0, ls="--", lw=0.8, color="0.4")
         ax.set_xlabel(f"{x} (B's own: 50)")
         ax.set_title(str(value))
-    return _finish_panels(fig, axes, f"{y} (mean, 95% CI)", title, fontsize="xx-small", ncol=2)
+    return finish_panels(fig, axes, f"{y} (mean, 95% CI)", title, fontsize="xx-small", ncol=2)
 
 
-def _panel_axes(values: pd.Series) -> tuple[list[Any], Figure, Any]:
+def panel_axes(values: pd.Series) -> tuple[list[Any], Figure, Any]:
     """One panel per distinct value (in order of appearance), side by side, sharing y."""
     set_style()
     panels = list(dict.fromkeys(values))
@@ -330,7 +330,7 @@ def _panel_axes(values: pd.Series) -> tuple[list[Any], Figure, Any]:
     return panels, fig, axes
 
 
-def _finish_panels(fig: Figure, axes: Any, ylabel: str, title: str, **legend: Any) -> Figure:
+def finish_panels(fig: Figure, axes: Any, ylabel: str, title: str, **legend: Any) -> Figure:
     """The y label on the first panel, the legend right of the last, the title over all."""
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", **legend)
@@ -356,7 +356,7 @@ def compute_accuracy(
     it). In each panel an arrow runs from ``single-a`` and from ``single-b``
     to each of ``arrows`` present. The x axis is logarithmic.
     """
-    panels, fig, axes = _panel_axes(table[panel])
+    panels, fig, axes = panel_axes(table[panel])
     for ax, value in zip(axes[0], panels, strict=True):
         sub = table[table[panel] == value].set_index("method")
         for method, r in sub.iterrows():
@@ -387,7 +387,7 @@ def compute_accuracy(
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compute (forward passes of the smaller model)")
         ax.set_title(str(value))
-    return _finish_panels(fig, axes, "accuracy (%), 95% bootstrap CI", title, fontsize="x-small")
+    return finish_panels(fig, axes, "accuracy (%), 95% bootstrap CI", title, fontsize="x-small")
 
 
 GAIN_AXIS_LABELS = {

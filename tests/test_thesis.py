@@ -280,3 +280,32 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_jsonl_task_runs_with_a_selection_fraction_and_is_refused_without(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from commlib.cli import main
+
+    colours = ["red", "blue", "green", "black"]
+    lines = [
+        json.dumps(
+            {
+                "sender": f"Thing {i} is {colours[i % 4]}.",
+                "receiver": "Which colour?",
+                "answer": colours[i % 4],
+            }
+        )
+        for i in range(12)
+    ]
+    task = tmp_path / "colours.jsonl"
+    task.write_text("\n".join(lines) + "\n")
+    base = ["thesis", "--game", str(task), "--sender", "tiny-llama-random", "--receiver", "tiny-llama-random"]
+    small = ["--channels", "silent,nl", "--n", "4", "--message-tokens", "2", "--max-new-tokens", "2"]
+    assert main([*base, *small, "--out", str(tmp_path / "none")]) == 2
+    assert "--selection-fraction" in capsys.readouterr().err
+    assert main([*base, *small, "--selection-fraction", "0.5", "--out", str(tmp_path / "run")]) == 0
+    items = pd.read_csv(tmp_path / "run" / "items.csv", dtype=str, keep_default_na=False)
+    assert len(items) == 4 * 3  # silent, nl own and nl control per test item
+    control = items[items["message"] == "control"]
+    assert (control["donor_answer"] != control["answer"]).all()

@@ -208,6 +208,8 @@ def run_thesis(
     donors = derangement(test, seed)
     alone = _silent(run, test, sender, receiver, max_new_tokens, backend, progress)
     scale = spread(list(alone.values()))
+    if scale == 0:
+        tqdm.write("B reads the same prompt on every test item: no item-to-item spread, displacement is nan")
     for start in tqdm(range(0, len(test), chunk), desc="test items", disable=not progress):
         rows = list(range(start, min(start + chunk, len(test))))
         _run_chunk(run, conds, test, rows, donors, alone, scale, sender, receiver, map, adapter,
@@ -402,7 +404,7 @@ def _row(
         "follows_donor": contains_answer(reading.text, donor.answer, donor.choices) if donor else "",
         "kl": f"{kl:.6g}",
         "shift": f"{shift:.6g}",
-        "displacement": f"{shift / scale:.6g}",
+        "displacement": f"{shift / scale:.6g}" if scale > 0 else "nan",
         "sent": sent,
     }
 
@@ -486,3 +488,35 @@ def read_thesis(out_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
         run_json = Path(out_dir) / "run.json"
         seed = int(pd.read_json(run_json, typ="series")["seed"]) if run_json.exists() else 0
     return summarise_thesis(pd.read_csv(path, dtype=str, keep_default_na=False), seed=seed)
+
+
+PUBLISHED = ("items.csv", "run.json", "results.json", "selection.csv", "selection.json")
+"""The compact files of a run that go under ``results/`` (no model states, no W, no adapter)."""
+
+
+def publish_thesis(out_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a run's compact results (:data:`PUBLISHED`) to ``dest``, e.g. ``results/thesis/<pair>``.
+
+    ``dest/summary.csv`` is recomputed from the rows (:func:`read_thesis`),
+    so a run still going publishes what it finished; every number in it can
+    be recomputed from ``dest/items.csv`` without rerunning a model.
+
+    Raises:
+        CommlibError: ``out_dir`` has no ``items.csv``.
+    """
+    import shutil
+
+    src, out = Path(out_dir), Path(dest)
+    if not (src / "items.csv").exists():
+        raise CommlibError(f"{src} holds no items.csv: run `commlib thesis --out {src}` first")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        if (src / name).exists():
+            shutil.copyfile(src / name, out / name)
+    read_thesis(out).to_csv(out / "summary.csv", index=False)
+    return out
+
+
+def pair_name(sender: str, receiver: str) -> str:
+    """The directory name of a pair's results: ``qwen2.5-coder-0.5b_to_qwen2.5-coder-1.5b``."""
+    return f"{sender}_to_{receiver}"
