@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,17 @@ class LinearMap:
                 f"not {sender} (k={k}) -> {receiver} (j={j}): fit one with `commlib fit-map`"
             )
 
-    def save(self, path: str | Path) -> Path:
-        """Write the map to directory ``path``; returns it."""
+    def save(self, path: str | Path, record: dict[str, Any] | None = None) -> Path:
+        """Write the map to directory ``path``; returns it.
+
+        ``record`` adds keys to ``map.json`` next to the :class:`MapInfo` (e.g. the models'
+        placement while fitting); :meth:`load` reads the info only.
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"weight": self.weight} | ({} if self.bias is None else {"bias": self.bias})
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, out / "weights.safetensors")
-        (out / "map.json").write_text(json.dumps(asdict(self.info), indent=2))
+        (out / "map.json").write_text(json.dumps({**(record or {}), **asdict(self.info)}, indent=2))
         return out
 
     @classmethod
@@ -120,7 +124,8 @@ class LinearMap:
         src = Path(path)
         if not (src / "map.json").exists():
             raise MapMismatchError(f"no map at {src}: expected map.json and weights.safetensors there")
-        info = MapInfo(**json.loads((src / "map.json").read_text()))
+        stored = json.loads((src / "map.json").read_text())
+        info = MapInfo(**{f.name: stored[f.name] for f in fields(MapInfo) if f.name in stored})
         tensors = load_file(src / "weights.safetensors")
         weight = tensors["weight"]
         if tuple(weight.shape) != (info.d_receiver, info.d_sender):

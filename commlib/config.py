@@ -5,8 +5,9 @@ Torch-free, so ``commlib --help`` stays fast. Three kinds of settings:
 * the library's own: :class:`GraftConfig` (where and how to graft),
   :class:`Decoding` (how B decodes) and :class:`ReferenceSpec` (exactly
   which states a distance reference is made of);
-* the pieces runs share: :class:`ModelPair` (A, B and the backend),
-  :class:`RunSpec` (how many items, their seed, the run directory) and
+* the pieces runs share: :class:`ModelPair` (A, B, the backend and their
+  :class:`Placement`: device, dtype, device map), :class:`RunSpec` (how
+  many items, their seed, the run directory) and
   :class:`ReferenceChoice` (which of B's reference states for distances);
 * one run config per experiment command (:class:`GamesRun`, :class:`SweepRun`,
   ... :class:`GraftRun`), composed of those.
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
@@ -71,6 +73,12 @@ SOURCES = ("offline", "hub")
 
 LATENT_METHODS = ("cipher", "interlat", "interlat-norm", "interlat-trained", "interlat-compressed")
 """The latent channels ``commlib latent`` runs."""
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""The weights' dtypes a command can load models in (:func:`commlib.models.parse_dtype` reads them)."""
+
+DEVICE_MAPS = ("auto",)
+"""Device maps: ``auto`` spreads each model's layers over every visible GPU (accelerate)."""
 
 DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
 """The Biographies judge: the largest offline model."""
@@ -238,9 +246,61 @@ class ReferenceSpec:
 # ---- what runs share -------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where models run and in which precision: a device, or a device map over every visible GPU.
+
+    Checked here for spelling only; :func:`commlib.models.load_model` checks
+    that the machine has the GPU before it loads anything. Results record the
+    placement a run had (:func:`commlib.results.placement`).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: One of :data:`DTYPES`.
+        device_map: ``auto`` to spread each model's layers over every visible
+            GPU (accelerate; ``CUDA_VISIBLE_DEVICES`` picks them), for models
+            larger than one GPU; then ``device`` is ``cpu`` (the default) or ``cuda``.
+
+    Raises:
+        CommlibError: a device, dtype or device map spelt otherwise, or
+            ``cuda:N`` together with the device map.
+
+    Example:
+        >>> Placement(device="cuda:1", dtype="bfloat16").load_kwargs()
+        {'device': 'cuda:1', 'dtype': 'bfloat16'}
+        >>> Placement(device_map="auto").load_kwargs()["device"]
+        'auto'
+    """
+
+    device: str = option("cpu", help="cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = option("float32", choices=DTYPES, help="the weights' dtype")
+    device_map: str | None = option(
+        None,
+        choices=DEVICE_MAPS,
+        help="auto: spread each model over every visible GPU (accelerate), for models larger than one",
+    )
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise CommlibError(f"device {self.device!r}: use cpu, cuda or cuda:N (e.g. cuda:0)")
+        if self.dtype not in DTYPES:
+            raise CommlibError(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.device_map not in (None, *DEVICE_MAPS):
+            raise CommlibError(f"device map {self.device_map!r}: use auto, or none for one device")
+        if self.device_map and self.device not in ("cpu", "cuda"):
+            raise CommlibError(
+                f"the device map places the layers on every visible GPU itself: drop device {self.device} "
+                "(CUDA_VISIBLE_DEVICES picks the GPUs)"
+            )
+
+    def load_kwargs(self) -> dict[str, str]:
+        """The ``device`` and ``dtype`` of :func:`commlib.models.load_model` (device ``auto``: the map)."""
+        return {"device": "auto" if self.device_map else self.device, "dtype": self.dtype}
+
+
 @dataclass(frozen=True)
 class ModelPair:
-    """Sender A and receiver B, and the backend that reads and edits their residual streams."""
+    """Sender A and receiver B, the backend that reads and edits their residual streams, where they run."""
 
     sender: str = option(
         help="model A, which reads the sender's prompt: a name from `commlib models`, a model directory "
@@ -248,6 +308,7 @@ class ModelPair:
     )
     receiver: str = option(help="model B, which answers (the sender's name again for one model)")
     backend: str = option("nnsight", help="the library that grafts", choices=BACKEND_NAMES)
+    placement: Placement = option(Placement(), help="where the models run")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +342,14 @@ _NO_REPLY = "B answers from scratch (no 'Alice is located in' opening)"
 
 
 # ---- one run config per experiment command ------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoRun:
+    """``commlib demo``: one toy Countries item, one model as both A and B."""
+
+    model: str = option("smollm2-135m", help="the model that is both A and B")
+    placement: Placement = option(Placement(), help="where the model runs")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,10 @@ class ModelUnavailableError(CommlibError):
     """A model that exists but cannot be loaded here (offline hub id, failed fetch)."""
 
 
+class DeviceUnavailableError(CommlibError):
+    """A device this machine lacks (a CUDA device without CUDA, or ``cuda:N`` past the visible GPUs)."""
+
+
 class LayerOutOfRangeError(CommlibError):
     """A layer index outside ``0 .. n_layers - 1``."""
 

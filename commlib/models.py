@@ -10,7 +10,9 @@ reads that directory in seconds.
 Besides the registry, :func:`load_model` accepts a local model directory, a
 HuggingFace hub id (for users with a network; offline it fails at once with a
 clear error) and architecture-faithful random-weight models built from a
-config (``RANDOM_MODELS``) for speed work at the papers' scale.
+config (``RANDOM_MODELS``) for speed work at the papers' scale. It places a
+model on a device (``cpu``, ``cuda``, ``cuda:N``, or ``auto``: a device map
+over every visible GPU) in a dtype, and checks the device exists first.
 
 Example:
     >>> from commlib.models import load_model
@@ -38,15 +40,17 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from commlib.errors import ModelUnavailableError, UnknownModelError
+from commlib.config import DTYPES
+from commlib.errors import CommlibError, DeviceUnavailableError, ModelUnavailableError, UnknownModelError
 from commlib.fetching import WheelFile, fetch_gguf, is_fetched
 
 PromptFormat = Literal["chat", "plain"]
 
-ATTENTION = "eager"
-"""Attention implementation for every loaded model. TransformerLens's bridge
-switches its model to eager anyway; loading eager from the start keeps HF,
-nnsight and TransformerLens numerically identical whichever ran first."""
+ATTENTION = "sdpa"
+"""Attention implementation models load with: PyTorch's fused ``sdpa``, which no result depends on
+(it agrees with ``eager`` to ~1e-6 in float32 on the CPU). TransformerLens's bridge switches its own
+copy of the module tree to ``eager`` (its attention hooks need it), leaving ``model.hf`` as loaded; a
+bit-exact comparison with TransformerLens loads ``attention="eager"`` (as tests do)."""
 
 CACHE_ENV = "COMMLIB_CACHE_DIR"
 """Environment variable that overrides the cache directory."""
@@ -398,32 +402,96 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
-def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: str) -> Model:
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype named ``dtype`` (one of :data:`commlib.config.DTYPES`); a torch dtype as it is.
+
+    Example:
+        >>> parse_dtype("bfloat16"), parse_dtype(torch.float16)
+        (torch.bfloat16, torch.float16)
+
+    Raises:
+        CommlibError: another name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CommlibError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`DeviceUnavailableError` unless this machine has ``device`` (``auto``: a GPU).
+
+    Example:
+        >>> check_device("cpu")
+
+    Raises:
+        DeviceUnavailableError: a CUDA device (or the device map) without CUDA, or ``cuda:N``
+            beyond the GPUs torch sees.
+    """
+    if not (device == "auto" or device.startswith("cuda")):
+        return
+    if not torch.cuda.is_available():
+        what, fix = (
+            ("the device map (auto)", "drop --device-map")
+            if device == "auto"
+            else (f"device {device}", "use --device cpu (the default)")
+        )
+        why = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but it finds no GPU"
+        raise DeviceUnavailableError(
+            f"{what} needs a CUDA GPU and this machine has none (torch {torch.__version__} is {why}): "
+            f"{fix}, or run where a GPU and a CUDA build of torch are"
+        )
+    count = torch.cuda.device_count()
+    index = int(device.partition(":")[2] or 0) if device != "auto" else 0
+    if index >= count:
+        raise DeviceUnavailableError(
+            f"device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}; use one of "
+            "them (CUDA_VISIBLE_DEVICES decides which GPUs torch sees)"
+        )
+
+
+def _spread(hf: PreTrainedModel) -> PreTrainedModel:
+    """Spread a model built in memory over every visible GPU, as ``device_map="auto"`` loads one."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = infer_auto_device_map(hf, no_split_module_classes=hf._no_split_modules)
+    return dispatch_model(hf, device_map=device_map)  # sets hf.hf_device_map
+
+
+def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: str, attention: str) -> Model:
     config = spec.config()
     torch.manual_seed(seed)
-    with torch.device(device):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION)
+    with torch.device("cpu" if device == "auto" else device):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+    if device == "auto":
+        hf = _spread(hf)
     tok = byte_tokenizer()
     hf.generation_config.eos_token_id = tok.eos_token_id
     hf.generation_config.pad_token_id = tok.pad_token_id
     return _finish(spec.name, f"random:{spec.name}:seed={seed}", hf, tok, spec.prompt_format)
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype, device: str, **kwargs: Any) -> PreTrainedModel:
+def _from_pretrained(
+    source: str | Path, dtype: torch.dtype, device: str, attention: str, **kwargs: Any
+) -> PreTrainedModel:
     """Load weights onto ``device``; ``"auto"`` spreads the layers over all GPUs (device map)."""
+    kwargs |= {"dtype": dtype, "attn_implementation": attention}
     if device == "auto":
-        return AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=ATTENTION, device_map="auto", **kwargs
-        )
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=ATTENTION, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, device_map="auto", **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
     return hf
 
 
 def _load_dir(
-    path: Path, name: str, source: str, dtype: torch.dtype, device: str, prompt_format: PromptFormat | None
+    path: Path,
+    name: str,
+    source: str,
+    placed: tuple[torch.dtype, str, str],
+    prompt_format: PromptFormat | None,
 ) -> Model:
-    hf = _from_pretrained(path, dtype, device)
+    hf = _from_pretrained(path, *placed)
     tok = AutoTokenizer.from_pretrained(path)
     return _finish(name, source, hf, tok, prompt_format)
 
@@ -441,7 +509,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
+def _load_hub(hub_id: str, placed: tuple[torch.dtype, str, str]) -> Model:
     try:  # already in the HF cache: no network needed
         AutoConfig.from_pretrained(hub_id, local_files_only=True)
         local = True
@@ -453,7 +521,7 @@ def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
             f"{hub_id!r} is not in the local HuggingFace cache and the hub is unreachable; "
             f"use an offline model ({', '.join(OFFLINE_MODELS)}) or a local directory"
         )
-    hf = _from_pretrained(hub_id, dtype, device, local_files_only=local)
+    hf = _from_pretrained(hub_id, *placed, local_files_only=local)
     tok = AutoTokenizer.from_pretrained(hub_id, local_files_only=local)
     return _finish(hub_id, f"hub:{hub_id}", hf, tok, None)
 
@@ -461,10 +529,11 @@ def _load_hub(hub_id: str, dtype: torch.dtype, device: str) -> Model:
 def load_model(
     name: str,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str = "cpu",
     seed: int = 0,
     fetch_if_missing: bool = True,
+    attention: str = ATTENTION,
 ) -> Model:
     """Load a model by short name, local directory or hub id.
 
@@ -472,10 +541,14 @@ def load_model(
         name: A registered short name (``commlib models`` lists them), a local
             model directory, or a HuggingFace hub id such as
             ``"meta-llama/Llama-3.2-3B-Instruct"``.
-        dtype: Weights dtype; float32 is the fast choice on CPU.
-        device: Torch device string, or ``"auto"`` for a multi-GPU device map.
+        dtype: Weights dtype, or its name (``"bfloat16"``); float32 is the
+            fast choice on CPU (float16 works there too, slowly).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` for a device map over every
+            visible GPU (accelerate), for models larger than one.
         seed: Seed for random-weight models.
         fetch_if_missing: Fetch and convert an offline model that is not cached.
+        attention: HF attention implementation (:data:`ATTENTION`; ``"eager"``
+            for a bit-exact comparison with TransformerLens).
 
     Returns:
         The loaded :class:`Model`.
@@ -483,25 +556,31 @@ def load_model(
     Raises:
         UnknownModelError: the name is none of the above.
         ModelUnavailableError: a hub id while offline, or a failed fetch.
+        DeviceUnavailableError: a GPU device on a machine without it (checked first).
 
     Example:
         >>> load_model("tiny-llama-random").info.prompt_format
         'chat'
+        >>> load_model("tiny-llama-random", dtype="bfloat16").info.dtype
+        'bfloat16'
     """
+    check_device(device)
+    dtype = parse_dtype(dtype)
+    placed = (dtype, device, attention)
     if name in OFFLINE_MODELS:
         spec = OFFLINE_MODELS[name]
         if not is_cached(name):
             if not fetch_if_missing:
                 raise ModelUnavailableError(f"{name} is not fetched yet: run `commlib fetch {name}`")
             fetch(name)
-        return _load_dir(model_dir(name), name, f"offline:{name}", dtype, device, spec.prompt_format)
+        return _load_dir(model_dir(name), name, f"offline:{name}", placed, spec.prompt_format)
     if name in RANDOM_MODELS:
-        return _load_random(RANDOM_MODELS[name], seed, dtype, device)
+        return _load_random(RANDOM_MODELS[name], seed, *placed)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load_dir(path, name, f"dir:{path.resolve()}", dtype, device, None)
+        return _load_dir(path, name, f"dir:{path.resolve()}", placed, None)
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return _load_hub(name, dtype, device)
+        return _load_hub(name, placed)
     raise UnknownModelError(
         f"unknown model {name!r}; known: {', '.join(known_models())}, "
         "or a local model directory, or a hub id like org/name"

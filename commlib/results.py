@@ -144,6 +144,32 @@ def package_versions(
     return out
 
 
+def placement(**models: Any) -> dict[str, dict[str, Any]]:
+    """Where each loaded model runs, by its role: device(s), dtype, attention and device map.
+
+    Recorded with every result (next to :func:`package_versions`); read
+    from the loaded weights, so it says where they are, not where they were
+    asked to be.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> placement(sender=load_model("tiny-llama-random", dtype="bfloat16"))["sender"]
+        {'device': 'cpu', 'devices': ['cpu'], 'dtype': 'bfloat16', 'attention': 'sdpa', 'device_map': None}
+    """
+    out = {}
+    for role, model in models.items():
+        params = list(model.hf.parameters())
+        device_map = getattr(model.hf, "hf_device_map", None)
+        out[role] = {
+            "device": str(params[0].device),
+            "devices": sorted({str(p.device) for p in params}),
+            "dtype": str(params[0].dtype).removeprefix("torch."),
+            "attention": model.hf.config._attn_implementation,
+            "device_map": {k: str(v) for k, v in device_map.items()} if device_map else None,
+        }
+    return out
+
+
 def append_rows(path: Path, fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
     """Append rows to a CSV (header when new) and flush, so a crash keeps them."""
     new_file = not path.exists()
@@ -394,11 +420,17 @@ def _record(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "key" in record else None
 
 
+RECORDED_ONLY = ("placement",)
+"""Keys of ``run.json`` that say how a session ran, not what it computes: a resumed run may differ in
+them (it may finish on another device), and ``run.json`` then records the latest."""
+
+
 def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
     """Record the settings of a run in ``out_dir/run.json``, or check a resumed run matches them.
 
     Resuming skips finished items, so a resumed run with other settings would
-    mix two experiments in one table.
+    mix two experiments in one table. The keys of :data:`RECORDED_ONLY` are
+    recorded, not compared.
 
     Raises:
         CommlibError: ``out_dir`` holds a run with different settings.
@@ -407,12 +439,16 @@ def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
     if path.exists():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        keys = (settings.keys() | before.keys()) - set(RECORDED_ONLY)
+        changed = sorted(k for k in keys if settings.get(k) != before.get(k))
         if changed:
             detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise CommlibError(
                 f"{out_dir} holds a run with other settings ({detail}); use a new --out or the same settings"
             )
+        recorded = {k: settings[k] for k in RECORDED_ONLY if k in settings}
+        if any(before.get(k) != v for k, v in recorded.items()):
+            write_json(path, {**before, **recorded})
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(path, settings)

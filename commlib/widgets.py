@@ -339,11 +339,14 @@ class ExplorerUI:
         n_items: int = 20,
         k: int | None = None,
         j: int | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
         **explorer_kwargs: Any,
     ) -> None:
         import ipywidgets as w
 
         self._kwargs = explorer_kwargs
+        self._device, self._dtype = device, dtype
         self._models: dict[str, Model] = {}
         self._busy = 0
         self.view: View | None = None
@@ -428,7 +431,7 @@ class ExplorerUI:
 
     def _model(self, name: str) -> Model:
         if name not in self._models:
-            self._models[name] = load_model(name)
+            self._models[name] = load_model(name, device=self._device, dtype=self._dtype)
         return self._models[name]
 
     def _load_models(self) -> None:
@@ -535,7 +538,8 @@ def explore(sender: str = "smollm2-135m", receiver: str | None = None, **kwargs:
         receiver: Model B (default: the same as A).
         **kwargs: ``task`` (a game, a JSONL path, or ``"free text"``), ``tasks``
             (more JSONL paths to offer), ``models`` (the names offered), ``n_items``, ``k``,
-            ``j``, and :class:`Explorer`'s ``backend``, ``max_new_tokens``,
+            ``j``, ``device`` and ``dtype`` (of every model loaded, as :func:`load_model`'s),
+            and :class:`Explorer`'s ``backend``, ``max_new_tokens``,
             ``top``, ``n_reference``, ``map``.
 
     Example:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -32,3 +35,14 @@ def any_model(request: pytest.FixtureRequest) -> Model:
     if request.param == "smol":
         request.applymarker(pytest.mark.integration)
     return request.getfixturevalue(request.param)
+
+
+@functools.cache
+def _eager(name: str) -> Model:
+    return load_model(name, attention="eager")
+
+
+@pytest.fixture(scope="session")
+def eager_twin() -> Callable[[Model], Model]:
+    """A model's twin with eager attention, as TransformerLens's bridge runs it: bit-exact comparisons."""
+    return lambda model: _eager(model.name)

@@ -44,7 +44,7 @@ from commlib.channels.trajectory import trajectory_messages as trajectory_messag
 from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import format_prompt
-from commlib.results import claim_run_dir
+from commlib.results import claim_run_dir, placement
 from commlib.sweep import answer_ids
 from commlib.tasks.games import GameItem, load_game
 
@@ -334,7 +334,7 @@ def train_adapter(
     extra: dict[str, Any] = {"kl_weight": kl_weight} if kl_weight else {}  # older runs had none
     if ids:
         extra["items"] = list(ids)
-    claim_run_dir(out, {**settings, **extra})
+    claim_run_dir(out, {**settings, **extra, "placement": placement(sender=sender, receiver=receiver)})
     trajectories = _training_set(sender, chosen, message_tokens, out / "trajectories.pt", progress)
     torch.manual_seed(seed)
     adapter = InterlatAdapter(
@@ -570,6 +570,7 @@ def train_compressor(
             "seed": seed,
             "lr": lr,
             "ce_weight": ce_weight,
+            "placement": placement(sender=sender, receiver=receiver),  # recorded, not compared
         },
     )
     cache = Path(adapter_dir) / "trajectories.pt"

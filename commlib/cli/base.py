@@ -5,15 +5,18 @@ A field ``max_new_tokens: int = option(24, help=...)`` becomes ``--max-new-token
 flag; a ``bool``, a switch (``--match-norm`` sets it; ``--no-reply`` clears
 ``reply``, whose default is True); a nested dataclass (``pair: ModelPair``), a
 group of flags shared by every command that has one, adjusted per command by
-the field's ``flags`` metadata. :func:`from_args` builds the dataclass back
+the field's ``flags`` metadata (a dataclass nested in it, such as the pair's
+``placement``, a group of its own). :func:`from_args` builds the dataclass back
 from the parsed flags. Torch-free: nothing here loads a model until a command runs.
 
 Example:
-    >>> from commlib.config import ModelPair
+    >>> from commlib.config import ModelPair, Placement
     >>> parser = CommandParser(prog="commlib x")
     >>> add_arguments(parser, ModelPair)
-    >>> from_args(ModelPair, parser.parse_args(["--sender", "a", "--receiver", "b"]))
-    ModelPair(sender='a', receiver='b', backend='nnsight')
+    >>> flags = parser.parse_args(["--sender", "a", "--receiver", "b", "--dtype", "bfloat16"])
+    >>> pair = from_args(ModelPair, flags)
+    >>> pair.receiver, pair.placement
+    ('b', Placement(device='cpu', dtype='bfloat16', device_map=None))
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from commlib.config import ModelPair
+from commlib.config import ModelPair, Placement
 from commlib.errors import CommlibError
 from commlib.registry import check_layers, check_map, check_methods
 
@@ -102,23 +105,32 @@ def _add_flag(parser: Any, f: Field[Any], hint: Any, changes: Mapping[str, Any])
     parser.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add a flag per field of the dataclass ``cls``; a nested dataclass's flags as a titled group.
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
+    group: Any = None,
+) -> None:
+    """Add a flag per field of the dataclass ``cls``; each nested dataclass's flags as a titled group.
+
+    Args:
+        parser: The command's parser.
+        cls: The dataclass.
+        changes: Per field, argparse settings that differ (see :func:`commlib.config.option`'s ``flags``).
+        group: Where ``cls``'s own flags go (default: ``parser``).
 
     Raises:
         TypeError: a field without help text (every flag has help).
     """
+    changes = changes or {}
     nested = {f.name for f, _ in _nested(cls)}
     for f in fields(cls):
-        if f.name not in nested:
-            _add_flag(parser, f, _hints(cls)[f.name], {})
+        change = changes.get(f.name, {})
+        if f.name not in nested and not change.get("skip"):
+            _add_flag(group or parser, f, _hints(cls)[f.name], change)
     for f, inner in _nested(cls):
-        group = parser.add_argument_group(f.metadata.get("help"))
-        changes = f.metadata.get("flags", {})
-        for g in fields(inner):
-            change = changes.get(g.name, {})
-            if not change.get("skip"):
-                _add_flag(group, g, _hints(inner)[g.name], change)
+        titled = parser.add_argument_group(f.metadata.get("help"))
+        add_arguments(parser, inner, f.metadata.get("flags", {}), titled)
 
 
 def from_args(cls: type, namespace: argparse.Namespace) -> Any:
@@ -164,12 +176,22 @@ def add_command(
     return parser
 
 
-def load_pair(pair: ModelPair) -> tuple[Any, Any]:
-    """Sender and receiver models (one object when they are the same name)."""
+def load_placed(name: str, placement: Placement) -> Any:
+    """The model ``name`` on the placement's device (or device map), in its dtype.
+
+    Raises:
+        DeviceUnavailableError: a GPU this machine lacks, before anything loads.
+    """
     from commlib.models import load_model
 
-    sender = load_model(pair.sender)
-    return sender, sender if pair.receiver == pair.sender else load_model(pair.receiver)
+    where = placement.load_kwargs()
+    return load_model(name, device=where["device"], dtype=where["dtype"])
+
+
+def load_pair(pair: ModelPair) -> tuple[Any, Any]:
+    """Sender and receiver models, placed as the pair says (one object when they are the same name)."""
+    sender = load_placed(pair.sender, pair.placement)
+    return sender, sender if pair.receiver == pair.sender else load_placed(pair.receiver, pair.placement)
 
 
 def load_map(path: str | None) -> Any:

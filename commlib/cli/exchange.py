@@ -12,6 +12,7 @@ from commlib.errors import CommlibError
 
 def graft(cfg: GraftRun) -> int:
     from commlib.graft import communicate
+    from commlib.results import placement
 
     sender, receiver = load_pair(cfg.pair)
     out = communicate(
@@ -24,12 +25,14 @@ def graft(cfg: GraftRun) -> int:
         backend=cfg.pair.backend,
         decoding=cfg.decoding,
     )
-    print(json.dumps(out.to_dict()) if cfg.json else out.texts[0])
+    record = {**out.to_dict(), "placement": placement(sender=sender, receiver=receiver)}
+    print(json.dumps(record) if cfg.json else out.texts[0])
     return 0
 
 
 def fit_map(cfg: FitMapRun) -> int:
     from commlib.graft import fit_map
+    from commlib.results import placement
 
     if cfg.task and cfg.corpus:
         raise CommlibError(f"--task fits W on {cfg.task} items, --corpus on general text: give one of them")
@@ -67,7 +70,7 @@ def fit_map(cfg: FitMapRun) -> int:
             backend=backend,
             fit=cfg.fit,
         )
-    path = lin.save(cfg.run.out)
+    path = lin.save(cfg.run.out, record={"placement": placement(sender=sender, receiver=receiver)})
     info = lin.info
     print(
         f"saved W {tuple(lin.weight.shape)} ({info.fit}) to {path}: train MSE {info.train_mse:.4g}, "

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from commlib.cli.base import add_command, check_run, load_map, load_pair
+from commlib.cli.base import add_command, check_run, load_map, load_pair, load_placed
 from commlib.config import ReasoningRun
 
 
 def reasoning(cfg: ReasoningRun) -> int:
     from commlib.experiments import run_reasoning
-    from commlib.models import load_model
 
     check_run(cfg.methods, "reasoning", k=cfg.k, j=cfg.j, map=cfg.map)
     sender, receiver = load_pair(cfg.pair)
     loaded = {sender.name: sender, receiver.name: receiver}
 
     def model(name: str) -> Any:
-        return loaded[name] if name in loaded else loaded.setdefault(name, load_model(name))
+        return (
+            loaded[name] if name in loaded else loaded.setdefault(name, load_placed(name, cfg.pair.placement))
+        )
 
     result = run_reasoning(
         cfg.task,

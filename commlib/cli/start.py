@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from commlib.cli.base import add_command
+from commlib.cli.base import add_command, load_placed
+from commlib.config import DemoRun
 
 DATA = ("lambada", "gsm8k", "mmlu", "biographies")
 """Data sets ``commlib fetch`` caches (other names are models)."""
@@ -43,14 +44,13 @@ def fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
+def demo(run: DemoRun) -> int:
     """One Countries item through B alone, the skyline, NL and AC, with the games' own prompts."""
-    from commlib.models import load_model
     from commlib.protocols.games import MethodConfig, run_method
     from commlib.results import contains_answer
     from commlib.tasks.games import GameItem
 
-    model = load_model(args.model)
+    model = load_placed(run.model, run.placement)
     item = GameItem(
         sender="Alice is at the Eiffel Tower.",
         receiver="Which country is Alice located in?",
@@ -114,11 +114,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("names", nargs="+", help=f"models (see `commlib models`) or data sets: {', '.join(DATA)}")
     p.add_argument("--force", action="store_true", help="fetch again even when cached")
-    p = add_command(
+    add_command(
         commands,
         "demo",
         demo,
+        config=DemoRun,
         help="one toy Countries item: B alone, the skyline, NL and AC side by side",
         example="commlib demo --model smollm2-135m",
     )
-    p.add_argument("--model", default="smollm2-135m", help="the model that is both A and B")

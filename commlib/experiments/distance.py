@@ -34,7 +34,7 @@ from commlib.models import Model
 from commlib.prompts import Position
 from commlib.protocols.games import MethodConfig, SlotMethod, method_fn
 from commlib.registry import check_methods
-from commlib.results import Run
+from commlib.results import Run, placement
 from commlib.sweep import ReceiverItem
 from commlib.tasks.games import GameItem, load_game
 
@@ -203,6 +203,7 @@ def run_distance(
         "n_reference": n_reference,
         "reference": reference,
         "backend": backend,
+        "placement": placement(sender=sender, receiver=receiver),  # recorded, not compared on resume
     }
     run = Run(out_dir, settings, fields=None, table="distances.csv")  # columns: the manifold's metrics
     manifold = layer_manifold(
@@ -378,6 +379,7 @@ def run_latent_distance(
         "seed": seed,
         "n_reference": n_reference,
         "message_tokens": message_tokens,
+        "placement": placement(sender=sender, receiver=receiver),  # recorded, not compared on resume
     }
     run = Run(out_dir, settings, fields=None, table="latent_distances.csv")  # columns: the manifold's metrics
     finished = run.done("item_id", "method")

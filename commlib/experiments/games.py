@@ -25,7 +25,7 @@ from commlib.models import Model
 from commlib.prompts import Position, format_prompt
 from commlib.protocols.games import MethodConfig, MethodOutput, method_fn, run_method
 from commlib.registry import check_layers, check_map, check_methods
-from commlib.results import Run, contains_answer, exact_match, package_versions
+from commlib.results import Run, contains_answer, exact_match, package_versions, placement
 from commlib.tasks.games import GameItem, load_game
 
 
@@ -116,6 +116,7 @@ def _games_config(
         "scoring": "answer in the first answer line, case-insensitive; exact_match strict",
         "ci": "95% percentile bootstrap, 1000 resamples",
         "versions": package_versions(),
+        "placement": placement(sender=sender, receiver=receiver),
     }
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from commlib.experiments.games import example_prompts
 from commlib.models import Model
 from commlib.prompts import Position
-from commlib.results import Run, contains_answer, package_versions
+from commlib.results import Run, contains_answer, package_versions, placement
 from commlib.sweep import sweep_item
 from commlib.tasks.games import GameItem, load_game
 
@@ -109,6 +109,7 @@ def _sweep_config(
         **{key: settings[key] for key in ("seed", "backend", "max_new_tokens", "position", "reply")},
         "example_prompts": example_prompts(sender, receiver, items[0]),
         "versions": package_versions(),
+        "placement": placement(sender=sender, receiver=receiver),
     }
 
 

@@ -44,7 +44,7 @@ from commlib.protocols.reasoning import (
     single_answer_key,
     single_output,
 )
-from commlib.results import TRUE_TEXT, AnswerStore, Run, package_versions
+from commlib.results import TRUE_TEXT, AnswerStore, Run, package_versions, placement
 from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
 from commlib.tasks.reasoning import ReasoningItem, load_task
 
@@ -410,6 +410,7 @@ def _recorded_config(
         "flops": "analytic, KV cache (commlib.compute.method_flops)",
         "ci": "95% percentile bootstrap, 1000 resamples",
         "versions": package_versions(),
+        "placement": placement(sender=sender, receiver=receiver, **({"judge": judge} if judge else {})),
     }
 
 

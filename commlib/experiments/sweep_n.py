@@ -32,6 +32,7 @@ from commlib.results import (
     exact_match,
     package_versions,
     paired_difference,
+    placement,
 )
 from commlib.tasks.games import GameItem, load_game
 
@@ -351,6 +352,7 @@ def _n_sweep_config(
         "torch_threads": torch.get_num_threads(),
         "wall_seconds_this_call": time.perf_counter() - started,
         "versions": package_versions(),
+        "placement": placement(sender=sender, receiver=receiver),
     }
 
 
