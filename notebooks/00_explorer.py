@@ -30,6 +30,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 SENDER = "smollm2-135m"
 RECEIVER = "smollm2-135m"
 TASK = "countries"  # countries, tipsheets, or "free text"
@@ -50,5 +52,15 @@ if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
     N_REFERENCE, MAX_NEW_TOKENS = 120, 4
 
-ui = explore(SENDER, RECEIVER, task=TASK, k=K, j=J, n_reference=N_REFERENCE, max_new_tokens=MAX_NEW_TOKENS)
+ui = explore(
+    SENDER,
+    RECEIVER,
+    task=TASK,
+    k=K,
+    j=J,
+    n_reference=N_REFERENCE,
+    max_new_tokens=MAX_NEW_TOKENS,
+    device=DEVICE,
+    dtype=DTYPE,
+)
 ui

@@ -23,6 +23,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 MODEL = "smollm2-135m"  # A and B are two copies of it here; any pair of models works the same way
 MAX_NEW_TOKENS = 8
 N_REFERENCE = 512  # game prompts: B's own states that the distance is measured against
@@ -47,7 +49,7 @@ if FAST:
 # Load the model and wrap it in a backend: it reads and writes the residual stream.
 
 # %%
-model = commlib.load_model(MODEL)
+model = commlib.load_model(MODEL, device=DEVICE, dtype=DTYPE)
 backend = commlib.get_backend(model, "nnsight")  # or "transformer-lens"
 k = j = 2 * model.info.n_layers // 3  # A's layer k and B's layer j: two thirds of the depth
 

@@ -35,6 +35,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]
 GAMES = ["countries", "tipsheets"]
 METHODS = ["silent", "skyline", "nl", "ac-sum", "ac-mean", "ac-replace"]
@@ -64,7 +66,7 @@ if FAST:
 # %%
 rows, outputs = [], {}
 for name in MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     for game in GAMES:
         pick = choose_layers(model, game, sweep_root=SWEEP_DIR, n=2 if FAST else 6)
         k, j, pos = int(pick["k"]), int(pick["j"]), str(pick["position"])

@@ -30,6 +30,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 MODELS = ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]
 GAMES = ["countries", "tipsheets"]
 POSITIONS = ["last", "content"]
@@ -62,7 +64,7 @@ if FAST:
 tables: dict[tuple[str, str, str], pd.DataFrame] = {}
 depth = {}
 for name in MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     depth[name] = model.info.n_layers
     step = selection_step(model)
     layers = list(range(0, model.info.n_layers, step))
@@ -151,7 +153,7 @@ pd.DataFrame(chosen)
 # %%
 grids = []
 for name in FULL_MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     layers = list(range(model.info.n_layers))
     full = {}
     for game in GAMES:

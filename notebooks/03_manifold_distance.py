@@ -31,6 +31,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 GAME = "countries"
 N = 50  # game items
@@ -85,7 +87,7 @@ rows = []
 g = torch.Generator().manual_seed(SEED)
 items = load_game(GAME, n=N, seed=SEED)
 for name in MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     j = layer_at(model)
     manifold = manifold_for(model, j, ReferenceSpec(n=N_REFERENCE, seed=SEED))
     own_task = capture_message(
@@ -134,7 +136,7 @@ save_figure(
 # %%
 frames = []
 for name in MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     layer = layer_at(model)
     df = run_distance(
         GAME,
@@ -183,7 +185,7 @@ for metric in ("mahalanobis_pct", "knn_cosine_pct"):
 # %%
 acts = {}
 for name in MODELS:
-    model = load_model(name)
+    model = load_model(name, device=DEVICE, dtype=DTYPE)
     acts[name] = corpus_activations(model, layer_at(model), ReferenceSpec(n=N_SIMILARITY, seed=SEED + 1))
 similarity = similarity_table(acts)
 similarity.pivot(index="a", columns="b", values="linear_cka").round(2)

@@ -42,6 +42,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 PAIRS = [["smollm2-135m", "smollm2-135m"], ["smollm2-135m", "gemma3-270m"]]  # same model; across families
 # (["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b"] adds a third pair: about an hour more on a 2-core CPU)
 GAME = "countries"
@@ -79,8 +81,8 @@ suffix = "_fast" if FAST else ""
 # %%
 frames = []
 for a_name, b_name in PAIRS:
-    sender = load_model(a_name)
-    receiver = sender if b_name == a_name else load_model(b_name)
+    sender = load_model(a_name, device=DEVICE, dtype=DTYPE)
+    receiver = sender if b_name == a_name else load_model(b_name, device=DEVICE, dtype=DTYPE)
     k, j = (layer_at_depth(DEPTH, m.info.n_layers) for m in (sender, receiver))  # same depth
     run_dir = f"{RUNS_DIR}/{a_name}__{b_name}/{GAME}/k{k}_j{j}_seed{SEED}_n{N}_{REFERENCE}"
     df = run_distance(

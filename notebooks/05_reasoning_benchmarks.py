@@ -44,6 +44,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # Table 3: one tokenizer, 896 -> 1536 wide
 # Table 3's tasks ([]: no Table 3, e.g. to draw Figure 11 alone)
 TASKS = [
@@ -133,7 +135,7 @@ if FAST:
         TASKS = CROSS_TASKS = ["gsm8k"]
 suffix = "_fast" if FAST else ""
 cross = "_".join(task.replace(":", "_") for task in CROSS_TASKS)  # in the names of Figure 11's files
-load = functools.cache(load_model)
+load = functools.cache(functools.partial(load_model, device=DEVICE, dtype=DTYPE))
 judge = load(JUDGE)
 
 

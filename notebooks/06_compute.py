@@ -33,6 +33,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TASKS = ["gsm8k", "biographies"]
 METHODS = ["single-a", "single-b", "nld", "ac-replace", "ac-w-replace"]
@@ -67,8 +69,11 @@ if FAST:
     PAIR, JUDGE = ("tiny-llama-random", "tiny-llama-wide-random"), "tiny-llama-random"
     TASKS, N, MAX_NEW_TOKENS, N_MAP = ["gsm8k"], 2, 4, 64
 suffix = "_fast" if FAST else ""
-sender, receiver = load_model(PAIR[0]), load_model(PAIR[1])
-judge = receiver if JUDGE == PAIR[1] else load_model(JUDGE)
+sender, receiver = (
+    load_model(PAIR[0], device=DEVICE, dtype=DTYPE),
+    load_model(PAIR[1], device=DEVICE, dtype=DTYPE),
+)
+judge = receiver if JUDGE == PAIR[1] else load_model(JUDGE, device=DEVICE, dtype=DTYPE)
 
 # %%
 table = pd.concat(

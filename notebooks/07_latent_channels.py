@@ -35,6 +35,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 GAME = "countries"
 SENDER = "smollm2-135m"
 RECEIVER = "smollm2-135m"  # must share the sender's tokenizer (qwen2.5-coder-0.5b -> -1.5b works too)
@@ -66,8 +68,8 @@ if FAST:
     SENDER = RECEIVER = "tiny-llama-random"
     N, TEMPERATURES, N_TRAIN, STEPS, N_REFERENCE = 3, [0.0, 1.0], 4, 6, 300
 suffix = "_fast" if FAST else ""
-sender = load_model(SENDER)
-receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
+sender = load_model(SENDER, device=DEVICE, dtype=DTYPE)
+receiver = sender if RECEIVER == SENDER else load_model(RECEIVER, device=DEVICE, dtype=DTYPE)
 
 # %% [markdown]
 # ## Train the Interlat adapter (cached; resumes)

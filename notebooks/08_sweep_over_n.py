@@ -45,6 +45,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 GAME = "countries"
 SENDER = "smollm2-135m"
 RECEIVER = "smollm2-135m"  # must share the sender's tokenizer (CIPHER) and width (zero-shot Interlat)
@@ -81,8 +83,8 @@ if FAST:
     N, NS, N_TRAIN, STEPS, N_REFERENCE, MESSAGE_TOKENS, MAX_NEW_TOKENS = 2, [0, 1, "all"], 2, 4, 300, 4, 3
     KS, COMPRESS_STEPS = [1, 2], 3
 suffix = "_fast" if FAST else ""
-sender = load_model(SENDER)
-receiver = sender if RECEIVER == SENDER else load_model(RECEIVER)
+sender = load_model(SENDER, device=DEVICE, dtype=DTYPE)
+receiver = sender if RECEIVER == SENDER else load_model(RECEIVER, device=DEVICE, dtype=DTYPE)
 
 # %% [markdown]
 # ## The adapter (notebook 07's directory; trained here if missing, resumes) and the AC layers

@@ -36,6 +36,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # A -> B
 TASKS = ["mmlu:high_school_psychology"]
 BLOCKS = [0, 7, 14, 20, 23, 27]  # B's blocks (Qwen-1.5B has 28; the paper's k = j = 26 of 32 is 23)
@@ -68,7 +70,7 @@ if FAST:
     PAIR, TASKS, BLOCKS = ("tiny-llama-random", "tiny-llama-wide-random"), ["gsm8k"], [0, 2]
     N_CHOOSE, N, MAX_NEW_TOKENS, N_REFERENCE = 2, 3, 4, 16
 suffix = "_fast" if FAST else ""
-sender, receiver = (load_model(name) for name in PAIR)
+sender, receiver = (load_model(name, device=DEVICE, dtype=DTYPE) for name in PAIR)
 options = {
     "runs_root": RUNS_DIR,
     "seed": SEED,

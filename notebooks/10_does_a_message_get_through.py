@@ -40,6 +40,8 @@
 
 # %% tags=["parameters"]
 FAST = False
+DEVICE = "cpu"  # cpu, cuda, cuda:N, or auto: a device map over every visible GPU
+DTYPE = "float32"  # float32, bfloat16 or float16
 PAIRS = [  # A -> B; only the Qwen pair can play Countries (B alone ~2%, skyline ~84%)
     ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b"),
     ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"),
@@ -89,7 +91,10 @@ summaries = []
 for sender_name, receiver_name in PAIRS:
     name = pair_name(sender_name, receiver_name)
     if RUN:
-        sender, receiver = load_model(sender_name), load_model(receiver_name)
+        sender, receiver = (
+            load_model(sender_name, device=DEVICE, dtype=DTYPE),
+            load_model(receiver_name, device=DEVICE, dtype=DTYPE),
+        )
         out = Path(RUNS_DIR) / f"thesis-{GAME}" / name
         run_thesis(GAME, sender, receiver, channels, out_dir=out, **options)
         publish_thesis(out, Path(RESULTS_DIR) / GAME / name)
