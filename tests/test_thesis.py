@@ -236,8 +236,9 @@ def test_resuming_adds_no_rows_and_a_new_channel_only_its_own(tiny: Model, tiny_
     after = pd.read_csv(tiny_run / "items.csv", dtype=str, keep_default_na=False)
     assert len(after) == len(before) + 12
     pd.testing.assert_frame_equal(after.iloc[: len(before)], before)
-    pools = json.loads((tiny_run / "results.json").read_text())["pool_ids"]
-    assert not set(pools["selection"]) & set(pools["test"])
+    record = json.loads((tiny_run / "results.json").read_text())
+    assert not set(record["pool_ids"]["selection"]) & set(record["pool_ids"]["test"])
+    assert record["placement"]["receiver"]["dtype"] == "float32"
 
 
 def test_another_seed_in_the_same_directory_is_refused(tiny: Model, tiny_run: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from commlib.cli.base import add_command, check_game, load_map, load_pair
 from commlib.config import ThesisRun
@@ -47,12 +45,6 @@ def thesis(cfg: ThesisRun) -> int:
         chunk=cfg.chunk,
         backend=cfg.pair.backend,
     )
-    from commlib.results import placement, write_json
-
-    # run_thesis records no placement (yet): the command adds it to the results it wrote
-    results = Path(cfg.run.out) / "results.json"
-    record = json.loads(results.read_text())
-    write_json(results, {**record, "placement": placement(sender=sender, receiver=receiver)})
     print(
         f"{'channel':<22}{'n':>4}{'acc':>6}{'control':>8}{'own - control [95% CI]':>26}{'KL':>7}{'disp':>6}"
     )

@@ -62,7 +62,15 @@ from commlib.protocols.readings import (
     sender_side,
     spread,
 )
-from commlib.results import TRUE_TEXT, Run, bootstrap_ci, contains_answer, package_versions, paired_difference
+from commlib.results import (
+    TRUE_TEXT,
+    Run,
+    bootstrap_ci,
+    contains_answer,
+    package_versions,
+    paired_difference,
+    placement,
+)
 from commlib.tasks.games import GameItem
 from commlib.tasks.pools import Pools, control_item, derangement, make_pools
 
@@ -227,6 +235,7 @@ def run_thesis(
             "map": asdict(map.info) if map is not None else None,
             "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
             "versions": package_versions(),
+            "placement": placement(sender=sender, receiver=receiver),
             "summary": summary.to_dict("records"),
         }
     )
