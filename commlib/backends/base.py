@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from commlib.backends.decoding import choose, decode_static, use_fast
 from commlib.config import Decoding
 from commlib.errors import CommlibError, LayerOutOfRangeError, NonFiniteActivationError
 from commlib.models import Model
@@ -97,8 +98,9 @@ def final_states(model: Model) -> Iterator[list[Float[Tensor, "batch d"]]]:
     over ``model``'s weights, whichever module tree runs them: plain HF, the
     nnsight copy or the TransformerLens bridge (a global forward pre-hook
     that matches the unembedding by its weight). In :meth:`Backend.generate`
-    the first entry is the prefill's answer position. The hook is removed on
-    exit, also on error.
+    the first entry is the prefill's answer position; the entries after it are
+    the decode steps' on the eager path only (steps replayed as a CUDA graph
+    run no Python hooks). The hook is removed on exit, also on error.
 
     Example:
         >>> from commlib.models import load_model
@@ -222,32 +224,56 @@ class Backend(ABC):
 
     @torch.no_grad()
     def generate(
-        self, batch: Batch, edit: Edit | None = None, decoding: Decoding = Decoding(), past: Any = None
+        self,
+        batch: Batch,
+        edit: Edit | None = None,
+        decoding: Decoding = Decoding(),
+        past: Any = None,
+        fast: bool | None = None,
     ) -> Generation:
         """Decode from ``batch``; ``edit`` is applied in the prefill only.
 
-        The KV cache carries the edited state into every later step. With
+        The prefill runs through the backend; the KV cache carries the edited
+        state into every later step, which runs on the plain HF model. With
         ``past`` (a cache of a prompt prefix), ``batch`` holds the remaining
         prompt tokens and the full attention mask; ``past`` is extended in place.
+        ``fast`` picks the decode steps (:mod:`commlib.backends.decoding`): a
+        static cache with CUDA-graph-replayed steps, or the eager reference;
+        ``None`` is fast on CUDA (see :data:`commlib.backends.decoding.FAST`).
         """
         if edit is not None:
             check_layer(self.model, edit.layer)
-        eos = torch.tensor(self.model.eos_token_ids(), device=batch.input_ids.device)
-        pad_id = self.model.tokenizer.pad_token_id
         gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
         logits, past = self.forward(batch, edit, past, last_only=True)
-        step_logits = logits[:, -1].float()
-        first_logits = step_logits
-        mask = batch.attention_mask
+        first_logits = logits[:, -1].float()
+        if decoding.max_new_tokens > 1 and use_fast(self.model, past, fast):
+            ids = decode_static(self.model, past, batch.attention_mask, first_logits, decoding, gen)
+        else:
+            ids = self._decode_eager(past, batch.attention_mask, first_logits, decoding, gen)
+        texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+
+    def _decode_eager(
+        self,
+        past: Any,
+        mask: Int[Tensor, "batch seq"],
+        step_logits: Float[Tensor, "batch vocab"],
+        decoding: Decoding,
+        gen: torch.Generator,
+    ) -> Int[Tensor, "batch new"]:
+        """The reference decode loop: :meth:`plain_forward` steps on a growing cache."""
+        eos = torch.tensor(self.model.eos_token_ids(), device=mask.device)
+        pad_id = self.model.tokenizer.pad_token_id
+        size = mask.shape[0]
         # Greedy rows that reach EOS leave the batch (their KV cache rows too), so the rest decode at
         # the cost of a smaller batch; sampled rows stay, so the generator's draws do not depend on it.
         prune = decoding.stop_at_eos and not decoding.do_sample
-        rows = torch.arange(batch.size, device=mask.device)  # the batch rows still decoding
-        done = torch.zeros(batch.size, dtype=torch.bool, device=mask.device)
-        ids = torch.full((batch.size, decoding.max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
+        rows = torch.arange(size, device=mask.device)  # the batch rows still decoding
+        done = torch.zeros(size, dtype=torch.bool, device=mask.device)
+        ids = torch.full((size, decoding.max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
         steps = 0
         for step in range(decoding.max_new_tokens):
-            nxt = _choose(step_logits, decoding, gen)
+            nxt = choose(step_logits, decoding, gen)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             ids[rows, step] = nxt
             steps = step + 1
@@ -264,9 +290,7 @@ class Backend(ABC):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits, past = self.plain_forward(Batch(nxt[:, None], mask), past, last_only=True)
             step_logits = logits[:, -1].float()
-        ids = ids[:, :steps]
-        texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+        return ids[:, :steps]
 
     @torch.no_grad()
     def generate_shared_prefix(self, batch: Batch, decoding: Decoding = Decoding()) -> Generation:
@@ -296,19 +320,6 @@ def shared_weights_copy(module: torch.nn.Module) -> torch.nn.Module:
     """
     memo: dict[int, Any] = {id(p): p for p in module.parameters()}
     return copy.deepcopy(module, memo)
-
-
-def _choose(logits: Float[Tensor, "batch vocab"], decoding: Decoding, gen: torch.Generator) -> Tensor:
-    if not decoding.do_sample:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / decoding.temperature, dim=-1)
-    if decoding.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < decoding.top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    idx = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1)
-    return idx.to(logits.device)
 
 
 def position_ids_for(batch: Batch, past_len: int) -> Int[Tensor, "batch new"]:
