@@ -21,8 +21,8 @@ from commlib.plots import finish_panels, method_colour, panel_axes
 DEPTH_MARKERS = {"": "o", "selected": "s", "paper": "D"}
 """Marker per AC depth: a channel without one is a circle."""
 DISTANCE_LABELS = {
-    "kl": "KL(B with channel || B alone) at the answer, nats (median, quartiles)",
-    "displacement": "final-state displacement in B's item-to-item spread (median, quartiles)",
+    "kl": "KL(B with channel || B alone) at the answer\n(nats; median and quartiles over items)",
+    "displacement": "B's final state's displacement at the answer\n(item-to-item spreads; median, quartiles)",
 }
 
 
@@ -38,6 +38,7 @@ def thesis_figure(
     """
     points = summary[summary["vs_control"].notna()]
     panels, fig, axes = panel_axes(points[panel])
+    fig.set_size_inches(3.4 * len(panels) + 1.6, 3.4)
     mid, lo, hi = f"{distance}_median", f"{distance}_q1", f"{distance}_q3"
     for ax, value in zip(axes[0], panels, strict=True):
         for row in points[points[panel] == value].itertuples():
@@ -62,4 +63,4 @@ def thesis_figure(
             )
         ax.set_xlabel(DISTANCE_LABELS.get(distance, distance))
         ax.set_title(str(value))
-    return finish_panels(fig, axes, "own message - control (accuracy, 95% CI)", title, fontsize="xx-small")
+    return finish_panels(fig, axes, "own message - control\n(accuracy, 95% CI)", title, fontsize="xx-small")

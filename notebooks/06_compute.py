@@ -171,7 +171,7 @@ save_figure(
 
 # %%
 gpu = []
-for path in sorted(Path(GPU_RESULTS).glob("*.json")):
+for path in sorted(Path(GPU_RESULTS).glob("gpu_method_timing_*.json")):
     run = json.loads(path.read_text())
     gpu += [{"file": path.name, "device": run["device"], **run["lengths"], **row} for row in run["rows"]]
 gpu = pd.DataFrame(gpu)
