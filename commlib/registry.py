@@ -140,6 +140,14 @@ METHODS: dict[str, Method] = {
             flops="ac",
         ),
         Method(
+            "ac-replace-donor",
+            ("reasoning",),
+            "ac-replace's content control: A reads another item of the run (a derangement fixed by the seed)",
+            layers=True,
+            batched=True,
+            flops="ac",
+        ),
+        Method(
             "ac-replace-cot",
             ("reasoning",),
             "ac-replace after chain of thought: A answers in text, its state at its last token is grafted",
@@ -221,7 +229,7 @@ def names(protocol: str | None = None) -> list[str]:
     Example:
         >>> names("reasoning")  # doctest: +NORMALIZE_WHITESPACE
         ['single-a', 'single-b', 'nld', 'nld-r<N>', 'ac-replace', 'ac-w-replace', 'ac-replace-unrelated',
-         'ac-replace-cot', 'cipher-debate']
+         'ac-replace-donor', 'ac-replace-cot', 'cipher-debate']
     """
     out = []
     for m in METHODS.values():

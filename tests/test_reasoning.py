@@ -1089,3 +1089,48 @@ def test_reference_states_of_several_blocks_in_one_pass_equal_one_block_at_a_tim
     monkeypatch.setattr("commlib.experiments.depth.capture_corpus", no_capture)
     cached = reasoning_reference_states("gsm8k", tiny, evaluated, [3, 0], n_reference=12)
     assert all(torch.equal(cached[layer], states) for layer, states in together.items())
+
+
+def test_ac_donor_is_ac_with_a_reading_its_donor_and_refuses_items_without_one(tiny: Model) -> None:
+
+    from commlib.tasks.items import with_donors
+    from commlib.tasks.pools import derangement
+
+    items = load_task("mmlu:high_school_psychology", 4, seed=0)
+    donors = derangement(items, seed=0)
+    carried = with_donors(items, donors)
+    cfg = ReasoningConfig(k=1, j=2, max_new_tokens=6)
+    for item, d in zip(carried, donors, strict=True):
+        assert d != carried.index(item) and item.donor == items[d]
+        out = run_reasoning_method("ac-replace-donor", item, tiny, tiny, cfg)
+        # the same as ac-replace run with A on the donor's question: graft A's state from the donor into B
+        donor_ac = run_reasoning_method("ac-replace", items[d], tiny, tiny, cfg)
+        assert out.prompt_a == donor_ac.prompt_a
+        assert out.prompt_b == run_reasoning_method("ac-replace", item, tiny, tiny, cfg).prompt_b
+    # a donor that is the item itself is ac-replace
+    self_donor = replace(items[0], donor=items[0])
+    same = [run_reasoning_method(m, self_donor, tiny, tiny, cfg) for m in ("ac-replace", "ac-replace-donor")]
+    assert replace(same[0], seconds=0) == replace(same[1], seconds=0)
+    assert run_reasoning_batch("ac-replace-donor", carried, tiny, tiny, cfg)[1].text == (
+        run_reasoning_method("ac-replace-donor", carried[1], tiny, tiny, cfg).text
+    )
+    with pytest.raises(CommlibError, match="has no donor"):
+        run_reasoning_method("ac-replace-donor", items[0], tiny, tiny, cfg)
+
+
+def test_a_run_with_the_donor_control_reports_ac_against_it(tmp_path: Path, tiny: Model) -> None:
+    from commlib.experiments import run_reasoning
+
+    methods = ["single-b", "ac-replace", "ac-replace-donor"]
+    out = run_reasoning("mmlu:high_school_psychology", tiny, tiny, methods, out_dir=tmp_path, n=4, seed=0,
+                        k=1, j=2, max_new_tokens=4, progress=False)  # fmt: skip
+    ac = out["methods"]["ac-replace"]
+    paired = ac["vs_control"]["ac-replace-donor"]
+    scores = {m: out["methods"][m]["accuracy"] for m in methods}
+    assert paired["n"] == 4
+    assert paired["difference"] == pytest.approx(scores["ac-replace"] - scores["ac-replace-donor"])
+    assert "vs_control" not in out["methods"]["single-b"]
+    from commlib.experiments import read_reasoning
+
+    table = read_reasoning(tmp_path).set_index("method")
+    assert table.loc["ac-replace", "vs_ac-replace-donor"] == paired["difference"]

@@ -75,6 +75,10 @@ def print_table(result: dict[str, Any], label: str) -> None:
             vs_ci, counts = f"[{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]", f"{vs['better']}/{vs['worse']}"
             line += f"{vs['difference']:>+8.2f}{vs_ci:>18}{counts:>14}"
         print(line)
+    for method, r in result["methods"].items():
+        for control, vs in r.get("vs_control", {}).items():
+            print(f"{method} - {control}: {vs['difference']:+.2f} [{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]"
+                  f" over {vs['n']} items")  # fmt: skip
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -46,6 +46,8 @@ from commlib.protocols.reasoning import (
 )
 from commlib.results import TRUE_TEXT, AnswerStore, Run, package_versions, placement
 from commlib.tasks.biographies import JUDGE_MAX_NEW_TOKENS, JUDGE_PROMPT
+from commlib.tasks.items import with_donors
+from commlib.tasks.pools import derangement
 from commlib.tasks.reasoning import ReasoningItem, load_task
 
 SINGLES = ("single-a", "single-b")
@@ -130,6 +132,8 @@ def run_reasoning(
     if batch_size < 1:
         raise CommlibError(f"batch_size must be at least 1, got {batch_size}")
     items = load_task(task, n, seed, source=source)  # type: ignore[arg-type]
+    if "ac-replace-donor" in methods:
+        items = with_donors(items, derangement(items, seed))
     k, j, chosen = _mapped_layers(k, j, layers_from, sender, receiver)
     cfg = ReasoningConfig(
         k=k,
@@ -433,7 +437,9 @@ def read_reasoning(out_dir: str | Path) -> pd.DataFrame:
     [0, 1]), n, n_scored, flops, flops_vs_one_pass, seconds,
     generated_tokens, k, j, seed, judge (the judge's name or empty) and,
     where the run has B alone, the paired comparison with it: vs_b,
-    vs_b_low, vs_b_high, better, worse (NaN on B's own row).
+    vs_b_low, vs_b_high, better, worse (NaN on B's own row); where it has a
+    control, the controlled method's paired gain over it: ``vs_<control>``,
+    ``vs_<control>_low``, ``vs_<control>_high``.
     """
     result = json.loads((Path(out_dir) / "results.json").read_text())
     config = result["config"]
@@ -449,6 +455,9 @@ def read_reasoning(out_dir: str | Path) -> pd.DataFrame:
                 "better": paired["better"],
                 "worse": paired["worse"],
             }
+        for control, vs in values.pop("vs_control", {}).items():
+            values |= {f"vs_{control}": vs["difference"], f"vs_{control}_low": vs["ci_low"],
+                       f"vs_{control}_high": vs["ci_high"]}  # fmt: skip
         rows.append(
             {
                 "task": result["task"],

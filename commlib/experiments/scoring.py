@@ -126,7 +126,9 @@ def reasoning_summary(
     ``table`` has a run's rows with their ``score`` (NaN: not scored);
     ``unit`` is the FLOPs of ``flops_vs_one_pass``. With ``single-b`` among
     the methods, every other one has ``vs_b``: the paired difference with B
-    alone over the items both score, and the items above and below it.
+    alone over the items both score, and the items above and below it; with
+    a control of :data:`CONTROLS`, the method it controls has ``vs_control``,
+    per control, the same against the control.
 
     Example:
         >>> rows = [("a", "single-b", 1.0), ("b", "single-b", 0.0), ("a", "ac", 1.0), ("b", "ac", 1.0)]
@@ -138,7 +140,7 @@ def reasoning_summary(
         >>> "vs_b" in s["single-b"]
         False
     """
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for method in methods:
         sub = table[table["method"] == method]
         scored = sub["score"].dropna()
@@ -155,12 +157,20 @@ def reasoning_summary(
             "batch_sizes": sorted({int(b) for b in sub["batch"]}),
             "generated_tokens": float((sub["message_tokens"] + sub["answer_tokens"]).mean()),
         }
+    by_item = table.pivot(index="item_id", columns="method", values="score")
     if "single-b" in methods:
-        by_item = table.pivot(index="item_id", columns="method", values="score")
         for method in methods:
             if method != "single-b":
                 summary[method]["vs_b"] = _paired_with(by_item[method], by_item["single-b"], seed=seed)
+    for control, method in CONTROLS.items():
+        if control in methods and method in methods:
+            paired = _paired_with(by_item[method], by_item[control], seed=seed)
+            summary[method].setdefault("vs_control", {})[control] = paired
     return summary
+
+
+CONTROLS = {"ac-replace-unrelated": "ac-replace", "ac-replace-donor": "ac-replace"}
+"""Each reasoning control and the method it controls: that method's ``vs_control`` holds the paired gain."""
 
 
 def _paired_with(scores: pd.Series, baseline: pd.Series, *, seed: int) -> dict[str, float | int]:

@@ -14,6 +14,11 @@ accepted, in brackets):
   (:func:`commlib.protocols.questions.unrelated_item`), while B reads the
   item. Where it scores as ``ac-replace`` does, AC's effect does not come
   from what A read: it is that of the state written, whatever the question.
+* ``ac-replace-donor``: the content control of ``ac-replace``: A reads another
+  item of the run (its ``donor``, a derangement fixed by the seed:
+  :func:`commlib.tasks.items.with_donors`), B reads the item. Unlike the
+  fixed unrelated question, the donor is a real item of the same task, so
+  any gain ``ac-replace`` keeps over it comes from what A read.
 * ``ac-replace-cot`` (``ac-cot``): chain of thought on A before the graft
   (paper Table 6): A first answers the question in text, then its residual
   at block k at the last token of its own answer replaces B's at block j; B
@@ -126,10 +131,12 @@ def _grafts(
     reasonings: Sequence[str] | None = None,
     unrelated: bool = False,
     name: str = "ac-replace",
+    donor: bool = False,
 ) -> list[tuple[str, int, int, int]]:
     """B's answers with A's state grafted (after A's ``reasonings`` when given), one batch for all items.
 
-    With ``unrelated``, A reads :func:`unrelated_item` instead of the item.
+    With ``unrelated``, A reads :func:`unrelated_item` instead of the item;
+    with ``donor``, the item's donor.
 
     Returns:
         Per item: B's text, A's and B's prompt tokens, B's generated tokens.
@@ -137,6 +144,8 @@ def _grafts(
     k, j = layers(name, cfg.k, cfg.j)
     prompts = [question_prompt(item) for item in items]
     a_prompts = [question_prompt(unrelated_item(item)) for item in items] if unrelated else prompts
+    if donor:
+        a_prompts = [question_prompt(_donor(item)) for item in items]
     out = communicate(
         sender,
         receiver,
@@ -156,7 +165,16 @@ def _grafts(
     ]
 
 
-def _acs(name: str, unrelated: bool = False) -> Callable[..., list[ReasoningOutput]]:
+def _donor(item: ReasoningItem) -> ReasoningItem:
+    if item.donor is None:
+        raise CommlibError(
+            f"item {item.id or item.question[:40]!r} has no donor: run ac-replace-donor through "
+            "run_reasoning, which draws them, or give items from commlib.tasks.items.with_donors"
+        )
+    return item.donor
+
+
+def _acs(name: str, unrelated: bool = False, donor: bool = False) -> Callable[..., list[ReasoningOutput]]:
     use_map = METHODS[name].map
 
     def run(
@@ -170,8 +188,9 @@ def _acs(name: str, unrelated: bool = False) -> Callable[..., list[ReasoningOutp
         layers(name, cfg.k, cfg.j)
         start = time.perf_counter()
         grafted = _grafts(
-            items, sender, receiver, cfg, map if use_map else None, unrelated=unrelated, name=name
-        )
+            items, sender, receiver, cfg, map if use_map else None,
+            unrelated=unrelated, name=name, donor=donor,
+        )  # fmt: skip
         seconds = (time.perf_counter() - start) / len(items)
         return [
             ReasoningOutput(text, n_a, n_b, 0, new, seconds, [text], len(items))
@@ -197,6 +216,7 @@ register("reasoning", "single-b")(_singles("single-b"))
 register("reasoning", "ac-replace")(_acs("ac-replace"))
 register("reasoning", "ac-w-replace")(_acs("ac-w-replace"))
 register("reasoning", "ac-replace-unrelated")(_acs("ac-replace-unrelated", unrelated=True))
+register("reasoning", "ac-replace-donor")(_acs("ac-replace-donor", donor=True))
 register("reasoning", "ac-replace-cot")(ac_cot)
 
 

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Source = Literal["offline", "hub"]
@@ -24,13 +24,29 @@ Source = Literal["offline", "hub"]
 
 @dataclass(frozen=True)
 class ReasoningItem:
-    """One problem: the question, the gold answer (a number, or a letter), the choices (MMLU)."""
+    """One problem: the question, the gold answer (a number, or a letter), the choices (MMLU).
+
+    ``donor`` is the item A reads in ``ac-replace-donor``, AC's content
+    control (:func:`with_donors`); it is not part of the item's identity.
+    """
 
     question: str
     answer: str
     choices: tuple[str, ...] = field(default=())
     id: str = ""
     task: str = ""
+    donor: ReasoningItem | None = field(default=None, compare=False, repr=False)
+
+
+def with_donors(items: list[ReasoningItem], donors: list[int]) -> list[ReasoningItem]:
+    """``items``, each carrying ``items[donors[i]]`` as its donor (a permutation: another item of the run).
+
+    Example:
+        >>> items = [ReasoningItem("q0", "1", id="a"), ReasoningItem("q1", "2", id="b")]
+        >>> [it.donor.id for it in with_donors(items, [1, 0])]
+        ['b', 'a']
+    """
+    return [replace(it, donor=replace(items[d], donor=None)) for it, d in zip(items, donors, strict=True)]
 
 
 def sample_items(rows: list[Any], n: int | None, seed: int) -> list[Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from commlib.errors import CommlibError
 from commlib.tasks.games import COMPANIES, NAMES, GameItem, country_item, landmarks, load_jsonl, tipsheets
+from commlib.tasks.items import ReasoningItem
 
 TIPSHEETS_SELECTION = 60
 """Tip Sheets' default selection pool size."""
@@ -275,7 +276,7 @@ def _jsonl_pools(
     return Pools(game, seed, tuple(selection), tuple(test[:n_test]))
 
 
-def derangement(items: Sequence[GameItem], seed: int) -> list[int]:
+def derangement(items: Sequence[GameItem | ReasoningItem], seed: int) -> list[int]:
     """A seed-fixed permutation ``p`` with ``p[i] != i`` and, as far as possible, another answer at ``p[i]``.
 
     Items are grouped by answer (groups and members in seeded order, the
