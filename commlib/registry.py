@@ -161,6 +161,11 @@ METHODS: dict[str, Method] = {
             "CIPHER: A's message as expected token embeddings, read in nl's place (T = 1)",
             form="cipher-t<T>",
         ),
+        Method(
+            "rosetta",
+            ("games",),
+            "AVP's rosetta: A's next-token distribution on its prompt as one vector in B's embedding space",
+        ),
         Method("interlat", ("games", "sweep-n"), "Interlat, zero-shot: A's last-layer states as B's inputs"),
         Method(
             "interlat-norm",

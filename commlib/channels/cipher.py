@@ -4,9 +4,11 @@ The sender never samples. At each step it turns its next-token distribution
 ``p = softmax(logits / T)`` into ``p @ E`` (its input embedding table), feeds
 that vector back as its next input, and stops when the nearest vocabulary
 embedding is an end-of-sequence token. The receiver reads the same
-distributions through its own table (``p @ E_B``; the pair must share a
-tokenizer) as input embeddings placed where a text message would go
-(:mod:`commlib.channels.slot`).
+distributions through its own table (``p @ E_B``) as input embeddings placed
+where a text message would go (:mod:`commlib.channels.slot`). A pair that
+tokenizes differently reads them through the tokens the two vocabularies
+share, renormalised (:mod:`commlib.channels.vocab`; refused when they share
+too few); the mass outside the overlap is kept per step (``outside``).
 
 ``T -> 0`` makes every ``p`` one-hot, so the message is the embeddings of
 the sender's greedy text and the receiver answers exactly as when it reads
@@ -40,6 +42,7 @@ from commlib.channels.slot import (
     next_logits,
     prefill_rows,
 )
+from commlib.channels.vocab import SharedVocabulary, project_embed, vocab_projection
 from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import encode
@@ -55,6 +58,8 @@ class SoftMessage:
         nearest_ids: ``[L]`` nearest vocabulary embedding of each sender vector (for display).
         nearest_tokens: The same, decoded.
         temperature: T.
+        outside: ``[L]`` the mass of each ``p_t`` outside the tokens A and B share
+            (zeros with a shared tokenizer; :mod:`commlib.channels.vocab`).
     """
 
     vectors: Float[Tensor, "L d"]
@@ -62,6 +67,7 @@ class SoftMessage:
     nearest_ids: list[int]
     nearest_tokens: list[str]
     temperature: float
+    outside: Float[Tensor, " L"] | None = None
 
     @property
     def text(self) -> str:
@@ -85,16 +91,11 @@ def check_shared_vocabulary(sender: Model, receiver: Model) -> None:
         )
 
 
-def _check(sender: Model, receiver: Model, temperature: float) -> None:
-    check_shared_vocabulary(sender, receiver)
+def _check(sender: Model, receiver: Model, temperature: float) -> SharedVocabulary:
+    """How A's distributions reach B (the identity for a shared tokenizer), after checking the temperature."""
     if temperature < 0:
         raise CommlibError(f"temperature must be >= 0, got {temperature}")
-
-
-def _soft_embed(model: Model, probs: Float[Tensor, "... vocab"]) -> Float[Tensor, "... d"]:
-    """``probs @ E`` with the model's own embedding scale."""
-    table = embedding_table(model)
-    return (probs.to(table.dtype) @ table) * embedding_scale(model)
+    return vocab_projection(sender, receiver)
 
 
 def nearest_token_ids(model: Model, vectors: Float[Tensor, "L d"]) -> list[int]:
@@ -135,9 +136,9 @@ def soft_message(
             tokens: the rest of the message as text. ``None``: every step soft.
 
     Raises:
-        CommlibError: a vocabulary the receiver does not share, or a negative temperature or soft_steps.
+        CommlibError: vocabularies that overlap too little, or a negative temperature or soft_steps.
     """
-    _check(sender, receiver, temperature)
+    projection = _check(sender, receiver, temperature)
     if soft_steps is not None and soft_steps < 0:
         raise CommlibError(f"soft_steps must be >= 0, got {soft_steps}")
     tok = sender.tokenizer
@@ -166,21 +167,29 @@ def soft_message(
     vocab = logits.shape[-1]
     stacked = torch.stack(probs) if probs else torch.zeros(0, vocab, device=logits.device)
     return SoftMessage(
-        vectors=_soft_embed(receiver, stacked),
+        vectors=project_embed(receiver, projection, stacked),
         probs=stacked,
         nearest_ids=nearest,
         nearest_tokens=[str(tok.decode([i])) for i in nearest],
         temperature=temperature,
+        outside=projection.outside(stacked).cpu(),
     )
 
 
 def _message(
-    sender: Model, receiver: Model, probs: list[Tensor], nearest: list[int], t: float, vocab: int
+    sender: Model,
+    receiver: Model,
+    projection: SharedVocabulary,
+    probs: list[Tensor],
+    nearest: list[int],
+    t: float,
+    vocab: int,
 ) -> SoftMessage:
     """A :class:`SoftMessage` from the sender's step distributions (over ``vocab``) and nearest tokens."""
     stacked = torch.stack(probs) if probs else torch.zeros(0, vocab, device=sender.device)
     tokens = [str(sender.tokenizer.decode([i])) for i in nearest]
-    return SoftMessage(_soft_embed(receiver, stacked), stacked, nearest, tokens, t)
+    vectors = project_embed(receiver, projection, stacked)
+    return SoftMessage(vectors, stacked, nearest, tokens, t, projection.outside(stacked).cpu())
 
 
 @torch.no_grad()
@@ -200,17 +209,23 @@ def soft_messages(
     decides: the same messages as one prompt at a time (tested).
 
     Raises:
-        CommlibError: a vocabulary the receiver does not share, or a negative temperature.
+        CommlibError: vocabularies that overlap too little, or a negative temperature.
     """
-    _check(sender, receiver, temperature)
+    projection = _check(sender, receiver, temperature)
     out: list[SoftMessage] = []
     for start in range(0, len(prompts), batch_size):
-        out += _soft_batch(sender, receiver, prompts[start : start + batch_size], temperature, max_tokens)
+        chunk = prompts[start : start + batch_size]
+        out += _soft_batch(sender, receiver, projection, chunk, temperature, max_tokens)
     return out
 
 
 def _soft_batch(
-    sender: Model, receiver: Model, prompts: Sequence[str], temperature: float, max_tokens: int
+    sender: Model,
+    receiver: Model,
+    projection: SharedVocabulary,
+    prompts: Sequence[str],
+    temperature: float,
+    max_tokens: int,
 ) -> list[SoftMessage]:
     """One batch of :func:`soft_messages`."""
     batch = encode(sender, prompts)
@@ -245,4 +260,7 @@ def _soft_batch(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits, _, past = forward_rows(sender, sent[:, None, :], mask, past)
-    return [_message(sender, receiver, p, n, temperature, vocab) for p, n in zip(probs, nearest, strict=True)]
+    return [
+        _message(sender, receiver, projection, p, n, temperature, vocab)
+        for p, n in zip(probs, nearest, strict=True)
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from commlib.channels.vocab import same_vocabulary, vocab_projection
 from commlib.combine import LinearMap
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
@@ -65,7 +66,9 @@ def run_games(
     items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     map_info = asdict(map.info) if map is not None else None
-    settings = {"game": game, "seed": seed, "sender": sender.name, "receiver": receiver.name}
+    settings: dict[str, Any] = {"game": game, "seed": seed, "sender": sender.name, "receiver": receiver.name}
+    if any(m.startswith(("cipher", "rosetta")) for m in methods) and not same_vocabulary(sender, receiver):
+        settings["vocabulary"] = vocab_projection(sender, receiver).record()  # or refused, before any work
     run = Run(out_dir, {**settings, **asdict(cfg), "reply": reply, "map": map_info})
     for method in methods:
         todo = run.pending(items, method=method)

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from commlib.channels.interlat import InterlatAdapter, train_adapter
 from commlib.channels.slot import Reading
+from commlib.channels.vocab import same_vocabulary, vocab_projection
 from commlib.combine import LinearMap
 from commlib.config import THESIS_DEFAULT_CHANNELS
 from commlib.errors import CommlibError
@@ -199,6 +200,8 @@ def run_thesis(
         "max_new_tokens": max_new_tokens,
         "backend": backend,
     }
+    if any(c.startswith(("cipher", "rosetta")) for c in names) and not same_vocabulary(sender, receiver):
+        settings["vocabulary"] = vocab_projection(sender, receiver).record()  # or refused, before any work
     run = Run(out_dir, settings, fields=ITEM_FIELDS)
     selected = None
     if any(c.startswith("ac-") and not c.startswith("ac-w-") for c in names):

@@ -10,7 +10,10 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``ac-sum``, ``ac-mean``, ``ac-replace``: activation communication at (k, j).
 * ``ac-w-sum``, ``ac-w-mean``, ``ac-w-replace``: the same through a learned map W.
 * ``cipher``: A's message as expected token embeddings (CIPHER, temperature 1;
-  ``cipher-t0.5`` for another temperature), read by B where ``nl`` puts text.
+  ``cipher-t0.5`` for another temperature), read by B where ``nl`` puts text;
+  across tokenizers through their shared tokens (:mod:`commlib.channels.vocab`).
+* ``rosetta``: AVP's one-vector projection: A's next-token distribution on its
+  message prompt as one vector in B's embedding space, read in the same place.
 * ``interlat``, ``interlat-norm``: A's last-layer hidden states while it
   writes its message, read by B in the same place (raw, or rescaled to B's
   embedding norm); zero-shot Interlat.
@@ -49,6 +52,7 @@ from commlib.channels.interlat import (
     trajectory_message,
 )
 from commlib.channels.slot import NL_TEMPLATE, message_prompt, read_slot
+from commlib.channels.vocab import rosetta_vectors
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
@@ -214,6 +218,14 @@ def _cipher(temperature: float) -> MethodFn:
     return SlotMethod(make, f"CIPHER at temperature {temperature:g}: A's message as expected embeddings.")
 
 
+def _rosetta() -> MethodFn:
+    def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
+        vectors, _ = rosetta_vectors(sender, receiver, [message_prompt(item)])
+        return vectors, "".join(nearest_tokens(receiver, vectors))
+
+    return SlotMethod(make, "AVP's rosetta: A's next-token distribution as one vector in B's embeddings.")
+
+
 def _interlat(rescale: bool) -> MethodFn:
     def make(item: GameItem, sender: Model, receiver: Model, cfg: MethodConfig) -> tuple[Tensor, str]:
         trajectory = trajectory_message(sender, message_prompt(item), max_tokens=cfg.message_tokens)
@@ -272,6 +284,7 @@ for _f in ("sum", "mean", "replace"):
     register("games", f"ac-{_f}")(_ac(_f, use_map=False))
     register("games", f"ac-w-{_f}")(_ac(_f, use_map=True))
 register("games", "cipher")(lambda t: _cipher(1.0 if t is None else float(t)))
+register("games", "rosetta")(_rosetta())
 register("games", "interlat")(_interlat(rescale=False))
 register("games", "interlat-norm")(_interlat(rescale=True))
 

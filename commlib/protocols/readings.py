@@ -41,13 +41,13 @@ from commlib.channels.interlat import InterlatAdapter, as_receiver_inputs
 from commlib.channels.slot import (
     NL_TEMPLATE,
     Reading,
-    embed,
     message_prompt,
     receive_batch,
     slot_embeddings,
     slot_template,
 )
 from commlib.channels.trajectory import Trajectory, trajectory_messages
+from commlib.channels.vocab import rosetta_vectors, token_embeddings, vocab_projection
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.graft import GraftConfig, communicate
@@ -68,6 +68,7 @@ THESIS_CHANNELS = (
     "ac-w-mean",
     "ac-w-replace",
     "cipher-t<T>",
+    "rosetta",
     "interlat",
     "interlat-norm",
     "interlat-trained",
@@ -253,7 +254,11 @@ def _read_chunk(
         return _read_text(receiver, prompts, replies, max_new_tokens, backend)
     if c.method.startswith("ac"):
         return _read_graft(c, items, side, rows, sender, receiver, map, max_new_tokens, backend)
-    vectors = _slot_vectors(c, side, rows, receiver, adapter)
+    if c.method == "rosetta":  # one prefill of A per prompt: computed here, not kept on the sender side
+        prompts = [message_prompt(s) for s in senders]
+        vectors = [v[None] for v in rosetta_vectors(sender, receiver, prompts, batch_size=len(prompts))[0]]
+    else:
+        vectors = _slot_vectors(c, side, rows, sender, receiver, adapter)
     embeds = [
         slot_embeddings(receiver, slot_template(it), vectors=v, reply=it.reply)
         for it, v in zip(items, vectors, strict=True)
@@ -269,7 +274,12 @@ def _need(values: list, rows: slice, what: str) -> list:
 
 
 def _slot_vectors(
-    c: Condition, side: SenderSide, rows: slice, receiver: Model, adapter: InterlatAdapter | None
+    c: Condition,
+    side: SenderSide,
+    rows: slice,
+    sender: Model,
+    receiver: Model,
+    adapter: InterlatAdapter | None,
 ) -> list[Tensor]:
     """What B reads in the message slot, per row."""
     temperature = c.temperature
@@ -278,9 +288,9 @@ def _slot_vectors(
             raise CommlibError(f"CIPHER at T = {temperature:g} was not computed for the sender side")
         return [m.vectors for m in side.soft[temperature][rows]]
     trajectories = _need(side.trajectories, rows, "A's messages")
-    if temperature == 0:  # the one-hot limit: A's greedy tokens as B's embeddings
-        ids = [torch.tensor(t.token_ids, dtype=torch.long, device=receiver.device) for t in trajectories]
-        return [embed(receiver, i) for i in ids]
+    if temperature == 0:  # the one-hot limit: A's greedy tokens as B's embeddings (their shared twins)
+        projection = vocab_projection(sender, receiver)
+        return [token_embeddings(receiver, projection, t.token_ids) for t in trajectories]
     if c.method == "interlat-trained":
         if adapter is None:
             raise CommlibError("interlat-trained needs its adapter: train one on the selection pool first")
