@@ -191,3 +191,45 @@ def slot_flops(
     a = generation_flops(sender, prompt_a, steps, accounting) + 2.0 * soft * sender.vocab * sender.d_model
     b = generation_flops(receiver, prompt_b + slot, answer, accounting)
     return _split(a, b + 2.0 * soft * receiver.vocab * receiver.d_model)
+
+
+def vector_bytes(shape: Shape, *, bytes_per_element: int = 2) -> int:
+    """Bytes of one residual vector, what AC sends per message: ``d_model`` elements."""
+    return shape.d_model * bytes_per_element
+
+
+def kv_bytes(shape: Shape, tokens: int, *, layers: int | None = None, bytes_per_element: int = 2) -> int:
+    """Bytes of a KV-cache message: 2 (K and V) x layers x kv_heads x head_dim x tokens x bytes per element.
+
+    ``layers``: how many layers are sent (default: all).
+
+    Example:
+        >>> s = Shape(n_layers=28, d_model=1536, n_heads=12, n_kv_heads=2, head_dim=128, d_ff=8960,
+        ...           vocab=151936)
+        >>> kv_bytes(s, 1), kv_bytes(s, 1, layers=8), vector_bytes(s)
+        (28672, 8192, 3072)
+    """
+    n = shape.n_layers if layers is None else layers
+    return 2 * n * shape.n_kv_heads * shape.head_dim * tokens * bytes_per_element
+
+
+def kv_flops(
+    sender: Shape, receiver: Shape, *, prompt_a: int, prompt_b: int, answer: int, latent_steps: int = 0
+) -> dict[str, float]:
+    """A KV-cache message (``kv``, ``latent-steps``), split by model as :func:`method_flops`, with a KV cache.
+
+    A runs its ``prompt_a`` tokens (no unembedding: only its cache is sent)
+    and ``latent_steps`` single-position steps, each after the realignment
+    (``2 D^2``: a ``D x D`` matrix); B runs its ``prompt_b`` tokens attending
+    to A's ``prompt_a + latent_steps`` cached positions and generates
+    ``answer``. Counted as if every layer of B read A's positions (an upper
+    bound on the attention term when only some do).
+    """
+    a = forward_flops(sender, prompt_a, unembed=False)
+    for step in range(latent_steps):
+        a += forward_flops(sender, 1, prompt_a + step, unembed=False) + 2.0 * sender.d_model**2
+    context = prompt_a + latent_steps
+    b = forward_flops(receiver, prompt_b, context)
+    for step in range(max(answer - 1, 0)):
+        b += forward_flops(receiver, 1, context + prompt_b + step)
+    return _split(a, b)

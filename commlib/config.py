@@ -614,7 +614,8 @@ class ThesisRun:
     channels: tuple[str, ...] = option(
         THESIS_DEFAULT_CHANNELS,
         parse=comma_list,
-        help="comma-separated channels; ac-* run at the selected and paper depth, ac-w-* at the paper's",
+        help="comma-separated channels; ac-* run at the selected and paper depth, ac-w-* at the paper's, kv "
+        "at every layer (and --kv-layers); latent-steps-m<M>: A's M latent steps, then its cache",
     )
     n_selection: int | None = option(None, help="selection items (default: the rest of the task)")
     selection_fraction: float | None = option(None, help="JSONL task: the fraction held out for selection")
@@ -630,6 +631,12 @@ class ThesisRun:
     )
     adapter_items: int = option(100, help="selection items the adapter trains on when --adapter is not given")
     adapter_steps: int = option(300, help="the adapter's training steps when --adapter is not given")
+    kv_layers: str = option(
+        "all",
+        metavar="SPEC",
+        help="kv also runs with only these of B's layers reading A's cache: all (no second run), "
+        "kvcomm[:SHARE] (KVComm's selection on --depth-items selection items; share 0.3) or 3,5,7",
+    )
     message_tokens: int = option(32, help="longest message A writes (NL, CIPHER, Interlat)")
     max_new_tokens: int = option(6, help="tokens B answers with after the reply (greedy)")
     chunk: int = option(16, help="test items per batch of work; every channel advances together")

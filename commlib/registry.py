@@ -46,7 +46,7 @@ PROTOCOLS: dict[str, str] = {
 }
 """The protocols a method may run in, with what each is."""
 
-_PARAMETERS = {"<T>": r"\d*\.?\d+(?:[eE][-+]?\d+)?", "<N>": r"[1-9]\d*", "<K>": r"[1-9]\d*"}
+_PARAMETERS = {"<T>": r"\d*\.?\d+(?:[eE][-+]?\d+)?", "<N>": r"[1-9]\d*", "<K>": r"[1-9]\d*", "<M>": r"\d+"}
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,18 @@ METHODS: dict[str, Method] = {
             "Interlat through a trained adapter, compressed to K latents (train-adapter --compress K)",
             adapter=True,
             form="interlat-compressed-k<K>",
+        ),
+        Method(
+            "kv",
+            ("games",),
+            "B reads A's KV cache over A's message prompt, its prompt after A's positions (KVComm's medium)",
+        ),
+        Method(
+            "latent-steps",
+            ("games",),
+            "A takes m latent steps (LatentMAS's realignment), then B reads its KV cache as kv does; "
+            "latent-steps-m<M>: m = M (default 8; m = 0 is kv, refused)",
+            form="latent-steps-m<M>",
         ),
         Method(
             "cipher-debate",

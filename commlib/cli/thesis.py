@@ -9,11 +9,12 @@ from commlib.config import ThesisRun
 
 
 def thesis(cfg: ThesisRun) -> int:
-    from commlib.experiments.thesis import run_thesis
+    from commlib.experiments.thesis import kv_layer_spec, run_thesis
     from commlib.protocols.readings import check_channel
 
     for c in cfg.channels:
         check_channel(c)  # a bad name fails before any model loads
+    kv_layer_spec(cfg.kv_layers)
     check_game(cfg.game)
     sender, receiver = load_pair(cfg.pair)
     adapter = None
@@ -40,6 +41,7 @@ def thesis(cfg: ThesisRun) -> int:
         adapter=adapter,
         adapter_items=cfg.adapter_items,
         adapter_steps=cfg.adapter_steps,
+        kv_layers=cfg.kv_layers,
         message_tokens=cfg.message_tokens,
         max_new_tokens=cfg.max_new_tokens,
         chunk=cfg.chunk,

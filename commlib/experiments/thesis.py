@@ -11,7 +11,9 @@ The controlled experiment behind commlib's two questions (issue 24):
    carries the message only as far as ``own`` beats ``control``.
 3. **Depth.** AC's (k, j) is chosen on the selection pool by gain over the
    control (:func:`commlib.experiments.selection.select_depth`); AC also runs
-   at the paper's depth (0.8 of both models), whatever selection says.
+   at the paper's depth (0.8 of both models), whatever selection says. ``kv``
+   runs with every layer reading A's cache and, with ``kv_layers``, at a set
+   of layers (KVComm's rule on the selection pool, or given).
 4. **One distance axis**, measured on B at the answer position for every
    channel alike: the KL of B's next-token distribution against B alone,
    and the displacement of the state B's unembedding reads, in units of B's
@@ -45,7 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from commlib.channels.interlat import InterlatAdapter, train_adapter
-from commlib.channels.slot import Reading
+from commlib.channels.kv import KVCOMM_FRACTION, check_kv_pair, kv_messages, kvcomm_importance, kvcomm_layers
+from commlib.channels.slot import Reading, message_prompt
 from commlib.channels.vocab import same_vocabulary, vocab_projection
 from commlib.combine import LinearMap
 from commlib.config import THESIS_DEFAULT_CHANNELS
@@ -53,6 +56,7 @@ from commlib.errors import CommlibError
 from commlib.experiments.selection import PAPER_DEPTH, paper_layers, select_depth
 from commlib.graft import fit_map
 from commlib.models import Model
+from commlib.prompts import encode
 from commlib.protocols.readings import (
     Condition,
     SenderSide,
@@ -99,17 +103,31 @@ ITEM_FIELDS = (
 
 
 def conditions(
-    channels: Sequence[str], *, selected: tuple[int, int] | None, paper: tuple[int, int]
+    channels: Sequence[str],
+    *,
+    selected: tuple[int, int] | None,
+    paper: tuple[int, int],
+    kv_layers: tuple[str, tuple[int, ...]] | None = None,
 ) -> list[Condition]:
     """The conditions ``channels`` expand to: AC at the selected and the paper's depth, AC(W) at the paper's.
+
+    ``kv`` reads A's cache at every layer (``kv@all``) and, given
+    ``kv_layers`` (a name and B's layers), at those layers only.
 
     Example:
         >>> [c.name for c in conditions(["silent", "ac-mean", "ac-w-replace"], selected=(1, 2), paper=(3, 3))]
         ['silent', 'ac-mean@selected', 'ac-mean@paper', 'ac-w-replace@paper']
+        >>> [c.name for c in conditions(["kv", "latent-steps"], selected=None, paper=(3, 3),
+        ...                             kv_layers=("kvcomm0.3", (2,)))]
+        ['kv@all', 'kv@kvcomm0.3', 'latent-steps-m8']
     """
     out: list[Condition] = []
     for name in dict.fromkeys(check_channel(c) for c in channels):
-        if name.startswith("ac-w-"):
+        if name == "kv":
+            out.append(Condition(name, "all"))
+            if kv_layers is not None:
+                out.append(Condition(name, kv_layers[0], layers=kv_layers[1]))
+        elif name.startswith("ac-w-"):
             out.append(Condition(name, "paper", *paper))
         elif name.startswith("ac-"):
             if selected is not None:
@@ -140,6 +158,7 @@ def run_thesis(
     adapter: InterlatAdapter | None = None,
     adapter_items: int = 100,
     adapter_steps: int = 300,
+    kv_layers: str = "all",
     message_tokens: int = 32,
     max_new_tokens: int = 6,
     chunk: int = 16,
@@ -172,6 +191,10 @@ def run_thesis(
             kept in ``out_dir/adapter/`` (resumable).
         adapter_items: Selection items the adapter trains on.
         adapter_steps: Its training steps.
+        kv_layers: Where ``kv`` also runs besides every layer (:func:`kv_layer_spec`):
+            ``all`` (nowhere else), ``kvcomm[:FRACTION]`` (KVComm's selection on
+            ``depth_items`` selection items, cached in ``out_dir/kv_layers.json``)
+            or B's layers (``3,5,7``).
         message_tokens: Length of A's message (NL, CIPHER, Interlat).
         max_new_tokens: Tokens B answers with (the answer follows the reply).
         chunk: Test items per batch of work (every channel advances together).
@@ -182,6 +205,10 @@ def run_thesis(
         :func:`summarise_thesis` of the run's rows.
     """
     names = [check_channel(c) for c in channels]
+    kv_spec = kv_layer_spec(kv_layers)
+    kv = [c for c in names if Condition(c).latent_steps is not None]
+    if kv:
+        check_kv_pair(sender, receiver)
     pools = make_pools(
         game, n_test=n, n_selection=n_selection, seed=seed,
         selection_fraction=selection_fraction, selection_file=selection_file,
@@ -208,7 +235,10 @@ def run_thesis(
         selected = _selected_depth(
             sender, receiver, pools, run.dir, depth_items, grid, seed, backend, progress
         )
-    conds = conditions(names, selected=selected, paper=paper)
+    kv_chosen = None
+    if "kv" in names and kv_spec is not None:
+        kv_chosen = _kv_layers(kv_spec, sender, receiver, pools, run.dir, depth_items)
+    conds = conditions(names, selected=selected, paper=paper, kv_layers=kv_chosen)
     if any(c.method.startswith("ac-w-") for c in conds):
         map = map or _paper_map(sender, receiver, paper, run.dir, map_sentences, seed, backend)
         map.check_pair(sender.name, receiver.name, *paper)
@@ -234,6 +264,7 @@ def run_thesis(
             "conditions": [asdict(c) | {"name": c.name} for c in conds],
             "paper_layers": list(paper),
             "selected_layers": list(selected) if selected else None,
+            "kv_layers": {"name": kv_chosen[0], "layers": list(kv_chosen[1])} if kv_chosen else None,
             "spread": scale,
             "map": asdict(map.info) if map is not None else None,
             "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
@@ -282,6 +313,60 @@ def _paper_map(
     w = fit_map(sender, receiver, *paper, n=n, seed=seed, backend=backend, fit="ridge")
     w.save(path)
     return w
+
+
+def kv_layer_spec(spec: str) -> str | float | tuple[int, ...] | None:
+    """``--kv-layers``: ``all`` -> ``None``; ``kvcomm[:0.3]`` -> the share; ``3,5,7`` -> B's layers.
+
+    Example:
+        >>> kv_layer_spec("all"), kv_layer_spec("kvcomm"), kv_layer_spec("kvcomm:0.5"), kv_layer_spec("7,3")
+        (None, 0.3, 0.5, (3, 7))
+
+    Raises:
+        CommlibError: another form, or a share outside (0, 1].
+    """
+    text = spec.strip().lower()
+    if text == "all":
+        return None
+    if text.startswith("kvcomm"):
+        share = text.removeprefix("kvcomm").removeprefix(":") or str(KVCOMM_FRACTION)
+        try:
+            value = float(share)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:
+            raise CommlibError(
+                f"--kv-layers {spec!r}: give kvcomm:SHARE with a share in (0, 1], e.g. kvcomm:0.3"
+            )
+        return value
+    try:
+        return tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise CommlibError(f"--kv-layers {spec!r}: use all, kvcomm[:SHARE] or B's layers (3,5,7)") from None
+
+
+def _kv_layers(
+    spec: str | float | tuple[int, ...], sender: Model, receiver: Model, pools: Pools, out: Path, n: int
+) -> tuple[str, tuple[int, ...]]:
+    """The name and B's layers of ``kv``'s restricted condition (KVComm's: on ``n`` selection items)."""
+    if isinstance(spec, tuple):
+        return "layers" + "-".join(map(str, spec)), spec
+    assert isinstance(spec, float)
+    name, path = f"kvcomm{spec:g}", out / "kv_layers.json"
+    cached = pd.read_json(path, typ="series").to_dict() if path.exists() else {}
+    if "importance" not in cached:
+        items = list(pools.selection[:n])
+        if not items:
+            raise CommlibError("KVComm's layer selection needs selection items: raise --n-selection")
+        scores = []
+        for start in range(0, len(items), 16):
+            chunk = items[start : start + 16]
+            messages = kv_messages(sender, [message_prompt(it) for it in chunk])
+            batch = encode(receiver, [it.receiver for it in chunk], replies=[it.reply for it in chunk])
+            scores.append(kvcomm_importance(receiver, messages, batch) * len(chunk))
+        cached = {"items": len(items), "importance": (torch.stack(scores).sum(0) / len(items)).tolist()}
+        path.write_text(pd.Series(cached).to_json(indent=1))
+    return name, kvcomm_layers(cached["importance"], spec)
 
 
 def _selection_adapter(
@@ -386,11 +471,16 @@ def _subset(side: SenderSide, picks: list[int]) -> SenderSide:
         states={k: v[picks] for k, v in side.states.items()},
         trajectories=[side.trajectories[p] for p in picks] if side.trajectories else [],
         soft={t: [m[p] for p in picks] for t, m in side.soft.items()},
+        kv=[side.kv[p] for p in picks] if side.kv else [],
     )
 
 
 def _sent(c: Condition, side: SenderSide, n: int) -> str:
-    """What A sent, as text where it has one (NL's message; the nearest tokens are not kept)."""
+    """What A sent: text where it has one (NL's message; not the nearest tokens), a KV cache's size."""
+    if (steps := c.latent_steps) is not None and side.kv:
+        msg = side.kv[n].truncated(steps)
+        layers = len(c.layers) if c.layers is not None else msg.keys.shape[0]
+        return f"{msg.tokens} positions ({steps} latent) at {layers} layers: {msg.nbytes(c.layers)} bytes"
     if side.trajectories and (c.method in ("nl", "cipher-t0") or c.method.startswith("interlat")):
         return str(side.trajectories[n].text)[:200]
     return ""

@@ -17,6 +17,9 @@ two models to B's answers, with identical prompts and decoding across methods
 * ``interlat``, ``interlat-norm``: A's last-layer hidden states while it
   writes its message, read by B in the same place (raw, or rescaled to B's
   embedding norm); zero-shot Interlat.
+* ``kv``: B reads A's KV cache over A's message prompt, its own prompt after
+  A's positions; ``latent-steps-m<M>``: the same after A's M latent steps
+  (:mod:`commlib.channels.kv`).
 * ``interlat-trained``, ``interlat-compressed``: bound per run
   (:func:`register_method`) to :func:`interlat_trained` (an adapter) or
   :func:`interlat_compressed` (an adapter's latents compressed to K vectors).
@@ -51,6 +54,7 @@ from commlib.channels.interlat import (
     load_compressor,
     trajectory_message,
 )
+from commlib.channels.kv import DEFAULT_LATENT_STEPS, check_kv_pair, check_latent_steps, kv_messages, read_kv
 from commlib.channels.slot import NL_TEMPLATE, message_prompt, read_slot
 from commlib.channels.vocab import rosetta_vectors
 from commlib.combine import LinearMap
@@ -285,6 +289,32 @@ for _f in ("sum", "mean", "replace"):
     register("games", f"ac-w-{_f}")(_ac(_f, use_map=True))
 register("games", "cipher")(lambda t: _cipher(1.0 if t is None else float(t)))
 register("games", "rosetta")(_rosetta())
+
+
+def _kv(latent_steps: int) -> MethodFn:
+    def run(
+        items: Sequence[GameItem],
+        sender: Model,
+        receiver: Model,
+        cfg: MethodConfig,
+        map: LinearMap | None = None,
+    ) -> list[MethodOutput]:
+        check_kv_pair(sender, receiver)
+        messages = kv_messages(sender, [message_prompt(i) for i in items], latent_steps=latent_steps)
+        batch = encode(receiver, [i.receiver for i in items], replies=_replies(items))
+        return [
+            MethodOutput(r.text)
+            for r in read_kv(receiver, messages, batch, max_new_tokens=cfg.max_new_tokens)
+        ]
+
+    run.__doc__ = f"B reads A's KV cache{f' after {latent_steps} latent steps' if latent_steps else ''}."
+    return run
+
+
+register("games", "kv")(_kv(0))
+register("games", "latent-steps")(
+    lambda m: _kv(check_latent_steps(DEFAULT_LATENT_STEPS if m is None else int(m)))
+)
 register("games", "interlat")(_interlat(rescale=False))
 register("games", "interlat-norm")(_interlat(rescale=True))
 

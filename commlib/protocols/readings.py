@@ -7,7 +7,8 @@ message about another item (its content control,
 computed once per sender prompt (:func:`sender_side`) and shared by every
 channel that reads it: A's greedy message is NL's text, CIPHER at T = 0's
 tokens and Interlat's trajectory; A's residual at block k is AC's message at
-every f.
+every f; A's KV cache over its message prompt (with its latent steps, once for
+the largest m) is the message of ``kv`` and ``latent-steps-m<M>``.
 
 Every reading gives B's answer, its next-token logits at the answer position
 (the last prompt position: every prompt ends with the item's reply) and the
@@ -38,6 +39,14 @@ from commlib.backends import Decoding, get_backend
 from commlib.backends.base import final_states
 from commlib.channels.cipher import SoftMessage, soft_messages
 from commlib.channels.interlat import InterlatAdapter, as_receiver_inputs
+from commlib.channels.kv import (
+    DEFAULT_LATENT_STEPS,
+    KVMessage,
+    check_kv_pair,
+    check_latent_steps,
+    kv_messages,
+    read_kv,
+)
 from commlib.channels.slot import (
     NL_TEMPLATE,
     Reading,
@@ -72,8 +81,11 @@ THESIS_CHANNELS = (
     "interlat",
     "interlat-norm",
     "interlat-trained",
+    "kv",
+    "latent-steps-m<M>",
 )
-"""The channels the controlled experiment runs (``cipher-t<T>`` at any T; ``cipher`` is T = 1)."""
+"""The channels the controlled experiment runs (``cipher-t<T>`` at any T; ``cipher`` is T = 1;
+``latent-steps`` is ``latent-steps-m8``)."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +98,15 @@ class Condition:
             models) for AC; empty otherwise.
         k: A's block (AC only).
         j: B's block (AC only).
+        layers: B's layers that read A's cache (``kv``; ``None``: all), named by
+            ``depth``: ``all``, ``kvcomm`` (KVComm's rule on the selection pool) or ``layers``.
     """
 
     method: str
     depth: str = ""
     k: int | None = None
     j: int | None = None
+    layers: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -105,6 +120,19 @@ class Condition:
             return None
         return 1.0 if self.method == "cipher" else float(self.method.removeprefix("cipher-t"))
 
+    @property
+    def latent_steps(self) -> int | None:
+        """A's latent steps before B reads its cache: 0 for ``kv``, m for ``latent-steps-m<M>``; else None."""
+        if self.method == "kv":
+            return 0
+        if not self.method.startswith("latent-steps"):
+            return None
+        return (
+            DEFAULT_LATENT_STEPS
+            if self.method == "latent-steps"
+            else int(self.method.removeprefix("latent-steps-m"))
+        )
+
 
 def check_channel(name: str) -> str:
     """The canonical name of a channel the experiment runs.
@@ -113,12 +141,17 @@ def check_channel(name: str) -> str:
         CommlibError: a channel it does not run, listing those it does.
     """
     resolved = canonical(name)
+    if resolved == "latent-steps":
+        resolved = f"latent-steps-m{DEFAULT_LATENT_STEPS}"
     base = "cipher-t<T>" if resolved.startswith("cipher") else resolved
+    base = "latent-steps-m<M>" if resolved.startswith("latent-steps-m") else base
     if base not in THESIS_CHANNELS:
         raise CommlibError(
             f"the controlled experiment has no channel {name!r}; use {', '.join(THESIS_CHANNELS)}"
         )
     method(resolved)  # the registry knows it
+    if (steps := Condition(resolved).latent_steps) is not None and resolved != "kv":
+        check_latent_steps(steps)
     return resolved
 
 
@@ -129,6 +162,7 @@ class SideNeeds:
     ks: tuple[int, ...] = ()
     message: bool = False
     temperatures: tuple[float, ...] = ()
+    kv_steps: int | None = None
 
     @classmethod
     def of(cls, conditions: Sequence[Condition]) -> SideNeeds:
@@ -136,7 +170,8 @@ class SideNeeds:
         ks = sorted({c.k for c in conditions if c.method.startswith("ac") and c.k is not None})
         message = any(c.method in ("nl", "cipher-t0") or c.method.startswith("interlat") for c in conditions)
         temps = sorted({t for c in conditions if (t := c.temperature) is not None and t > 0})
-        return cls(tuple(ks), message, tuple(temps))
+        steps = [m for c in conditions if (m := c.latent_steps) is not None]
+        return cls(tuple(ks), message, tuple(temps), max(steps) if steps else None)
 
 
 @dataclass
@@ -148,12 +183,15 @@ class SenderSide:
         states: A's residual after block k at its last prompt token, ``[n, d_A]`` per k.
         trajectories: A's greedy message with its last-layer states (NL, CIPHER T = 0, Interlat).
         soft: CIPHER's expected-embedding messages per temperature T > 0.
+        kv: A's KV cache over its message prompt and its latent steps (the most any condition
+            takes; fewer are a prefix, :meth:`commlib.channels.kv.KVMessage.truncated`).
     """
 
     items: list[GameItem]
     states: dict[int, Float[Tensor, "n d_a"]] = field(default_factory=dict)
     trajectories: list[Trajectory] = field(default_factory=list)
     soft: dict[float, list[SoftMessage]] = field(default_factory=dict)
+    kv: list[KVMessage] = field(default_factory=list)
 
 
 def sender_side(
@@ -186,6 +224,9 @@ def sender_side(
         side.soft[t] = soft_messages(
             sender, receiver, prompts, temperature=t, max_tokens=message_tokens, batch_size=batch_size
         )
+    if needs.kv_steps is not None:
+        check_kv_pair(sender, receiver)
+        side.kv = kv_messages(sender, prompts, latent_steps=needs.kv_steps, batch_size=batch_size)
     return side
 
 
@@ -254,6 +295,10 @@ def _read_chunk(
         return _read_text(receiver, prompts, replies, max_new_tokens, backend)
     if c.method.startswith("ac"):
         return _read_graft(c, items, side, rows, sender, receiver, map, max_new_tokens, backend)
+    if (steps := c.latent_steps) is not None:
+        messages = [m.truncated(steps) for m in _need(side.kv, rows, "A's KV caches")]
+        batch = encode(receiver, [it.receiver for it in items], replies=replies)
+        return read_kv(receiver, messages, batch, layers=c.layers, max_new_tokens=max_new_tokens)
     if c.method == "rosetta":  # one prefill of A per prompt: computed here, not kept on the sender side
         prompts = [message_prompt(s) for s in senders]
         vectors = [v[None] for v in rosetta_vectors(sender, receiver, prompts, batch_size=len(prompts))[0]]
