@@ -71,7 +71,7 @@ CORPORA = ("lambada", "c4")
 SOURCES = ("offline", "hub")
 """Where reasoning tasks are read from (:mod:`commlib.tasks.reasoning`)."""
 
-LATENT_METHODS = ("cipher", "interlat", "interlat-norm", "interlat-trained", "interlat-compressed")
+LATENT_METHODS = ("cipher", "rosetta", "interlat", "interlat-norm", "interlat-trained", "interlat-compressed")
 """The latent channels ``commlib latent`` runs."""
 
 DTYPES = ("float32", "bfloat16", "float16")
