@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from commlib.plots import finish_panels, method_colour, panel_axes
 
-DEPTH_MARKERS = {"": "o", "selected": "s", "paper": "D"}
-"""Marker per AC depth: a channel without one is a circle."""
+DEPTH_MARKERS = {"": "o", "selected": "s", "paper": "D", "all": "^"}
+"""Marker per AC depth and kv layer set (``all``; any other set of layers: ``v``); no depth: a circle."""
 DISTANCE_LABELS = {
     "kl": "KL(B with channel || B alone) at the answer\n(nats; median and quartiles over items)",
     "displacement": "B's final state's displacement at the answer\n(item-to-item spreads; median, quartiles)",
@@ -48,7 +48,7 @@ def thesis_figure(
                 row.vs_control,
                 xerr=[[x - getattr(row, lo)], [getattr(row, hi) - x]],
                 yerr=[[row.vs_control - row.vs_control_low], [row.vs_control_high - row.vs_control]],
-                fmt=DEPTH_MARKERS.get(str(row.depth), "o"),
+                fmt=DEPTH_MARKERS.get(str(row.depth), "v"),
                 color=method_colour(str(row.method)),
                 ms=4,
                 lw=0.8,
