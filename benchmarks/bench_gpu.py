@@ -76,8 +76,10 @@ torch.set_grad_enabled(False)
 
 
 def sync(device: torch.device) -> None:
+    """Wait for every visible GPU (a model split over several ends its work on any of them)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def interleaved(
@@ -293,6 +295,38 @@ def graft_paths(a: Model, b: Model, args: argparse.Namespace) -> dict[str, Calla
     }
 
 
+def graft_times(a: Model, b: Model, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """:func:`graft_paths` timed: medians; commlib over plain HF with the same and the default decoding."""
+    samples, warmup = interleaved(graft_paths(a, b, args), args.repeats, device)
+    out: dict[str, Any] = {name: stats(xs) for name, xs in samples.items()}
+    med = {name: s["median"] for name, s in out.items()}
+    out["warmup_s"] = warmup
+    out["overhead_eager"] = med["commlib-eager"] / med["hf-hooks-eager"]
+    out["commlib_fast_vs_hf_generate"] = med["commlib-fast"] / med["hf-hooks-generate"]
+    return out
+
+
+def method_times(a: Model, b: Model, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """B alone, AC, NL and NLD (``gpu_method_timing.methods``) timed, and each over AC."""
+    ns = argparse.Namespace(
+        prompt=args.prompt_m,
+        message=args.message,
+        answer=args.answer,
+        k=args.k,
+        j=args.j,
+        rounds=args.rounds,
+        backend=args.backend,
+    )
+    fns, lengths = method_fns(a, b, ns)
+    samples, warmup = interleaved(fns, args.method_repeats, device)
+    out: dict[str, Any] = {"lengths": lengths, "seconds": {n: stats(xs) for n, xs in samples.items()}}
+    out["warmup_s"] = warmup
+    med = {n: s["median"] for n, s in out["seconds"].items()}
+    out["vs_ac"] = {n: t / med["ac"] for n, t in med.items()}
+    out["ac_over_nld"] = med["ac"] / med["nld"]
+    return out
+
+
 # --------------------------------------------------------------------------- #
 # Checks of the fast path against the eager reference
 # --------------------------------------------------------------------------- #
@@ -460,40 +494,10 @@ def main() -> None:
         section(results, "decode", lambda: decode(PATHS, args.batches), args.out)
 
     if "graft" not in skip:
-
-        def graft() -> dict[str, Any]:
-            samples, warmup = interleaved(graft_paths(a, b, args), args.repeats, device)
-            out: dict[str, Any] = {name: stats(xs) for name, xs in samples.items()}
-            med = {name: s["median"] for name, s in out.items()}
-            out["warmup_s"] = warmup
-            out["overhead_eager"] = med["commlib-eager"] / med["hf-hooks-eager"]
-            out["commlib_fast_vs_hf_generate"] = med["commlib-fast"] / med["hf-hooks-generate"]
-            return out
-
-        section(results, "graft", graft, args.out)
+        section(results, "graft", lambda: graft_times(a, b, args, device), args.out)
 
     if "methods" not in skip:
-
-        def methods() -> dict[str, Any]:
-            ns = argparse.Namespace(
-                prompt=args.prompt_m,
-                message=args.message,
-                answer=args.answer,
-                k=args.k,
-                j=args.j,
-                rounds=args.rounds,
-                backend=args.backend,
-            )
-            fns, lengths = method_fns(a, b, ns)
-            samples, warmup = interleaved(fns, args.method_repeats, device)
-            out: dict[str, Any] = {"lengths": lengths, "seconds": {n: stats(xs) for n, xs in samples.items()}}
-            out["warmup_s"] = warmup
-            med = {n: s["median"] for n, s in out["seconds"].items()}
-            out["vs_ac"] = {n: t / med["ac"] for n, t in med.items()}
-            out["ac_over_nld"] = med["ac"] / med["nld"]
-            return out
-
-        section(results, "methods", methods, args.out)
+        section(results, "methods", lambda: method_times(a, b, args, device), args.out)
 
     if args.compile:
         section(results, "decode_compiled", lambda: decode(("commlib-compiled",), [1]), args.out)

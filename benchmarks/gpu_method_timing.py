@@ -72,9 +72,10 @@ def methods(
         answers: list[torch.Tensor] = []
         for r in range(args.rounds):
             last = r == args.rounds - 1
-            context = [x.to(pa.device) for x in answers]
-            new_a = generate(sa, torch.cat([pa, *context], dim=1), args.message)
-            new_b = generate(sb, torch.cat([pb, *context], dim=1), args.answer if last else args.message)
+            context_a = [x.to(pa.device) for x in answers]  # A and B may sit on different devices
+            context_b = [x.to(pb.device) for x in answers]
+            new_a = generate(sa, torch.cat([pa, *context_a], dim=1), args.message)
+            new_b = generate(sb, torch.cat([pb, *context_b], dim=1), args.answer if last else args.message)
             answers += [new_a, new_b]
 
     lengths = {"prompt_a": pa.shape[1], "prompt_b": pb.shape[1]}

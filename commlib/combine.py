@@ -169,7 +169,9 @@ def combine(
         match_norm: Rescale the result to the norm of ``b`` (per row).
 
     Returns:
-        The new receiver activation, shaped like ``b``.
+        The new receiver activation, shaped like ``b``, on ``b``'s device
+        (``a`` moves there first, and ``W`` with it: under a device map that
+        is the device of the receiver's block, wherever the sender runs).
 
     Raises:
         UnknownCombineError: ``f`` is not registered.
@@ -186,6 +188,7 @@ def combine(
     if f not in COMBINE_FNS:
         raise UnknownCombineError(f"unknown f {f!r}; use one of {', '.join(COMBINE_FNS)}")
     fn = COMBINE_FNS[f]
+    a = a.to(b.device)
     if map is not None:
         a = map(a)
     if a.shape[-1] == b.shape[-1]:

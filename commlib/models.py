@@ -12,7 +12,8 @@ HuggingFace hub id (for users with a network; offline it fails at once with a
 clear error) and architecture-faithful random-weight models built from a
 config (``RANDOM_MODELS``) for speed work at the papers' scale. It places a
 model on a device (``cpu``, ``cuda``, ``cuda:N``, or ``auto``: a device map
-over every visible GPU) in a dtype, and checks the device exists first.
+over every visible GPU), or on an explicit device map (:func:`dispatch`), in a
+dtype, and checks the devices exist first.
 
 Example:
     >>> from commlib.models import load_model
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -231,6 +232,21 @@ RANDOM_MODELS: dict[str, RandomModelSpec] = {
                 tie_word_embeddings=False,
             ),
         ),
+        RandomModelSpec(
+            "llama-3.1-70b-random",
+            "LLaMA-3.1-70B-shaped (80 layers, d=8192, GQA 64/8, ff 28672, vocab 128256; ~141 GB in bf16)",
+            _llama_config(
+                hidden_size=8192,
+                intermediate_size=28672,
+                num_hidden_layers=80,
+                num_attention_heads=64,
+                num_key_value_heads=8,
+                vocab_size=128256,
+                max_position_embeddings=131072,
+                rope_theta=500000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
     ]
 }
 
@@ -283,6 +299,11 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where the first parameter (the input embedding) sits: where inputs go.
+
+        Under a device map a block's states may sit on another device: code
+        that meets them follows the states' own device, not this one.
+        """
         return next(self.hf.parameters()).device
 
     def eos_token_ids(self) -> list[int]:
@@ -451,21 +472,69 @@ def check_device(device: str) -> None:
         )
 
 
-def _spread(hf: PreTrainedModel) -> PreTrainedModel:
-    """Spread a model built in memory over every visible GPU, as ``device_map="auto"`` loads one."""
-    from accelerate import dispatch_model, infer_auto_device_map
-
-    device_map = infer_auto_device_map(hf, no_split_module_classes=hf._no_split_modules)
-    return dispatch_model(hf, device_map=device_map)  # sets hf.hf_device_map
+DeviceMap = Mapping[str, int | str]
+"""An explicit accelerate device map: module name (``""`` the whole model) -> device (``N`` is ``cuda:N``)."""
 
 
-def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: str, attention: str) -> Model:
+def dispatch(hf: PreTrainedModel, device_map: DeviceMap | None = None) -> PreTrainedModel:
+    """Dispatch a model with accelerate, as ``from_pretrained(device_map=...)`` does; returns it.
+
+    ``None`` spreads it over every visible GPU, balanced (``device_map="auto"``).
+    Each group gets accelerate's hooks, which move a block's inputs to its
+    device, also when every group sits on one device (so a CPU test runs the
+    dispatch code); the KV cache stays where each layer keeps it.
+    """
+    from accelerate import dispatch_model
+
+    skip = getattr(hf, "_skip_keys_device_placement", None)
+    return dispatch_model(hf, device_map=_device_map(hf, device_map), skip_keys=skip, force_hooks=True)
+
+
+def _device_map(hf: PreTrainedModel, device_map: DeviceMap | None) -> dict[str, int | str]:
+    """``device_map`` as a dict; ``None``: balanced over every visible GPU, as HF's ``"auto"``."""
+    if device_map is not None:
+        return dict(device_map)
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = hf._no_split_modules
+    memory = get_balanced_memory(hf, no_split_module_classes=no_split, dtype=hf.dtype)
+    return infer_auto_device_map(hf, max_memory=memory, no_split_module_classes=no_split, dtype=hf.dtype)
+
+
+def _random_on_map(config: Any, dtype: torch.dtype, attention: str, device_map: DeviceMap | None) -> Any:
+    """A random-weight model built on ``meta``, each group of the map drawn on its own device, dispatched.
+
+    No CPU build (minutes at 70B); the weights depend on the seed and the map, as on one device they depend
+    on the seed and the device.
+    """
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+    where = _device_map(hf, device_map)
+    for name, device in where.items():
+        group = hf.get_submodule(name)
+        group.to_empty(device=f"cuda:{device}" if isinstance(device, int) else device)
+        for module in group.modules():
+            hf._init_weights(module)  # HF's initialisation (rotary frequencies included)
+    hf.tie_weights()
+    return dispatch(hf, where)
+
+
+def _load_random(
+    spec: RandomModelSpec,
+    seed: int,
+    dtype: torch.dtype,
+    device: str,
+    attention: str,
+    device_map: DeviceMap | None = None,
+) -> Model:
     config = spec.config()
     torch.manual_seed(seed)
-    with torch.device("cpu" if device == "auto" else device):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
-    if device == "auto":
-        hf = _spread(hf)
+    if device == "auto" or device_map is not None:
+        hf = _random_on_map(config, dtype, attention, device_map)
+    else:
+        with torch.device(device):
+            hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
     tok = byte_tokenizer()
     hf.generation_config.eos_token_id = tok.eos_token_id
     hf.generation_config.pad_token_id = tok.pad_token_id
@@ -473,12 +542,18 @@ def _load_random(spec: RandomModelSpec, seed: int, dtype: torch.dtype, device: s
 
 
 def _from_pretrained(
-    source: str | Path, dtype: torch.dtype, device: str, attention: str, **kwargs: Any
+    source: str | Path,
+    dtype: torch.dtype,
+    device: str,
+    attention: str,
+    device_map: DeviceMap | None = None,
+    **kwargs: Any,
 ) -> PreTrainedModel:
-    """Load weights onto ``device``; ``"auto"`` spreads the layers over all GPUs (device map)."""
+    """Load weights onto ``device``; ``"auto"`` spreads the layers over all GPUs, ``device_map`` as given."""
     kwargs |= {"dtype": dtype, "attn_implementation": attention}
-    if device == "auto":
-        return AutoModelForCausalLM.from_pretrained(source, device_map="auto", **kwargs)
+    if device == "auto" or device_map is not None:
+        where = dict(device_map) if device_map is not None else "auto"
+        return AutoModelForCausalLM.from_pretrained(source, device_map=where, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     hf.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
     return hf
@@ -488,7 +563,7 @@ def _load_dir(
     path: Path,
     name: str,
     source: str,
-    placed: tuple[torch.dtype, str, str],
+    placed: tuple[torch.dtype, str, str, DeviceMap | None],
     prompt_format: PromptFormat | None,
 ) -> Model:
     hf = _from_pretrained(path, *placed)
@@ -509,7 +584,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(hub_id: str, placed: tuple[torch.dtype, str, str]) -> Model:
+def _load_hub(hub_id: str, placed: tuple[torch.dtype, str, str, DeviceMap | None]) -> Model:
     try:  # already in the HF cache: no network needed
         AutoConfig.from_pretrained(hub_id, local_files_only=True)
         local = True
@@ -534,6 +609,7 @@ def load_model(
     seed: int = 0,
     fetch_if_missing: bool = True,
     attention: str = ATTENTION,
+    device_map: DeviceMap | None = None,
 ) -> Model:
     """Load a model by short name, local directory or hub id.
 
@@ -549,6 +625,12 @@ def load_model(
         fetch_if_missing: Fetch and convert an offline model that is not cached.
         attention: HF attention implementation (:data:`ATTENTION`; ``"eager"``
             for a bit-exact comparison with TransformerLens).
+        device_map: An explicit accelerate device map instead of ``device``
+            (module name -> ``cpu``, ``cuda:N`` or ``N``), e.g. the first
+            blocks on one GPU and the rest on another. A random-weight model
+            draws each group's weights on its device and gets accelerate's
+            hooks even when every group sits on one device (:func:`dispatch`);
+            a model directory or hub id loads straight onto the map.
 
     Returns:
         The loaded :class:`Model`.
@@ -557,6 +639,7 @@ def load_model(
         UnknownModelError: the name is none of the above.
         ModelUnavailableError: a hub id while offline, or a failed fetch.
         DeviceUnavailableError: a GPU device on a machine without it (checked first).
+        CommlibError: both ``device`` and ``device_map``.
 
     Example:
         >>> load_model("tiny-llama-random").info.prompt_format
@@ -564,9 +647,14 @@ def load_model(
         >>> load_model("tiny-llama-random", dtype="bfloat16").info.dtype
         'bfloat16'
     """
+    if device_map is not None and device != "cpu":
+        raise CommlibError(f"device {device} and a device map: pass one of them")
     check_device(device)
+    if device_map is not None:
+        for where in device_map.values():
+            check_device(f"cuda:{where}" if isinstance(where, int) else str(where))
     dtype = parse_dtype(dtype)
-    placed = (dtype, device, attention)
+    placed = (dtype, device, attention, device_map)
     if name in OFFLINE_MODELS:
         spec = OFFLINE_MODELS[name]
         if not is_cached(name):

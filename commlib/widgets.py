@@ -158,7 +158,8 @@ class Explorer:
             pos = int(message_positions(self.sender, [text], batch, position)[0])
             layers = list(range(self.sender.info.n_layers))
             acts = sb.residuals(batch, layers)
-            self._sender_states[key] = torch.stack([acts[k][0, pos] for k in layers])
+            # under a device map A's blocks sit on several devices: one device for the stack
+            self._sender_states[key] = torch.stack([acts[k][0, pos].to(self.sender.device) for k in layers])
         return self._sender_states[key]
 
     def receiver_item(self, item: GameItem, position: Position) -> ReceiverItem:

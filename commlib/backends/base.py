@@ -70,7 +70,7 @@ class Edit:
         new = self.fn(hidden[rows, pos])
         check_finite(new, f"edited residual at layer {self.layer}")
         out = hidden.clone()
-        out[rows, pos] = new.to(hidden.dtype)
+        out[rows, pos] = new.to(hidden.device, hidden.dtype)  # fn may build it elsewhere (A's device)
         return out
 
 
@@ -285,7 +285,7 @@ class Backend(ABC):
                 break
             if prune and bool(done.any()):
                 keep = (~done).nonzero().squeeze(-1)
-                past.batch_select_indices(keep)
+                past.batch_select_indices(keep.cpu())  # a CPU index serves a cache split over devices
                 rows, mask, nxt, done = rows[keep], mask[keep], nxt[keep], done[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits, past = self.plain_forward(Batch(nxt[:, None], mask), past, last_only=True)
