@@ -233,3 +233,30 @@ def kv_flops(
     for step in range(max(answer - 1, 0)):
         b += forward_flops(receiver, 1, context + prompt_b + step)
     return _split(a, b)
+
+
+def fuser_parameters(sender: Shape, receiver: Shape, hidden: int = 256) -> int:
+    """Parameters of ``kv-fuser``'s fuser (:class:`commlib.channels.fuser.KVFuser`) for A -> B.
+
+    Per layer of B: a LayerNorm and two linear maps (A's keys and values of one
+    position, ``2 x kv_heads x head_dim``, to ``hidden``, to B's), and one gate.
+    It is trained and kept with the run, not sent; a message is still A's cache
+    (:func:`kv_bytes` of A).
+
+    Example:
+        >>> a = Shape(n_layers=24, d_model=896, n_heads=14, n_kv_heads=2, head_dim=64, d_ff=4864,
+        ...           vocab=151936)
+        >>> b = Shape(n_layers=28, d_model=1536, n_heads=12, n_kv_heads=2, head_dim=128, d_ff=8960,
+        ...           vocab=151936)
+        >>> fuser_parameters(a, b)
+        5540892
+    """
+    d_in, d_out = 2 * sender.n_kv_heads * sender.head_dim, 2 * receiver.n_kv_heads * receiver.head_dim
+    per_layer = 2 * d_in + (d_in + 1) * hidden + (hidden + 1) * d_out + 1
+    return receiver.n_layers * per_layer
+
+
+def fuser_flops(sender: Shape, receiver: Shape, tokens: int, hidden: int = 256) -> float:
+    """FLOPs of fusing a ``tokens``-position message: two matrices per layer of B (RoPE, norms left out)."""
+    d_in, d_out = 2 * sender.n_kv_heads * sender.head_dim, 2 * receiver.n_kv_heads * receiver.head_dim
+    return float(2 * tokens * receiver.n_layers * hidden * (d_in + d_out))

@@ -615,7 +615,8 @@ class ThesisRun:
         THESIS_DEFAULT_CHANNELS,
         parse=comma_list,
         help="comma-separated channels; ac-* run at the selected and paper depth, ac-w-* at the paper's, kv "
-        "at every layer (and --kv-layers); latent-steps-m<M>: A's M latent steps, then its cache",
+        "at every layer (and --kv-layers); latent-steps-m<M>: A's M latent steps, then its cache; kv-fuser: "
+        "A's cache through a fuser trained on the selection pool (any two RoPE models)",
     )
     n_selection: int | None = option(None, help="selection items (default: the rest of the task)")
     selection_fraction: float | None = option(None, help="JSONL task: the fraction held out for selection")
@@ -631,6 +632,13 @@ class ThesisRun:
     )
     adapter_items: int = option(100, help="selection items the adapter trains on when --adapter is not given")
     adapter_steps: int = option(300, help="the adapter's training steps when --adapter is not given")
+    fuser: str | None = option(
+        None, metavar="DIR", help="kv-fuser's fuser (default: trained in the run on selection items)"
+    )
+    fuser_items: int = option(
+        100, help="selection items kv-fuser's fuser trains on when --fuser is not given"
+    )
+    fuser_steps: int = option(300, help="the fuser's training steps when --fuser is not given")
     kv_layers: str = option(
         "all",
         metavar="SPEC",

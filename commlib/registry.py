@@ -198,6 +198,12 @@ METHODS: dict[str, Method] = {
             form="latent-steps-m<M>",
         ),
         Method(
+            "kv-fuser",
+            (),
+            "B reads A's KV cache through a trained C2C-style fuser (any two RoPE models; the controlled "
+            "experiment only, trained there on the selection pool)",
+        ),
+        Method(
             "cipher-debate",
             ("reasoning",),
             "debate with every answer a CIPHER message (Pham et al.)",

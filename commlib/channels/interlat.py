@@ -280,8 +280,9 @@ def _train(
             if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
                 torch.save(
                     {"adapter": module.state_dict(), "optimizer": optimizer.state_dict(), "losses": losses},
-                    state,
+                    state.with_suffix(".tmp"),
                 )
+                state.with_suffix(".tmp").replace(state)  # a crash while saving keeps the last checkpoint
     return losses
 
 

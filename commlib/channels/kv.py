@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -244,14 +244,20 @@ def _decoder_layers(model: Model) -> Any:
 
 
 @contextmanager
-def hidden_prefix(model: Model, layers: Sequence[int], width: int) -> Iterator[None]:
+def hidden_prefix(
+    model: Model, layers: Sequence[int], width: int, *, bias: Mapping[int, Tensor] | None = None
+) -> Iterator[None]:
     """At ``layers``, the attention of every pass hides the first ``width`` cached positions (A's).
 
     A forward pre-hook on each such attention module rewrites its mask; a
     query row left with nothing to attend to (a padding position) keeps its
-    own position, so no NaN reaches a real one. Removed on exit.
+    own position, so no NaN reaches a real one. ``bias`` (a layer -> scalar
+    tensor, e.g. a gate's log; gradients flow) is added instead to the
+    attention logits of A's positions at its layers, as a float mask (a soft
+    gate; ``-inf`` is hiding). Removed on exit.
     """
     handles = []
+    gates = dict(bias or {})
 
     def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -268,6 +274,11 @@ def hidden_prefix(model: Model, layers: Sequence[int], width: int) -> Iterator[N
             allowed = mask[..., :kv]
         else:
             allowed = mask[..., :kv] == 0
+        layer: Any = module.layer_idx
+        if (gate := gates.get(layer)) is not None:
+            add = torch.where(allowed, 0.0, torch.finfo(hidden.dtype).min).to(hidden.dtype)
+            kwargs["attention_mask"] = add + torch.where(cols < width, gate.to(hidden.dtype), 0.0)
+            return args, kwargs
         allowed = allowed & (cols >= width)
         allowed = allowed | ((cols == rows) & ~allowed.any(-1, keepdim=True))
         if mask is None or mask.dtype == torch.bool:
@@ -278,7 +289,7 @@ def hidden_prefix(model: Model, layers: Sequence[int], width: int) -> Iterator[N
 
     try:
         blocks = _decoder_layers(model)
-        for layer in layers:
+        for layer in {*layers, *gates}:
             handles.append(blocks[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True))
         yield
     finally:

@@ -23,6 +23,12 @@ def thesis(cfg: ThesisRun) -> int:
 
         adapter, info = load_adapter(cfg.adapter)
         check_pair(cfg.adapter, (info.sender, info.receiver), sender, receiver)
+    fuser = None
+    if cfg.fuser:
+        from commlib.channels.fuser import check_fuser, load_fuser
+
+        fuser = load_fuser(cfg.fuser)[0]
+        check_fuser(fuser, sender, receiver)
     summary = run_thesis(
         cfg.game,
         sender,
@@ -41,6 +47,9 @@ def thesis(cfg: ThesisRun) -> int:
         adapter=adapter,
         adapter_items=cfg.adapter_items,
         adapter_steps=cfg.adapter_steps,
+        fuser=fuser,
+        fuser_items=cfg.fuser_items,
+        fuser_steps=cfg.fuser_steps,
         kv_layers=cfg.kv_layers,
         message_tokens=cfg.message_tokens,
         max_new_tokens=cfg.max_new_tokens,

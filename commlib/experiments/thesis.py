@@ -14,6 +14,7 @@ The controlled experiment behind commlib's two questions (issue 24):
    at the paper's depth (0.8 of both models), whatever selection says. ``kv``
    runs with every layer reading A's cache and, with ``kv_layers``, at a set
    of layers (KVComm's rule on the selection pool, or given).
+   ``kv-fuser``'s fuser trains on the selection pool only.
 4. **One distance axis**, measured on B at the answer position for every
    channel alike: the KL of B's next-token distribution against B alone,
    and the displacement of the state B's unembedding reads, in units of B's
@@ -46,6 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from commlib.channels.fuser import KVFuser, check_fuser, fuser_record, train_fuser
 from commlib.channels.interlat import InterlatAdapter, train_adapter
 from commlib.channels.kv import KVCOMM_FRACTION, check_kv_pair, kv_messages, kvcomm_importance, kvcomm_layers
 from commlib.channels.slot import Reading, message_prompt
@@ -158,6 +160,9 @@ def run_thesis(
     adapter: InterlatAdapter | None = None,
     adapter_items: int = 100,
     adapter_steps: int = 300,
+    fuser: KVFuser | None = None,
+    fuser_items: int = 100,
+    fuser_steps: int = 300,
     kv_layers: str = "all",
     message_tokens: int = 32,
     max_new_tokens: int = 6,
@@ -191,6 +196,11 @@ def run_thesis(
             kept in ``out_dir/adapter/`` (resumable).
         adapter_items: Selection items the adapter trains on.
         adapter_steps: Its training steps.
+        fuser: The fuser for ``kv-fuser``; by default trained here
+            (:func:`commlib.channels.fuser.train_fuser`) on ``fuser_items``
+            selection items for ``fuser_steps`` steps and kept in ``out_dir/fuser/`` (resumable).
+        fuser_items: Selection items the fuser trains on.
+        fuser_steps: Its training steps.
         kv_layers: Where ``kv`` also runs besides every layer (:func:`kv_layer_spec`):
             ``all`` (nowhere else), ``kvcomm[:FRACTION]`` (KVComm's selection on
             ``depth_items`` selection items, cached in ``out_dir/kv_layers.json``)
@@ -246,6 +256,12 @@ def run_thesis(
         adapter = _selection_adapter(
             sender, receiver, pools, run.dir, adapter_items, adapter_steps, message_tokens, seed, progress
         )
+    if any(c.method == "kv-fuser" for c in conds):
+        if fuser is None:
+            fuser = _selection_fuser(
+                sender, receiver, pools, run.dir, fuser_items, fuser_steps, seed, progress
+            )
+        check_fuser(fuser, sender, receiver)
     donors = derangement(test, seed)
     alone = _silent(run, test, sender, receiver, max_new_tokens, backend, progress)
     scale = spread(list(alone.values()))
@@ -254,7 +270,7 @@ def run_thesis(
     for start in tqdm(range(0, len(test), chunk), desc="test items", disable=not progress):
         rows = list(range(start, min(start + chunk, len(test))))
         _run_chunk(run, conds, test, rows, donors, alone, scale, sender, receiver, map, adapter,
-                   message_tokens, max_new_tokens, backend)  # fmt: skip
+                   message_tokens, max_new_tokens, backend, fuser)  # fmt: skip
     summary = summarise_thesis(run.frame(dtype=str), seed=seed)
     summary.to_csv(run.dir / "summary.csv", index=False)
     run.write(
@@ -268,6 +284,7 @@ def run_thesis(
             "spread": scale,
             "map": asdict(map.info) if map is not None else None,
             "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
+            "fuser": fuser_record(fuser) if fuser is not None else None,
             "versions": package_versions(),
             "placement": placement(sender=sender, receiver=receiver),
             "summary": summary.to_dict("records"),
@@ -383,6 +400,25 @@ def _selection_adapter(
     ).eval()  # fmt: skip
 
 
+def _selection_fuser(
+    sender: Model, receiver: Model, pools: Pools, out: Path, n: int, steps: int, seed: int, progress: bool
+) -> KVFuser:
+    """The ``kv-fuser`` fuser trained on the first ``n`` selection items only (kept in ``out/fuser/``)."""
+    items = list(pools.selection[:n])
+    if len(items) < 2:
+        raise CommlibError("training the fuser needs at least 2 selection items: raise --n-selection")
+    return train_fuser(
+        sender,
+        receiver,
+        pools.game,
+        out / "fuser",
+        items=items,
+        steps=steps,
+        seed=seed + 2000,
+        progress=progress,
+    )
+
+
 def _silent(
     run: Run,
     test: list[GameItem],
@@ -426,6 +462,7 @@ def _run_chunk(
     message_tokens: int,
     max_new_tokens: int,
     backend: str,
+    fuser: KVFuser | None = None,
 ) -> None:
     """Every pending (condition, message) of the test items at ``rows``: A once, then B per condition."""
     finished = run.done("item_id", "method", "depth", "message")
@@ -449,7 +486,8 @@ def _run_chunk(
         picks = [where[i] + (len(rows) if message == "control" else 0) for i in idx]
         sub = _subset(side, picks)
         readings = read(c, [test[i] for i in idx], sub, sender, receiver, map=map, adapter=adapter,
-                        max_new_tokens=max_new_tokens, backend=backend, batch_size=len(idx))  # fmt: skip
+                        max_new_tokens=max_new_tokens, backend=backend, batch_size=len(idx),
+                        fuser=fuser)  # fmt: skip
         run.add(
             _row(
                 c,
@@ -481,6 +519,9 @@ def _sent(c: Condition, side: SenderSide, n: int) -> str:
         msg = side.kv[n].truncated(steps)
         layers = len(c.layers) if c.layers is not None else msg.keys.shape[0]
         return f"{msg.tokens} positions ({steps} latent) at {layers} layers: {msg.nbytes(c.layers)} bytes"
+    if c.method == "kv-fuser" and side.kv:  # A sends its prompt's cache; the fuser sits with B
+        msg = side.kv[n].truncated(0)
+        return f"{msg.tokens} positions at {msg.keys.shape[0]} layers of A: {msg.nbytes()} bytes"
     if side.trajectories and (c.method in ("nl", "cipher-t0") or c.method.startswith("interlat")):
         return str(side.trajectories[n].text)[:200]
     return ""

@@ -8,7 +8,8 @@ computed once per sender prompt (:func:`sender_side`) and shared by every
 channel that reads it: A's greedy message is NL's text, CIPHER at T = 0's
 tokens and Interlat's trajectory; A's residual at block k is AC's message at
 every f; A's KV cache over its message prompt (with its latent steps, once for
-the largest m) is the message of ``kv`` and ``latent-steps-m<M>``.
+the largest m) is the message of ``kv`` and ``latent-steps-m<M>``, and its
+prompt part that of ``kv-fuser`` (through a trained fuser, :mod:`commlib.channels.fuser`).
 
 Every reading gives B's answer, its next-token logits at the answer position
 (the last prompt position: every prompt ends with the item's reply) and the
@@ -38,6 +39,7 @@ from torch import Tensor
 from commlib.backends import Decoding, get_backend
 from commlib.backends.base import final_states
 from commlib.channels.cipher import SoftMessage, soft_messages
+from commlib.channels.fuser import KVFuser, read_fused
 from commlib.channels.interlat import InterlatAdapter, as_receiver_inputs
 from commlib.channels.kv import (
     DEFAULT_LATENT_STEPS,
@@ -83,9 +85,10 @@ THESIS_CHANNELS = (
     "interlat-trained",
     "kv",
     "latent-steps-m<M>",
+    "kv-fuser",
 )
 """The channels the controlled experiment runs (``cipher-t<T>`` at any T; ``cipher`` is T = 1;
-``latent-steps`` is ``latent-steps-m8``)."""
+``latent-steps`` is ``latent-steps-m8``; ``kv-fuser`` reads A's cache through a trained fuser)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class SideNeeds:
     message: bool = False
     temperatures: tuple[float, ...] = ()
     kv_steps: int | None = None
+    fused: bool = False
 
     @classmethod
     def of(cls, conditions: Sequence[Condition]) -> SideNeeds:
@@ -171,7 +175,8 @@ class SideNeeds:
         message = any(c.method in ("nl", "cipher-t0") or c.method.startswith("interlat") for c in conditions)
         temps = sorted({t for c in conditions if (t := c.temperature) is not None and t > 0})
         steps = [m for c in conditions if (m := c.latent_steps) is not None]
-        return cls(tuple(ks), message, tuple(temps), max(steps) if steps else None)
+        fused = any(c.method == "kv-fuser" for c in conditions)
+        return cls(tuple(ks), message, tuple(temps), max(steps) if steps else None, fused)
 
 
 @dataclass
@@ -226,7 +231,8 @@ def sender_side(
         )
     if needs.kv_steps is not None:
         check_kv_pair(sender, receiver)
-        side.kv = kv_messages(sender, prompts, latent_steps=needs.kv_steps, batch_size=batch_size)
+    if needs.kv_steps is not None or needs.fused:  # the fuser reads the prompt's cache, a prefix
+        side.kv = kv_messages(sender, prompts, latent_steps=needs.kv_steps or 0, batch_size=batch_size)
     return side
 
 
@@ -242,6 +248,7 @@ def read(
     max_new_tokens: int = 6,
     backend: str = "nnsight",
     batch_size: int = 16,
+    fuser: KVFuser | None = None,
 ) -> list[Reading]:
     """B's readings of ``items``, row i carrying the message A wrote for ``side.items[i]``.
 
@@ -259,7 +266,17 @@ def read(
         rows = slice(start, start + batch_size)
         out.extend(
             _read_chunk(
-                condition, items[rows], side, rows, sender, receiver, map, adapter, max_new_tokens, backend
+                condition,
+                items[rows],
+                side,
+                rows,
+                sender,
+                receiver,
+                map,
+                adapter,
+                max_new_tokens,
+                backend,
+                fuser,
             )
         )
     return out
@@ -276,6 +293,7 @@ def _read_chunk(
     adapter: InterlatAdapter | None,
     max_new_tokens: int,
     backend: str,
+    fuser: KVFuser | None = None,
 ) -> list[Reading]:
     replies = [it.reply for it in items]
     senders = side.items[rows]
@@ -299,6 +317,12 @@ def _read_chunk(
         messages = [m.truncated(steps) for m in _need(side.kv, rows, "A's KV caches")]
         batch = encode(receiver, [it.receiver for it in items], replies=replies)
         return read_kv(receiver, messages, batch, layers=c.layers, max_new_tokens=max_new_tokens)
+    if c.method == "kv-fuser":
+        if fuser is None:
+            raise CommlibError("kv-fuser needs its fuser: train one on the selection pool first")
+        batch = encode(receiver, [it.receiver for it in items], replies=replies)
+        messages = _need(side.kv, rows, "A's KV caches")
+        return read_fused(sender, receiver, fuser, messages, batch, max_new_tokens=max_new_tokens)
     if c.method == "rosetta":  # one prefill of A per prompt: computed here, not kept on the sender side
         prompts = [message_prompt(s) for s in senders]
         vectors = [v[None] for v in rosetta_vectors(sender, receiver, prompts, batch_size=len(prompts))[0]]
