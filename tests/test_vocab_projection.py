@@ -102,8 +102,9 @@ def test_a_permuted_vocabulary_maps_each_token_to_its_new_id(tiny: Model, permut
 
 
 def test_renamed_pieces_match_by_the_text_they_stand_for() -> None:
-    """SentencePiece's ▁ and byte fallback against byte-level's Ġ and Ċ; added tokens never match."""
-    a = _byte_level({"Ġthe": 0, "the": 1, "Ċ": 2, "Ġcat": 3, "ĠMUSEUM": 4, "!": 5})
+    """SentencePiece's ▁ and byte fallback against byte-level's Ġ and Ċ; special tokens never match, a
+    non-special added token matches by its text (and is read over a byte-fallback twin)."""
+    a = _byte_level({"Ġthe": 0, "the": 1, "Ċ": 2, "Ġcat": 3, "ĠMUSEUM": 4, "!": 5, "ĊĊ": 6})
     core = Tokenizer(
         models.WordLevel({"<unk>": 0, "▁cat": 1, "the": 2, "▁the": 3, "<0x0A>": 4, "▁!": 5}, "<unk>")
     )
@@ -111,8 +112,9 @@ def test_renamed_pieces_match_by_the_text_they_stand_for() -> None:
     core.decoder = decoders.Metaspace()
     b = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
     b.add_special_tokens({"eos_token": "<eos>"})
+    b.add_tokens(["\n\n", "\n"])  # not special: Gemma's newline tokens
     v = shared_vocabulary(a, b)
-    expected = {"Ġthe": "▁the", "the": "the", "Ċ": "<0x0A>", "Ġcat": "▁cat"}  # ! and ▁! differ by a space
+    expected = {"Ġthe": "▁the", "the": "the", "Ċ": "\n", "Ġcat": "▁cat", "ĊĊ": "\n\n"}  # "!" is not " !"
     got = {
         a.convert_ids_to_tokens(int(i)): b.convert_ids_to_tokens(int(j))
         for i, j in zip(v.source_ids, v.target_ids, strict=True)

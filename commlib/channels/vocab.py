@@ -20,9 +20,10 @@ Normalisation: every token becomes the bytes it stands for. Byte-level BPE
 pieces (SmolLM2, Qwen: ``Ġ`` for a space) go back through GPT-2's byte-to-
 unicode table; SentencePiece pieces (Gemma: ``▁`` for a space) have ``▁``
 replaced by a space and byte-fallback tokens ``<0xNN>`` become that byte. So
-``Ġthe`` and ``▁the`` are both `` the``. Added tokens (special and control
-tokens: ``<|im_start|>``, ``<eos>``, ``<start_of_turn>``, Qwen's fill-in-the-
-middle tokens) are never shared: their mass is outside the overlap. Several
+``Ġthe`` and ``▁the`` are both `` the``. Special tokens (``<|im_start|>``,
+``<eos>``, ``<start_of_turn>``, Qwen's fill-in-the-middle tokens) are never
+shared: their mass is outside the overlap; an added token that is not special
+(Gemma's newline runs) stands for its text. Several
 of A's tokens may map onto one of B's (then their mass adds up); of B's tokens
 with one string, B reads a regular token over a byte-fallback one, then the
 lowest id.
@@ -128,13 +129,21 @@ def token_key(piece: str, scheme: str) -> bytes | None:
 def token_keys(tokenizer: Any) -> dict[int, bytes]:
     """Every token id of ``tokenizer`` that may be shared, with the bytes it stands for.
 
-    Added tokens (special and control tokens) are left out.
+    Special tokens are left out. An added token that is not special (Gemma's
+    ``\\n`` and whitespace runs, Qwen's ``<tool_call>``) stands for its text.
     """
     scheme = _scheme(tokenizer)
-    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
+    added = dict(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    special = {int(i) for i, a in added.items() if getattr(a, "special", True)} | set(
+        tokenizer.all_special_ids
+    )
+    literal = "plain" if scheme == "byte-level" else scheme  # an added token's content is text, not a piece
     out: dict[int, bytes] = {}
     for piece, i in tokenizer.get_vocab().items():
-        if i not in added and (key := token_key(piece, scheme)) is not None:
+        if i in special:
+            continue
+        key = token_key(str(added[i].content), literal) if i in added else token_key(piece, scheme)
+        if key is not None:
             out[int(i)] = key
     return out
 
