@@ -231,9 +231,9 @@ def fused_answer_loss(
     with hidden_prefix(receiver, (), mask_a.shape[1], bias=bias):
         out = receiver.hf(
             inputs_embeds=embed(receiver, ids), attention_mask=mask, position_ids=positions,
-            past_key_values=past, use_cache=True,
+            past_key_values=past, use_cache=True, logits_to_keep=target.numel(),
         )  # fmt: skip
-    logits = out.logits[0, -target.numel() :].float()
+    logits = out.logits[0, -target.numel() :].float()  # only the answer's positions are unembedded
     return torch.nn.functional.cross_entropy(logits, target.to(logits.device))
 
 
