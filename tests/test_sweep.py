@@ -166,3 +166,49 @@ def test_a_resumed_sweep_sweeps_nothing_again_and_reads_the_same_table(
     pd.testing.assert_frame_equal(run_sweep("countries", tiny, tiny, **kw), first)
     with pytest.raises(CommlibError, match="other settings"):
         run_sweep("countries", tiny, tiny, **{**kw, "f": "sum"})
+
+
+def _bf16_grid(
+    name: str, attention: str, ks: list[int], js: list[int], tokens: int
+) -> list[tuple[dict, dict]]:
+    from commlib.models import load_model
+
+    model = load_model(name, dtype="bfloat16", attention=attention)
+    item = countries(1, seed=0)[0]
+    fast = sweep_item(model, model, item, ks=ks, js=js, max_new_tokens=tokens)
+    return [(c, naive_cell(model, model, item, c["k"], c["j"], max_new_tokens=tokens)) for c in fast]
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-llama-random", pytest.param("smollm2-135m", marks=pytest.mark.integration)]
+)
+def test_bf16_sweep_equals_naive_with_eager_attention(name: str) -> None:
+    """In bfloat16 the engine and the naive path differ only through the fused attention kernel.
+
+    With eager attention (the same arithmetic whatever the query length) they agree bit for bit on the CPU:
+    same log-probs, same greedy tokens, though the engine cuts the prompt at the message position, batches
+    over k and decodes several j together.
+    """
+    for cell, ref in _bf16_grid(name, "eager", [0, 2, 3] if "tiny" in name else [0, 10, 29], [1, 3], 5):
+        assert cell["answer_logprob"] == ref["answer_logprob"]
+        assert cell["token_ids"] == ref["token_ids"]
+        assert cell["greedy_answer"] == ref["greedy_answer"]
+
+
+@pytest.mark.integration
+def test_bf16_sweep_disagrees_with_naive_less_than_bf16_with_fp32(smol: Model) -> None:
+    """With sdpa, the engine's distance from the naive path in bfloat16 stays under bfloat16's own error.
+
+    The bound: max over the grid of |engine - naive| <= max of |naive in bf16 - engine in float32| (float32
+    engine == naive to 1e-4, tested above).
+    """
+    item = countries(1, seed=0)[0]
+    ks, js = [0, 10, 29], [0, 10, 19]
+    pairs = _bf16_grid("smollm2-135m", "sdpa", ks, js, 0)
+    fp32 = sweep_item(smol, smol, item, ks=ks, js=js, max_new_tokens=0)
+    gap = max(abs(c["answer_logprob"] - r["answer_logprob"]) for c, r in pairs)
+    bf16_error = max(
+        abs(r["answer_logprob"] - f["answer_logprob"]) for (_, r), f in zip(pairs, fp32, strict=True)
+    )
+    assert bf16_error > 0.01  # bfloat16 does move the answer's log-prob
+    assert gap <= bf16_error

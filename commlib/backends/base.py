@@ -243,15 +243,31 @@ class Backend(ABC):
         """
         if edit is not None:
             check_layer(self.model, edit.layer)
-        gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
         logits, past = self.forward(batch, edit, past, last_only=True)
         first_logits = logits[:, -1].float()
-        if decoding.max_new_tokens > 1 and use_fast(self.model, past, fast):
-            ids = decode_static(self.model, past, batch.attention_mask, first_logits, decoding, gen)
-        else:
-            ids = self._decode_eager(past, batch.attention_mask, first_logits, decoding, gen)
+        ids = self.decode(past, batch.attention_mask, first_logits, decoding, fast)
         texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Generation(token_ids=ids, texts=texts, first_logits=first_logits)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        past: Any,
+        mask: Int[Tensor, "batch seq"],
+        first_logits: Float[Tensor, "batch vocab"],
+        decoding: Decoding = Decoding(),
+        fast: bool | None = None,
+    ) -> Int[Tensor, "batch new"]:
+        """The decode steps after a prefill (what :meth:`generate` runs after its forward pass).
+
+        ``past`` is the prefill's cache (extended in place), ``mask`` its
+        attention mask, ``first_logits`` its logits at the last position (they
+        choose the first new token). Returns the new ids, ``[batch, new]``.
+        """
+        gen = torch.Generator(device="cpu").manual_seed(decoding.seed)
+        if decoding.max_new_tokens > 1 and use_fast(self.model, past, fast):
+            return decode_static(self.model, past, mask, first_logits, decoding, gen)
+        return self._decode_eager(past, mask, first_logits, decoding, gen)
 
     def _decode_eager(
         self,
