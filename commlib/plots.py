@@ -77,6 +77,9 @@ METHOD_COLOURS: dict[str, tuple[float, float, float]] = {
     "interlat": _PALETTE[8],
     "nld": _PALETTE[9],
     "single-a": (0.25, 0.25, 0.25),
+    "kv": (0.45, 0.1, 0.55),
+    "latent-steps": (0.55, 0.75, 0.2),
+    "rosetta": (0.6, 0.6, 0.6),
 }
 """One colour per method in every figure (colour-blind palette); f names map to their AC method."""
 ALIASES = {"single-b": "silent"}

@@ -61,6 +61,7 @@ def thesis_figure(
             ax.set_xscale(
                 "symlog", linthresh=max(float(np.nanmin(positive[positive > 0], initial=1e-3)), 1e-4)
             )
+            ax.set_xlim(left=0)  # a KL is never negative
         ax.set_xlabel(DISTANCE_LABELS.get(distance, distance))
         ax.set_title(str(value))
     return finish_panels(fig, axes, "own message - control\n(accuracy, 95% CI)", title, fontsize="xx-small")

@@ -75,8 +75,9 @@ def test_cipher_method_and_errors(tiny: Model, tiny_wide: Model) -> None:
 
 
 @pytest.mark.integration
-def test_cipher_refuses_a_pair_without_a_shared_vocabulary(tiny: Model, smol: Model) -> None:
-    with pytest.raises(CommlibError, match="shared vocabulary"):
+def test_cipher_refuses_a_pair_whose_vocabularies_overlap_too_little(tiny: Model, smol: Model) -> None:
+    # a byte tokenizer shares a few hundred single-character tokens with SmolLM2's: too few to project through
+    with pytest.raises(CommlibError, match=r"share \d+ tokens .*overlap more"):
         soft_message(smol, tiny, "Hello", temperature=1.0, max_tokens=2)
 
 
