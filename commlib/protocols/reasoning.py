@@ -129,23 +129,20 @@ def _grafts(
     cfg: ReasoningConfig,
     map: LinearMap | None,
     reasonings: Sequence[str] | None = None,
-    unrelated: bool = False,
     name: str = "ac-replace",
-    donor: bool = False,
+    a_reads: Callable[[ReasoningItem], ReasoningItem] | None = None,
 ) -> list[tuple[str, int, int, int]]:
     """B's answers with A's state grafted (after A's ``reasonings`` when given), one batch for all items.
 
-    With ``unrelated``, A reads :func:`unrelated_item` instead of the item;
-    with ``donor``, the item's donor.
+    A reads ``a_reads(item)`` when given (a control: :func:`unrelated_item`,
+    the item's donor), else the item itself.
 
     Returns:
         Per item: B's text, A's and B's prompt tokens, B's generated tokens.
     """
     k, j = layers(name, cfg.k, cfg.j)
     prompts = [question_prompt(item) for item in items]
-    a_prompts = [question_prompt(unrelated_item(item)) for item in items] if unrelated else prompts
-    if donor:
-        a_prompts = [question_prompt(_donor(item)) for item in items]
+    a_prompts = [question_prompt(a_reads(item)) for item in items] if a_reads else prompts
     out = communicate(
         sender,
         receiver,
@@ -174,7 +171,9 @@ def _donor(item: ReasoningItem) -> ReasoningItem:
     return item.donor
 
 
-def _acs(name: str, unrelated: bool = False, donor: bool = False) -> Callable[..., list[ReasoningOutput]]:
+def _acs(
+    name: str, a_reads: Callable[[ReasoningItem], ReasoningItem] | None = None
+) -> Callable[..., list[ReasoningOutput]]:
     use_map = METHODS[name].map
 
     def run(
@@ -187,10 +186,7 @@ def _acs(name: str, unrelated: bool = False, donor: bool = False) -> Callable[..
         check_map([name], map)
         layers(name, cfg.k, cfg.j)
         start = time.perf_counter()
-        grafted = _grafts(
-            items, sender, receiver, cfg, map if use_map else None,
-            unrelated=unrelated, name=name, donor=donor,
-        )  # fmt: skip
+        grafted = _grafts(items, sender, receiver, cfg, map if use_map else None, name=name, a_reads=a_reads)
         seconds = (time.perf_counter() - start) / len(items)
         return [
             ReasoningOutput(text, n_a, n_b, 0, new, seconds, [text], len(items))
@@ -215,8 +211,8 @@ register("reasoning", "single-a")(_singles("single-a"))
 register("reasoning", "single-b")(_singles("single-b"))
 register("reasoning", "ac-replace")(_acs("ac-replace"))
 register("reasoning", "ac-w-replace")(_acs("ac-w-replace"))
-register("reasoning", "ac-replace-unrelated")(_acs("ac-replace-unrelated", unrelated=True))
-register("reasoning", "ac-replace-donor")(_acs("ac-replace-donor", donor=True))
+register("reasoning", "ac-replace-unrelated")(_acs("ac-replace-unrelated", a_reads=unrelated_item))
+register("reasoning", "ac-replace-donor")(_acs("ac-replace-donor", a_reads=_donor))
 register("reasoning", "ac-replace-cot")(ac_cot)
 
 
