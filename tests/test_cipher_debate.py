@@ -68,9 +68,10 @@ def test_cipher_debate_is_registered_and_checks_its_settings(tiny: Model) -> Non
 
 
 @pytest.mark.integration
-def test_cipher_debate_needs_a_shared_vocabulary(tiny: Model, smol: Model) -> None:
-    with pytest.raises(CommlibError, match="shared vocabulary"):
-        run_reasoning_method("cipher-debate", ITEM, smol, tiny, ReasoningConfig(rounds=1, max_new_tokens=2))
+def test_cipher_debate_checks_the_overlap_both_ways_before_any_work(tiny: Model, smol: Model) -> None:
+    """A's byte tokens all reach SmolLM2, but SmolLM2's words do not reach A: refused from B's side."""
+    with pytest.raises(CommlibError, match=f"^{smol.name} and {tiny.name} share .* typical text"):
+        run_reasoning_method("cipher-debate", ITEM, tiny, smol, ReasoningConfig(rounds=1, max_new_tokens=2))
 
 
 @pytest.mark.integration

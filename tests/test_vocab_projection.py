@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -28,10 +29,14 @@ from commlib.channels.vocab import (
     vocab_projection,
 )
 from commlib.errors import CommlibError
+from commlib.experiments import run_n_sweep, run_reasoning
 from commlib.experiments.games import run_games
 from commlib.models import Model, byte_tokenizer
+from commlib.protocols.debate import cipher_debate
+from commlib.protocols.questions import ReasoningConfig
 from commlib.protocols.readings import Condition, SideNeeds, read, sender_side
 from commlib.tasks.games import countries
+from commlib.tasks.items import ReasoningItem
 
 PROMPTS = ["Alice is at the Eiffel Tower.", "Bob is visiting the Colosseum in Rome today.", "Hi"]
 SPECIALS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
@@ -69,6 +74,13 @@ def permuted(tiny: Model, perm: torch.Tensor) -> Model:
         weight.data.copy_(moved)
     info = dataclasses.replace(tiny.info, name="tiny-permuted")
     return Model(info=info, hf=hf, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def letters(tiny: Model) -> Model:
+    """The tiny model behind a tokenizer of ten letters: too small an overlap with any other."""
+    tok = _byte_level({ch: i for i, ch in enumerate("abcdefghij")})
+    return Model(info=dataclasses.replace(tiny.info, name="tiny-letters"), hf=tiny.hf, tokenizer=tok)
 
 
 def _renormalised_reference(model: Model, probs: torch.Tensor) -> torch.Tensor:
@@ -170,17 +182,17 @@ def test_cipher_across_a_permuted_vocabulary_reads_the_renormalised_byte_tokens(
 # --------------------------------------------------------------------------- #
 
 
-def test_too_small_an_overlap_is_refused_in_one_line_with_what_was_measured(tiny: Model) -> None:
-    letters = _byte_level({ch: i for i, ch in enumerate("abcdefghij")})
-    small = Model(info=dataclasses.replace(tiny.info, name="tiny-letters"), hf=tiny.hf, tokenizer=letters)
-    measured = shared_vocabulary(tiny.tokenizer, letters, sender_size=260, receiver_size=260)
+def test_too_small_an_overlap_is_refused_in_one_line_with_what_was_measured(
+    tiny: Model, letters: Model
+) -> None:
+    measured = shared_vocabulary(tiny.tokenizer, letters.tokenizer, sender_size=260, receiver_size=260)
     assert measured.n_shared < MIN_SHARED_TOKENS
     with pytest.raises(CommlibError) as err:
-        soft_message(tiny, small, PROMPTS[0], temperature=1.0, max_tokens=2)
+        soft_message(tiny, letters, PROMPTS[0], temperature=1.0, max_tokens=2)
     text = str(err.value)
     assert "\n" not in text and f"share {measured.n_shared} tokens" in text and "typical text" in text
     with pytest.raises(CommlibError, match="share"):
-        rosetta_vectors(tiny, small, PROMPTS[:1])
+        rosetta_vectors(tiny, letters, PROMPTS[:1])
 
 
 # --------------------------------------------------------------------------- #
@@ -245,3 +257,77 @@ def test_the_controlled_experiment_reads_projected_messages(tiny: Model, permute
     shared = [i for i in ids if i < 256]
     assert torch.equal(token_embeddings(permuted, v, shared), embed(tiny, torch.tensor(shared)))
     assert message_prompt(items[0]) in [message_prompt(it) for it in side.items]
+
+
+# --------------------------------------------------------------------------- #
+# Wired into the sweep over n and the CIPHER debate
+# --------------------------------------------------------------------------- #
+
+SWEEP = {"n": 2, "message_tokens": 4, "max_new_tokens": 2, "n_reference": 300, "progress": False}
+ITEM = ReasoningItem("Tom has 3 apples and buys 4 more. How many apples does he have?", "7", id="t")
+
+
+def _settings(out_dir) -> dict:
+    return json.loads((out_dir / "run.json").read_text())
+
+
+def test_the_sweep_over_n_runs_cipher_across_tokenizers_records_it_and_resumes(
+    tiny: Model, permuted: Model, tmp_path
+) -> None:
+    across, same = tmp_path / "across", tmp_path / "same"
+    res = run_n_sweep("countries", tiny, permuted, ["cipher"], [0, "all"], out_dir=across, **SWEEP)
+    points = res["methods"]["cipher"]["points"]
+    assert points["0"]["n_items"] == points["all"]["n_items"] == 2 and points["all"]["n_sent"] > 0
+    settings = _settings(across)
+    assert settings["vocabulary"] == vocab_projection(tiny, permuted).record()
+    assert settings["vocabulary"]["shared_tokens"] == 256 and "vocabulary_receiver_to_sender" not in settings
+    # n = 0 is A's greedy tokens, read as their twins: the renumbered B answers as the original B does
+    run_n_sweep("countries", tiny, tiny, ["cipher"], [0], out_dir=same, **SWEEP)
+    rows = {d: pd.read_csv(d / "items.csv", dtype=str) for d in (across, same)}
+    zero = rows[across][rows[across]["n"] == "0"].reset_index(drop=True)
+    assert zero[["item_id", "message", "output"]].equals(rows[same][["item_id", "message", "output"]])
+    again = run_n_sweep("countries", tiny, permuted, ["cipher"], [0, "all"], out_dir=across, **SWEEP)
+    assert again["methods"] == res["methods"] and len(pd.read_csv(across / "items.csv")) == 4
+
+
+def test_a_same_tokenizer_run_records_nothing_new(tiny: Model, tiny_wide: Model, tmp_path) -> None:
+    run_n_sweep("countries", tiny, tiny_wide, ["cipher"], [0], out_dir=tmp_path / "sweep", **SWEEP)
+    run_reasoning(
+        "gsm8k", tiny, tiny_wide, ["cipher-debate"], out_dir=tmp_path / "debate", n=1, rounds=1,
+        max_new_tokens=2, progress=False,
+    )  # fmt: skip
+    for run in ("sweep", "debate"):
+        assert not [key for key in _settings(tmp_path / run) if key.startswith("vocabulary")]
+
+
+def test_the_cipher_debate_runs_across_tokenizers_and_records_both_ways(
+    tiny: Model, permuted: Model, tmp_path
+) -> None:
+    res = run_reasoning(
+        "gsm8k", tiny, permuted, ["cipher-debate"], out_dir=tmp_path, n=2, rounds=2, max_new_tokens=3,
+        progress=False,
+    )  # fmt: skip
+    assert res["methods"]["cipher-debate"]["n"] == 2
+    settings = _settings(tmp_path)
+    assert settings["vocabulary"] == vocab_projection(tiny, permuted).record()
+    assert settings["vocabulary_receiver_to_sender"] == vocab_projection(permuted, tiny).record()
+    # at T = 0 every message is the writer's greedy tokens, read by the other as their twins: the
+    # renumbered B debates as the original B does
+    cfg = ReasoningConfig(rounds=3, max_new_tokens=6)
+    cold = cipher_debate((0.0, 0.0))
+    assert cold(ITEM, tiny, permuted, cfg).transcript == cold(ITEM, tiny, tiny, cfg).transcript
+
+
+def test_the_sweep_and_the_debate_refuse_too_small_an_overlap_before_any_work(
+    tiny: Model, letters: Model, tmp_path
+) -> None:
+    with pytest.raises(CommlibError, match="share") as sweep:
+        run_n_sweep("countries", tiny, letters, ["cipher"], [0], out_dir=tmp_path / "sweep", **SWEEP)
+    with pytest.raises(CommlibError, match="share") as debate:
+        run_reasoning(
+            "gsm8k", tiny, letters, ["cipher-debate"], out_dir=tmp_path / "debate", n=1, rounds=1,
+            max_new_tokens=2, progress=False,
+        )  # fmt: skip
+    for err in (sweep, debate):
+        assert "\n" not in str(err.value) and "typical text" in str(err.value)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "debate").exists()

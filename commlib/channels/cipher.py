@@ -75,22 +75,6 @@ class SoftMessage:
         return "".join(self.nearest_tokens)
 
 
-def check_shared_vocabulary(sender: Model, receiver: Model) -> None:
-    """CIPHER multiplies the sender's probabilities into the receiver's table: the vocabularies must match.
-
-    Raises:
-        CommlibError: different tokenizers, naming the pairs that work.
-    """
-    if sender is receiver:
-        return
-    same = sender.tokenizer.get_vocab() == receiver.tokenizer.get_vocab()
-    if not same or embedding_table(sender).shape[0] != embedding_table(receiver).shape[0]:
-        raise CommlibError(
-            f"CIPHER needs a shared vocabulary; {sender.name} and {receiver.name} tokenize differently. "
-            "Use a model with itself, or qwen2.5-coder-0.5b with qwen2.5-coder-1.5b"
-        )
-
-
 def _check(sender: Model, receiver: Model, temperature: float) -> SharedVocabulary:
     """How A's distributions reach B (the identity for a shared tokenizer), after checking the temperature."""
     if temperature < 0:

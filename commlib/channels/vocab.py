@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,6 +327,40 @@ def vocab_projection(
             f"tokens and >= {min_coverage:.0%}: use a pair whose tokenizers overlap more"
         )
     return v
+
+
+PROJECTED_METHODS = ("cipher", "rosetta")
+"""Name prefixes of the methods that send A's token distributions, projected across tokenizers: ``cipher``,
+``cipher-t<T>``, ``cipher-debate`` and ``rosetta``."""
+BOTH_WAYS_METHODS = ("cipher-debate",)
+"""Of those, the methods whose messages also go from B to A (the debate): projected in both directions."""
+
+
+def vocabulary_settings(methods: Iterable[str], sender: Model, receiver: Model) -> dict[str, Any]:
+    """What a run records in its settings about the projections its methods need, checked before any work.
+
+    Nothing (``{}``) when no method sends token distributions or A and B
+    share a tokenizer, so such runs record nothing new and resume as before.
+    Else ``vocabulary``: A -> B's :meth:`SharedVocabulary.record`; and where a
+    method also sends from B to A (:data:`BOTH_WAYS_METHODS`),
+    ``vocabulary_receiver_to_sender``: B -> A's.
+
+    Raises:
+        CommlibError: too small an overlap in a direction the methods send (:func:`vocab_projection`).
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> m = load_model("tiny-llama-random")
+        >>> vocabulary_settings(["nl", "cipher-t0", "cipher-debate"], m, m)
+        {}
+    """
+    names = list(methods)
+    if not any(m.startswith(PROJECTED_METHODS) for m in names) or same_vocabulary(sender, receiver):
+        return {}
+    settings = {"vocabulary": vocab_projection(sender, receiver).record()}
+    if any(m in BOTH_WAYS_METHODS for m in names):
+        settings["vocabulary_receiver_to_sender"] = vocab_projection(receiver, sender).record()
+    return settings
 
 
 def project_embed(

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from commlib.channels.vocab import same_vocabulary, vocab_projection
+from commlib.channels.vocab import vocabulary_settings
 from commlib.combine import LinearMap
 from commlib.models import Model
 from commlib.prompts import Position, format_prompt
@@ -67,8 +67,7 @@ def run_games(
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     map_info = asdict(map.info) if map is not None else None
     settings: dict[str, Any] = {"game": game, "seed": seed, "sender": sender.name, "receiver": receiver.name}
-    if any(m.startswith(("cipher", "rosetta")) for m in methods) and not same_vocabulary(sender, receiver):
-        settings["vocabulary"] = vocab_projection(sender, receiver).record()  # or refused, before any work
+    settings.update(vocabulary_settings(methods, sender, receiver))  # or refused, before any work
     run = Run(out_dir, {**settings, **asdict(cfg), "reply": reply, "map": map_info})
     for method in methods:
         todo = run.pending(items, method=method)

@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from commlib import registry
+from commlib.channels.vocab import vocabulary_settings
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.experiments.held_out import fit_task_map, other_items_name
@@ -96,6 +97,8 @@ def run_reasoning(
     it scores above (``better``: on GSM8k and MMLU, B's misses it fixes) and
     below B alone (``worse``: B's hits it breaks). A resumed run scores its
     stored outputs again, as the current answer extraction does.
+    ``cipher-debate`` between models that tokenize differently records both
+    projections in the settings (:func:`commlib.channels.vocab.vocabulary_settings`).
 
     The score is accuracy on GSM8k and MMLU. Biographies are scored by
     ``judge`` (:func:`judge_biographies`, cached in ``out_dir/judgements.jsonl``):
@@ -155,6 +158,7 @@ def run_reasoning(
         "seed": seed,
         "source": source,
         "map": asdict(map.info) if map is not None else None,
+        **vocabulary_settings(methods, sender, receiver),  # cipher-debate across tokenizers, or refused
     }
     run = Run(out_dir, settings, fields=REASONING_FIELDS)
     judged = task == "biographies"

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from commlib.channels.vocab import vocabulary_settings
 from commlib.config import ReferenceSpec
 from commlib.distance import Manifold, input_reference
 from commlib.experiments.distance import check_reference, layer_manifold
@@ -112,7 +113,9 @@ def run_n_sweep(
     Rows go to ``out_dir/items.csv`` as each is done (columns
     :data:`N_SWEEP_FIELDS`); a re-run skips the (item, method, n) there, so
     methods and n can be added later. ``out_dir/run.json`` holds the
-    settings, and a resumed run with other settings is refused.
+    settings (with ``vocabulary`` when CIPHER goes across tokenizers:
+    :func:`commlib.channels.vocab.vocabulary_settings`), and a resumed run
+    with other settings is refused.
 
     Args:
         game: ``countries``, ``tipsheets`` or a JSONL path.
@@ -174,6 +177,7 @@ def run_n_sweep(
         "n_reference": n_reference,
         "reference": reference,
         "adapter": identity,
+        **vocabulary_settings(names, sender, receiver),  # CIPHER across tokenizers (or refused above)
     }
     run = Run(out_dir, settings, fields=N_SWEEP_FIELDS)
     finished = run.done("item_id", "method", "n")

@@ -51,7 +51,7 @@ from commlib.channels.fuser import KVFuser, check_fuser, fuser_record, train_fus
 from commlib.channels.interlat import InterlatAdapter, train_adapter
 from commlib.channels.kv import KVCOMM_FRACTION, check_kv_pair, kv_messages, kvcomm_importance, kvcomm_layers
 from commlib.channels.slot import Reading, message_prompt
-from commlib.channels.vocab import same_vocabulary, vocab_projection
+from commlib.channels.vocab import vocabulary_settings
 from commlib.combine import LinearMap
 from commlib.config import THESIS_DEFAULT_CHANNELS
 from commlib.errors import CommlibError
@@ -237,8 +237,7 @@ def run_thesis(
         "max_new_tokens": max_new_tokens,
         "backend": backend,
     }
-    if any(c.startswith(("cipher", "rosetta")) for c in names) and not same_vocabulary(sender, receiver):
-        settings["vocabulary"] = vocab_projection(sender, receiver).record()  # or refused, before any work
+    settings.update(vocabulary_settings(names, sender, receiver))  # or refused, before any work
     run = Run(out_dir, settings, fields=ITEM_FIELDS)
     selected = None
     if any(c.startswith("ac-") and not c.startswith("ac-w-") for c in names):

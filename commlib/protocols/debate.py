@@ -12,7 +12,9 @@
 * ``cipher-debate``: the same debate with every answer a CIPHER message
   (Pham et al., 2024; :mod:`commlib.channels.cipher`) that the other agent
   reads as input embeddings (:func:`cipher_debate`; B's last message,
-  decoded by nearest tokens, is the answer).
+  decoded by nearest tokens, is the answer). Agents that tokenize
+  differently read each other through their shared tokens, both ways
+  (:mod:`commlib.channels.vocab`).
 
 Example:
     >>> from commlib.models import load_model
@@ -32,8 +34,9 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from commlib.channels.cipher import check_shared_vocabulary, soft_message
+from commlib.channels.cipher import soft_message
 from commlib.channels.slot import slot_embeddings
+from commlib.channels.vocab import vocab_projection
 from commlib.combine import LinearMap
 from commlib.errors import CommlibError
 from commlib.models import Model
@@ -155,7 +158,9 @@ def cipher_debate(temperatures: tuple[float, float] = DEBATE_TEMPERATURES) -> Ca
     CIPHER message at its own temperature (A at ``temperatures[0]``, B at
     ``temperatures[1]``; ``cfg.a_temperature`` is not used); after the first
     round it reads the other agent's last message, as input embeddings, where
-    ``nld``'s debate prompt puts the text. Messages are shown by
+    ``nld``'s debate prompt puts the text; across tokenizers each reads the
+    other's distributions through their shared tokens (A -> B and B -> A,
+    :func:`commlib.channels.vocab.vocab_projection`). Messages are shown by
     nearest-token decoding, and the final answer is B's last message so
     decoded (A's when B's has no answer), as in ``nld``. At temperature 0 for
     both, every message is the agent's greedy text and the other reads its
@@ -164,7 +169,7 @@ def cipher_debate(temperatures: tuple[float, float] = DEBATE_TEMPERATURES) -> Ca
     both ends of what the other reads.
 
     Raises:
-        CommlibError: a pair without a shared vocabulary, or fewer than one round (at run time).
+        CommlibError: vocabularies that overlap too little either way, or fewer than one round (at run time).
     """
 
     def method(
@@ -174,7 +179,8 @@ def cipher_debate(temperatures: tuple[float, float] = DEBATE_TEMPERATURES) -> Ca
         cfg: ReasoningConfig,
         map: LinearMap | None = None,
     ) -> ReasoningOutput:
-        check_shared_vocabulary(sender, receiver)
+        for writer, reader in ((sender, receiver), (receiver, sender)):
+            vocab_projection(writer, reader)  # each reads the other's messages: both ways, before any work
         if cfg.rounds < 1:
             raise CommlibError(f"rounds must be at least 1, got {cfg.rounds}")
         prompt, template = question_prompt(item), debate_prompt(item, "{message}")

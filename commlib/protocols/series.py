@@ -18,7 +18,9 @@ runs series over a game's items and a list of n.
   argmax token, continuing from the soft steps' KV cache, and ends the
   message when the argmax is EOS (:func:`commlib.channels.cipher.soft_message`
   with ``soft_steps=n``). B reads ``p_t @ E_B`` for the soft steps and its
-  embeddings of A's tokens for the rest, in the ``nl`` slot. n = 0 is A's
+  embeddings of A's tokens for the rest, in the ``nl`` slot (across
+  tokenizers both through their shared tokens, :mod:`commlib.channels.vocab`:
+  the soft steps renormalised, each token as its twin). n = 0 is A's
   greedy message read as tokens (``cipher-t0``); ``all`` (``message_tokens``
   steps) is ``cipher``, and so is any n beyond the step at which the
   ``cipher`` message ends.
@@ -69,9 +71,10 @@ from torch import Tensor
 
 from commlib.backends import Decoding, get_backend
 from commlib.backends.base import check_layer
-from commlib.channels.cipher import check_shared_vocabulary, soft_message
+from commlib.channels.cipher import soft_message
 from commlib.channels.interlat import as_receiver_inputs, load_adapter, trajectory_message, with_text_rest
 from commlib.channels.slot import message_prompt, prompt_parts, read_slot, slot_template
+from commlib.channels.vocab import vocab_projection
 from commlib.combine import combine
 from commlib.compute import Shape, method_flops, slot_flops
 from commlib.errors import CommlibError
@@ -327,14 +330,15 @@ class _SlotSeries(Series):
 class CipherSeries(_SlotSeries):
     """CIPHER: A's first n steps as expected embeddings p @ E, then argmax feedback, read by B as text.
 
-    n = 0 is A's greedy message read as tokens (cipher-t0); all is cipher.
+    n = 0 is A's greedy message read as tokens (cipher-t0); all is cipher. A pair that tokenizes
+    differently goes through the tokens it shares (refused here when they are too few).
     """
 
     def __init__(
         self, name: str, temperature: float, sender: Model, receiver: Model, cfg: MethodConfig
     ) -> None:
         super().__init__(name, sender, receiver, cfg)
-        check_shared_vocabulary(sender, receiver)
+        vocab_projection(sender, receiver)  # across tokenizers through shared tokens; too few refused here
         self.temperature = temperature
 
     def limit(self, items: Sequence[GameItem]) -> int:
