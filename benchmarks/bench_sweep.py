@@ -7,7 +7,10 @@ checks they agree on the sampled cells, and prints the time per (k, j, item)
 cell of each and the speed-up (target >= 20x). ``--repeats N`` alternates the
 two N times and prints medians (the ratio is the median of each repeat's).
 ``--dtype bfloat16`` (with ``--attention eager`` or the default ``sdpa``) shows
-the engine's agreement with the naive path in half precision.
+the engine's agreement with the naive path in half precision; ``--against-float32``
+then recomputes the sampled cells naively with the same weights in float32 and
+prints half precision's own error next to it (the bound the tests hold).
+``--json PATH`` writes the settings and numbers.
 
 ``--max-new-tokens 0`` (what the selection sweeps use) still scores
 accuracy: ``greedy_answer`` says exactly whether greedy decoding starts with
@@ -19,12 +22,16 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/bench_sweep.py --model qwen2.5-coder-0.5b --grid 4 --items 2
     .venv/bin/python benchmarks/bench_sweep.py --grid 30 --items 1 --max-new-tokens 0 --position content
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_sweep.py --grid 30 --items 1 --threads 1 --repeats 3
-    .venv/bin/python benchmarks/bench_sweep.py --dtype bfloat16 --attention eager
+    .venv/bin/python benchmarks/bench_sweep.py --dtype bfloat16 --attention eager --against-float32
+    python3 benchmarks/bench_sweep.py --model llama-3.2-3b-random --grid 28 --items 1 --device cuda \
+        --dtype bfloat16 --against-float32 --json sweep_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import random
 import statistics
 import time
@@ -52,6 +59,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--attention", default="sdpa", help="sdpa (the default) or eager")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--against-float32", action="store_true", help="half precision's own error on the sample")
+    p.add_argument("--json", default=None, metavar="PATH", help="write settings and results here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +116,36 @@ def main() -> None:
         f"agreement on the sampled cells: max |answer log-prob diff| {worst:.2e}; "
         f"greedy answers and greedy_answer flags identical on {same} of {len(fast)}"
     )
+    result = {
+        "settings": vars(args) | {"layers": layers, "cells": cells, "threads": torch.get_num_threads()},
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "seconds": {"fast": fast_times, "naive": naive_times},
+        "speedup": {"median": speedup, "repeats": ratios},
+        "sampled_cells": [[c["k"], c["j"]] for c in fast],
+        "max_abs_logprob_diff": worst,
+        "identical_cells": same,
+    }
+    if args.against_float32:
+        # The same weights (upcast: exact) in float32 arithmetic: half precision's own error.
+        model.hf.float()
+        model.info = dataclasses.replace(model.info, dtype="float32")
+        ref = [
+            naive_cell(model, model, fast_items[i], c["k"], c["j"], **kw)
+            for i, c in zip(sample, fast, strict=True)
+        ]
+        error = max(abs(a["answer_logprob"] - r["answer_logprob"]) for a, r in zip(naive, ref, strict=True))
+        flips = sum(a["greedy_answer"] != r["greedy_answer"] for a, r in zip(naive, ref, strict=True))
+        bound = "holds" if worst <= error else "exceeded"
+        print(
+            f"{args.dtype}'s own error on the same cells (naive {args.dtype} vs float32, same weights): "
+            f"max |answer log-prob diff| {error:.2e}, greedy_answer flags differ on {flips} of {len(ref)}; "
+            f"engine-vs-naive gap {worst:.2e} <= it: {bound}"
+        )
+        result |= {"half_precision_error": error, "half_precision_flag_flips": flips, "bound": bound}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -422,7 +422,27 @@ def _record(line: str) -> dict[str, Any] | None:
 
 RECORDED_ONLY = ("placement",)
 """Keys of ``run.json`` that say how a session ran, not what it computes: a resumed run may differ in
-them (it may finish on another device), and ``run.json`` then records the latest."""
+them (it may finish on another device), and ``run.json`` then records the latest. Of ``placement`` the
+arithmetic (:func:`numerics`: each model's dtype and attention) is compared all the same."""
+
+
+def numerics(placement: Any) -> dict[str, dict[str, Any]]:
+    """What of a recorded :func:`placement` changes what a run computes: dtype and attention per role.
+
+    Rows computed in bfloat16 and float32 (or with eager and sdpa attention) differ by more than a device
+    does, so a resumed run must match them; devices and device maps may change.
+
+    Example:
+        >>> numerics({"sender": {"device": "cuda:0", "dtype": "bfloat16", "attention": "sdpa"}})
+        {'sender': {'dtype': 'bfloat16', 'attention': 'sdpa'}}
+    """
+    if not isinstance(placement, dict):
+        return {}
+    return {
+        role: {k: where[k] for k in ("dtype", "attention") if k in where}
+        for role, where in placement.items()
+        if isinstance(where, dict)
+    }
 
 
 def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
@@ -430,10 +450,11 @@ def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
 
     Resuming skips finished items, so a resumed run with other settings would
     mix two experiments in one table. The keys of :data:`RECORDED_ONLY` are
-    recorded, not compared.
+    recorded, not compared, except their :func:`numerics` (dtype and
+    attention), which a resumed run must match where both record them.
 
     Raises:
-        CommlibError: ``out_dir`` holds a run with different settings.
+        CommlibError: ``out_dir`` holds a run with different settings or arithmetic.
     """
     path = Path(out_dir) / "run.json"
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
@@ -445,6 +466,18 @@ def claim_run_dir(out_dir: str | Path, settings: dict[str, Any]) -> None:
             detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise CommlibError(
                 f"{out_dir} holds a run with other settings ({detail}); use a new --out or the same settings"
+            )
+        was, now = numerics(before.get("placement")), numerics(settings.get("placement"))
+        differ = sorted(
+            f"{role} {k} {was[role][k]} -> {now[role][k]}"
+            for role in was.keys() & now.keys()
+            for k in was[role].keys() & now[role].keys()
+            if was[role][k] != now[role][k]
+        )
+        if differ:
+            raise CommlibError(
+                f"{out_dir} was computed with other arithmetic ({', '.join(differ)}): its rows would mix "
+                "two; resume with the run's --dtype (and attention) or use a new --out"
             )
         recorded = {k: settings[k] for k in RECORDED_ONLY if k in settings}
         if any(before.get(k) != v for k, v in recorded.items()):

@@ -102,11 +102,9 @@ def test_a_bfloat16_run_loads_bf16_weights_and_records_its_placement(tmp_path: P
             "attention": "sdpa",
             "device_map": None,
         }
-    assert "placement" not in json.loads((out / "run.json").read_text())  # compared settings unchanged
-    assert main(args) == 0  # resuming in float32 is allowed; the results say how they were last written
-    assert (
-        json.loads((out / "results.json").read_text())["config"]["placement"]["sender"]["dtype"] == "float32"
-    )
+    assert json.loads((out / "run.json").read_text())["placement"] == recorded["placement"]
+    assert main(args) == 2  # resuming in float32 would mix two precisions in one table
+    assert main([*args, "--dtype", "bfloat16"]) == 0
 
 
 def test_run_json_records_placement_without_comparing_it(tmp_path: Path) -> None:
@@ -118,6 +116,25 @@ def test_run_json_records_placement_without_comparing_it(tmp_path: Path) -> None
     assert json.loads((old / "run.json").read_text())["placement"] == {"sender": "cuda:0"}
     with pytest.raises(CommlibError, match="other settings"):
         claim_run_dir(old, {"game": "tipsheets", "placement": {"sender": "cpu"}})
+
+
+def test_a_resumed_run_must_keep_its_dtype_and_attention_but_may_move(tmp_path: Path) -> None:
+    def where(device: str, dtype: str = "float32", attention: str = "sdpa") -> dict:
+        return {"sender": {"device": device, "devices": [device], "dtype": dtype, "attention": attention}}
+
+    run = tmp_path / "run"
+    claim_run_dir(run, {"game": "countries", "placement": where("cpu")})
+    claim_run_dir(run, {"game": "countries", "placement": where("cuda:0")})  # finishing on a GPU is fine
+    assert json.loads((run / "run.json").read_text())["placement"]["sender"]["device"] == "cuda:0"
+    for dtype, attention, named in [
+        ("bfloat16", "sdpa", "dtype float32 -> bfloat16"),
+        ("float32", "eager", "sdpa"),
+    ]:
+        with pytest.raises(CommlibError, match="other arithmetic") as err:
+            claim_run_dir(run, {"game": "countries", "placement": where("cpu", dtype, attention)})
+        assert named in str(err.value) and "\n" not in str(err.value)
+    claim_run_dir(tmp_path / "old", {"game": "countries"})  # recorded before placement: nothing to compare
+    claim_run_dir(tmp_path / "old", {"game": "countries", "placement": where("cpu", "bfloat16")})
 
 
 def test_fit_map_records_placement_and_the_map_still_loads(tmp_path: Path) -> None:

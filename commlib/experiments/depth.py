@@ -23,7 +23,7 @@ from commlib.graft import GraftConfig, capture_corpus, capture_message, graft_ed
 from commlib.models import Model, cache_dir
 from commlib.prompts import encode, message_positions
 from commlib.protocols.questions import question_prompt
-from commlib.results import Run, bootstrap_ci, correct_by_item, paired_difference
+from commlib.results import Run, bootstrap_ci, correct_by_item, paired_difference, placement
 from commlib.tasks.reasoning import ReasoningItem, load_task
 
 DEPTH_METHODS = ("single-a", "single-b", "ac-replace", "ac-replace-unrelated")
@@ -277,6 +277,7 @@ def run_reasoning_distance(
         "n_reference": len(reference),
         "backend": backend,
         "map": asdict(map.info) if map is not None else None,
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=None, table="distances.csv")
     if run.path.exists():

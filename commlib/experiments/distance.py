@@ -203,7 +203,7 @@ def run_distance(
         "n_reference": n_reference,
         "reference": reference,
         "backend": backend,
-        "placement": placement(sender=sender, receiver=receiver),  # recorded, not compared on resume
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=None, table="distances.csv")  # columns: the manifold's metrics
     manifold = layer_manifold(
@@ -379,7 +379,7 @@ def run_latent_distance(
         "seed": seed,
         "n_reference": n_reference,
         "message_tokens": message_tokens,
-        "placement": placement(sender=sender, receiver=receiver),  # recorded, not compared on resume
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=None, table="latent_distances.csv")  # columns: the manifold's metrics
     finished = run.done("item_id", "method")

@@ -67,6 +67,7 @@ def run_games(
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     map_info = asdict(map.info) if map is not None else None
     settings: dict[str, Any] = {"game": game, "seed": seed, "sender": sender.name, "receiver": receiver.name}
+    settings["placement"] = placement(sender=sender, receiver=receiver)  # dtype, attention compared on resume
     settings.update(vocabulary_settings(methods, sender, receiver))  # or refused, before any work
     run = Run(out_dir, {**settings, **asdict(cfg), "reply": reply, "map": map_info})
     for method in methods:

@@ -77,6 +77,7 @@ def run_sweep(
         "max_new_tokens": max_new_tokens,
         "position": position,
         "reply": reply,
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=SWEEP_FIELDS, table="sweep.csv")
     run.write(_sweep_config(settings, sender, receiver, items), "sweep_config.json")

@@ -159,6 +159,7 @@ def run_reasoning(
         "source": source,
         "map": asdict(map.info) if map is not None else None,
         **vocabulary_settings(methods, sender, receiver),  # cipher-debate across tokenizers, or refused
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=REASONING_FIELDS)
     judged = task == "biographies"

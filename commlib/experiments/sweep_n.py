@@ -178,6 +178,7 @@ def run_n_sweep(
         "reference": reference,
         "adapter": identity,
         **vocabulary_settings(names, sender, receiver),  # CIPHER across tokenizers (or refused above)
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     run = Run(out_dir, settings, fields=N_SWEEP_FIELDS)
     finished = run.done("item_id", "method", "n")

@@ -236,6 +236,7 @@ def run_thesis(
         "message_tokens": message_tokens,
         "max_new_tokens": max_new_tokens,
         "backend": backend,
+        "placement": placement(sender=sender, receiver=receiver),  # dtype, attention: compared on resume
     }
     settings.update(vocabulary_settings(names, sender, receiver))  # or refused, before any work
     run = Run(out_dir, settings, fields=ITEM_FIELDS)
