@@ -420,7 +420,10 @@ class LatentRun:
     """``commlib latent``: a latent channel (CIPHER, Interlat) on a game next to baselines."""
 
     pair: ModelPair = option(
-        help=_PAIR, flags={"receiver": {"help": "model B, which answers: must share the sender's tokenizer"}}
+        help=_PAIR,
+        flags={
+            "receiver": {"help": "model B, which answers (Interlat: the sender's tokenizer; CIPHER projects)"}
+        },
     )
     run: RunSpec = option(help=_RUN)
     game: str = option(help=GAME_HELP)

@@ -331,3 +331,19 @@ def test_the_sweep_and_the_debate_refuse_too_small_an_overlap_before_any_work(
     for err in (sweep, debate):
         assert "\n" not in str(err.value) and "typical text" in str(err.value)
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "debate").exists()
+
+
+def test_interlat_with_a_text_rest_refuses_a_pair_that_tokenizes_differently(
+    tiny: Model, permuted: Model, tmp_path
+) -> None:
+    """The sweep over n and the adapter's curriculum read A's later tokens in B's table: meaningless here."""
+    from commlib.channels.interlat import train_adapter
+
+    with pytest.raises(CommlibError, match="must share a tokenizer") as sweep:
+        run_n_sweep("countries", tiny, permuted, ["interlat"], [0], out_dir=tmp_path / "sweep", **SWEEP)
+    with pytest.raises(CommlibError, match="must share a tokenizer") as train:
+        train_adapter(tiny, permuted, "countries", tmp_path / "adapter", n_train=1, steps=1, progress=False)
+    for err in (sweep, train):
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "adapter").exists()
+    run_n_sweep("countries", tiny, tiny, ["interlat"], [0], out_dir=tmp_path / "same", **SWEEP)  # one vocab

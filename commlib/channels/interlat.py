@@ -41,6 +41,7 @@ from commlib.channels.slot import (
 from commlib.channels.trajectory import Trajectory as Trajectory
 from commlib.channels.trajectory import trajectory_message as trajectory_message
 from commlib.channels.trajectory import trajectory_messages as trajectory_messages
+from commlib.channels.vocab import same_vocabulary
 from commlib.errors import CommlibError
 from commlib.models import Model
 from commlib.prompts import format_prompt
@@ -112,6 +113,27 @@ class InterlatAdapter(torch.nn.Module):
         """What B reads: ``<bop>``, the adapted latents (none for an empty ``h``), ``<eop>``."""
         latents = self(h) if len(h) else self.boundaries[:0]
         return torch.cat([self.boundaries[:1], latents, self.boundaries[1:]])
+
+
+def check_text_rest(sender: Model, receiver: Model, what: str) -> None:
+    """Refuse a pair that tokenizes differently where B reads the rest of A's message as A's tokens.
+
+    :func:`with_text_rest` looks A's token ids up in B's embedding table, which means nothing unless the
+    two share a tokenizer.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> a = load_model("tiny-llama-random")
+        >>> check_text_rest(a, a, "the sweep over n")  # one tokenizer: nothing to refuse
+
+    Raises:
+        CommlibError: the two tokenize differently.
+    """
+    if not same_vocabulary(sender, receiver):
+        raise CommlibError(
+            f"{what} reads the rest of A's message as A's tokens in B's embeddings, so {sender.name} and "
+            f"{receiver.name} must share a tokenizer; use cipher for this pair"
+        )
 
 
 def with_text_rest(receiver: Model, latents: Tensor, trajectory: Trajectory, m: int) -> Tensor:
@@ -317,8 +339,10 @@ def train_adapter(
     ``game`` names where they came from.
 
     Raises:
-        CommlibError: ``out_dir`` holds an adapter trained with other settings.
+        CommlibError: ``out_dir`` holds an adapter trained with other settings, or the two models
+            tokenize differently (the curriculum reads A's tokens in B's embeddings).
     """
+    check_text_rest(sender, receiver, "the adapter's curriculum")
     out = Path(out_dir)
     chosen = list(items) if items is not None else load_game(game, n=n_train, seed=seed)
     n_train = len(chosen)

@@ -72,7 +72,13 @@ from torch import Tensor
 from commlib.backends import Decoding, get_backend
 from commlib.backends.base import check_layer
 from commlib.channels.cipher import soft_message
-from commlib.channels.interlat import as_receiver_inputs, load_adapter, trajectory_message, with_text_rest
+from commlib.channels.interlat import (
+    as_receiver_inputs,
+    check_text_rest,
+    load_adapter,
+    trajectory_message,
+    with_text_rest,
+)
 from commlib.channels.slot import message_prompt, prompt_parts, read_slot, slot_template
 from commlib.channels.vocab import vocab_projection
 from commlib.combine import combine
@@ -385,6 +391,7 @@ class InterlatSeries(_SlotSeries):
 
     def __init__(self, name: str, rescale: bool, sender: Model, receiver: Model, cfg: MethodConfig) -> None:
         super().__init__(name, sender, receiver, cfg)
+        check_text_rest(sender, receiver, "the sweep over n of Interlat")
         if sender.info.d_model != receiver.info.d_model:
             raise CommlibError(
                 f"zero-shot Interlat needs the same width ({sender.info.d_model} vs "
@@ -442,6 +449,7 @@ class TrainedInterlatSeries(InterlatSeries):
         self, name: str, adapter_dir: str | Path, sender: Model, receiver: Model, cfg: MethodConfig
     ) -> None:
         Series.__init__(self, name, sender, receiver, cfg)
+        check_text_rest(sender, receiver, "the sweep over n of Interlat")
         adapter, self.info = load_adapter(adapter_dir)
         if (sender.name, receiver.name) != (self.info.sender, self.info.receiver):
             raise CommlibError(
