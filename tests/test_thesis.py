@@ -246,6 +246,23 @@ def test_another_seed_in_the_same_directory_is_refused(tiny: Model, tiny_run: Pa
         run_thesis("countries", tiny, tiny, ["silent"], out_dir=tiny_run, **{**TINY_RUN, "seed": 1})
 
 
+def test_zero_shot_interlat_across_widths_is_refused_before_any_work(
+    tiny: Model, tiny_wide: Model, tmp_path: Path
+) -> None:
+    """A 0.5B -> 1.5B run once crashed on it after its first chunk of every other channel."""
+    from commlib.experiments.games import run_games
+
+    with pytest.raises(CommlibError, match=r"interlat \(zero-shot\) needs the same width") as thesis:
+        run_thesis("countries", tiny, tiny_wide, ["silent", "interlat"], out_dir=tmp_path / "t", **TINY_RUN)
+    with pytest.raises(CommlibError, match=r"interlat-norm \(zero-shot\)") as games:
+        run_games(
+            "countries", tiny, tiny_wide, ["nl", "interlat-norm"], k=None, j=None, out_dir=tmp_path / "g"
+        )
+    for err in (thesis, games):
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "g").exists()
+
+
 def test_interlat_trained_trains_its_adapter_on_selection_items_only(tiny: Model, tmp_path: Path) -> None:
     run_thesis(
         "countries", tiny, tiny, ["silent", "interlat-trained"], out_dir=tmp_path, adapter_steps=2,

@@ -55,6 +55,29 @@ def embedding_norm(model: Model) -> float:
     return float(embedding_table(model).float().norm(dim=-1).median()) * float(embedding_scale(model))
 
 
+ZERO_SHOT = ("interlat", "interlat-norm")
+"""The Interlat channels B reads without an adapter: A's states as B's input embeddings."""
+
+
+def check_zero_shot_pair(methods: Sequence[str], sender: Model, receiver: Model) -> None:
+    """Refuse zero-shot Interlat among ``methods`` before any work when A and B differ in width.
+
+    Example:
+        >>> from commlib.models import load_model
+        >>> a, b = load_model("tiny-llama-random"), load_model("tiny-llama-wide-random")
+        >>> check_zero_shot_pair(["nl", "interlat-trained"], a, b)  # nothing zero-shot: nothing to refuse
+
+    Raises:
+        CommlibError: a zero-shot Interlat method and d_A != d_B.
+    """
+    zero_shot = [m for m in methods if m in ZERO_SHOT]
+    if zero_shot and sender.info.d_model != receiver.info.d_model:
+        raise CommlibError(
+            f"{zero_shot[0]} (zero-shot) needs the same width, and {sender.name} is {sender.info.d_model}-d, "
+            f"{receiver.name} {receiver.info.d_model}-d: drop it or use interlat-trained for this pair"
+        )
+
+
 def as_receiver_inputs(trajectory: Trajectory, receiver: Model, *, rescale: bool) -> Float[Tensor, "L d_B"]:
     """``H`` as the receiver's input embeddings: raw, or each row rescaled to its median embedding norm.
 

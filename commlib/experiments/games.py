@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from commlib.channels.interlat import check_zero_shot_pair
 from commlib.channels.vocab import vocabulary_settings
 from commlib.combine import LinearMap
 from commlib.models import Model
@@ -63,6 +64,7 @@ def run_games(
     check_layers(methods, k, j)
     for m in methods:
         method_fn(m)  # an unknown name, or an adapter's method not bound, fails here, before any work
+    check_zero_shot_pair(methods, sender, receiver)
     items = load_game(game, n=n, seed=seed, reply=reply)
     cfg = MethodConfig(k=k, j=j, position=position, max_new_tokens=max_new_tokens, backend=backend)
     map_info = asdict(map.info) if map is not None else None

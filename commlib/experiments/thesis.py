@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from commlib.channels.fuser import KVFuser, check_fuser, fuser_record, train_fuser
-from commlib.channels.interlat import InterlatAdapter, train_adapter
+from commlib.channels.interlat import InterlatAdapter, check_zero_shot_pair, train_adapter
 from commlib.channels.kv import KVCOMM_FRACTION, check_kv_pair, kv_messages, kvcomm_importance, kvcomm_layers
 from commlib.channels.slot import Reading, message_prompt
 from commlib.channels.vocab import vocabulary_settings
@@ -219,6 +219,7 @@ def run_thesis(
     kv = [c for c in names if Condition(c).latent_steps is not None]
     if kv:
         check_kv_pair(sender, receiver)
+    check_zero_shot_pair(names, sender, receiver)
     pools = make_pools(
         game, n_test=n, n_selection=n_selection, seed=seed,
         selection_fraction=selection_fraction, selection_file=selection_file,
