@@ -76,7 +76,8 @@ import pandas as pd
 from commlib.channels.interlat import train_adapter
 from commlib.experiments import choose_layers, n_sweep_table, run_compression, run_n_sweep
 from commlib.models import load_model
-from commlib.plots import accuracy_distance_vs_n, accuracy_vs_distance, compression_vs_k, save_figure
+from commlib.plots import save_figure
+from commlib.plots_sweep_n import accuracy_distance_vs_n, accuracy_vs_distance, compression_vs_k
 
 if FAST:
     SENDER = RECEIVER = "tiny-llama-random"

@@ -116,8 +116,14 @@ summary.set_index(["pair", "channel"])[columns].round(3)
 # channel on the dashed line carries nothing of A's message, however far it
 # moves B.
 
+
 # %%
-n_items = ", ".join(f"{p}: n = {int(g['n'].max())}" for p, g in summary.groupby("pair", sort=False))
+def n_range(g: pd.DataFrame) -> str:
+    low, high = int(g["n"].min()), int(g["n"].max())
+    return f"n = {high}" if low == high else f"n = {low} to {high}"
+
+
+n_items = ", ".join(f"{p}: {n_range(g)}" for p, g in summary.groupby("pair", sort=False))
 for distance in ("kl", "displacement"):
     fig = thesis_figure(summary, distance=distance, title=f"{GAME}, seed {SEED} ({n_items})")
     save_figure(

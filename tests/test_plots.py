@@ -12,7 +12,6 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from commlib.plots import (
     METHOD_COLOURS,
-    compression_vs_k,
     compute_accuracy,
     gain_vs_distance,
     gain_vs_similarity,
@@ -20,6 +19,7 @@ from commlib.plots import (
     method_colour,
     save_figure,
 )
+from commlib.plots_sweep_n import compression_vs_k
 
 matplotlib.use("Agg")
 

@@ -248,7 +248,7 @@ def test_sweep_n_command_and_figure(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_figure_marks_trained_methods_solid() -> None:
-    from commlib.plots import accuracy_distance_vs_n
+    from commlib.plots_sweep_n import accuracy_distance_vs_n
 
     table = pd.DataFrame(
         [
@@ -274,7 +274,7 @@ def test_figure_marks_trained_methods_solid() -> None:
 def test_accuracy_against_distance_has_a_point_per_injected_n() -> None:
     from matplotlib.text import Annotation
 
-    from commlib.plots import accuracy_vs_distance
+    from commlib.plots_sweep_n import accuracy_vs_distance
 
     table = pd.DataFrame(
         [

@@ -124,7 +124,8 @@ def distance(cfg: DistanceRun) -> int:
 
 def sweep_n(cfg: SweepNRun) -> int:
     from commlib.experiments import n_sweep_table, run_n_sweep
-    from commlib.plots import accuracy_distance_vs_n, save_figure
+    from commlib.plots import save_figure
+    from commlib.plots_sweep_n import accuracy_distance_vs_n
 
     check_run(cfg.methods, "sweep-n", k=cfg.k, j=cfg.j)
     check_game(cfg.game)
