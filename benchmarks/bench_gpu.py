@@ -400,6 +400,40 @@ def section(results: dict[str, Any], name: str, fn: Callable[[], Any], out: str 
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
 
 
+TIMING_DEFAULTS = {
+    "prompt": 128, "new_tokens": 128, "graft_answer": 64, "prompt_m": 256, "message": 256, "answer": 256,
+    "repeats": 5, "method_repeats": 3,
+}  # fmt: skip
+"""The default lengths and repeats of this benchmark (``bench_sharded.py`` passes smaller ones)."""
+
+
+def add_timing_options(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """The options this benchmark shares with ``bench_sharded.py``: dtype, backend, lengths, repeats, --out.
+
+    ``defaults`` overrides :data:`TIMING_DEFAULTS` by name (``new_tokens=64``).
+    """
+    d = TIMING_DEFAULTS | defaults
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--backend", default="nnsight")
+    parser.add_argument("--prompt", type=int, default=d["prompt"], help="prompt tokens of the decode timing")
+    parser.add_argument(
+        "--new-tokens", type=int, default=d["new_tokens"], help="decode steps timed for tokens/s"
+    )
+    parser.add_argument(
+        "--graft-answer", type=int, default=d["graft_answer"], help="B's tokens in the overhead timing"
+    )
+    parser.add_argument(
+        "--prompt-m", type=int, default=d["prompt_m"], help="prompt tokens of the method timing"
+    )
+    parser.add_argument("--message", type=int, default=d["message"])
+    parser.add_argument("--answer", type=int, default=d["answer"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=d["repeats"])
+    parser.add_argument("--method-repeats", type=int, default=d["method_repeats"])
+    parser.add_argument("--copy-gib", type=float, default=2.0)
+    parser.add_argument("--out", default=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -407,21 +441,10 @@ def main() -> None:
     parser.add_argument("--sender", default="llama-3.2-3b-random")
     parser.add_argument("--receiver", default="llama-3.1-8b-random")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--backend", default="nnsight")
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for decode speed")
-    parser.add_argument("--new-tokens", type=int, default=128, help="decode steps timed for tokens/s")
+    add_timing_options(parser)
     parser.add_argument("--batches", default="1", help="batch sizes of the decode timing, e.g. 1,8")
     parser.add_argument("--k", type=int, default=26)
     parser.add_argument("--j", type=int, default=26)
-    parser.add_argument("--graft-answer", type=int, default=64, help="B's tokens in the overhead timing")
-    parser.add_argument("--prompt-m", type=int, default=256, help="prompt tokens of the method timing")
-    parser.add_argument("--message", type=int, default=256)
-    parser.add_argument("--answer", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--method-repeats", type=int, default=3)
-    parser.add_argument("--copy-gib", type=float, default=2.0)
     parser.add_argument("--check-model", default="llama-3.2-3b-random")
     parser.add_argument("--check-k", type=int, default=14)
     parser.add_argument("--check-prompts", type=int, default=256)
@@ -433,7 +456,6 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time the fast path compiled (batch 1, last)"
     )
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

@@ -41,6 +41,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import (
+    add_timing_options,
     copy_bandwidth,
     decode_paths,
     decode_rates,
@@ -154,21 +155,18 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--gpus", type=int, default=None, help="GPUs B is split over (default: all visible)")
     parser.add_argument("--devices", default=None, help="B's groups, e.g. cuda:0,cuda:1 (default: --gpus)")
     parser.add_argument("--sender-device", default="cuda:0")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--backend", default="nnsight")
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens of the decode timing")
-    parser.add_argument("--new-tokens", type=int, default=64, help="decode steps timed for tokens/s")
-    parser.add_argument("--graft-answer", type=int, default=32, help="B's tokens in the overhead timing")
-    parser.add_argument("--prompt-m", type=int, default=128, help="prompt tokens of the method timing")
-    parser.add_argument("--message", type=int, default=128)
-    parser.add_argument("--answer", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method-repeats", type=int, default=2)
-    parser.add_argument("--copy-gib", type=float, default=2.0)
+    add_timing_options(
+        parser,
+        new_tokens=64,
+        graft_answer=32,
+        prompt_m=128,
+        message=128,
+        answer=128,
+        repeats=3,
+        method_repeats=2,
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: decode,graft,methods")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (see the docstring)")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.dry_run:
         for key, value in DRY_RUN.items():

@@ -495,7 +495,8 @@ class ReasoningRun:
     judge: str = option(DEFAULT_JUDGE, help="biographies: the judge model ('' to generate only)")
     max_new_tokens: int = option(256, help="most tokens each answer has")
     batch_size: int = option(
-        1, help="items decoded together by single-a, single-b, ac, ac-w, ac-unrelated (same greedy answers)"
+        1,
+        help="items decoded together by single-* and ac-* (not nld, ac-cot; same greedy answers)",
     )
     map: str | None = option(None, metavar="DIR", help="learned W for ac-w-replace (from fit-map)")
     source: str = option("offline", choices=SOURCES, help="read the task from the offline cache or the hub")

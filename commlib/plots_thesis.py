@@ -31,7 +31,7 @@ def thesis_figure(
 ) -> Figure:
     """Each channel's gain over its content control (95% CI) against how far it moves B.
 
-    ``summary`` is :func:`commlib.experiments.thesis.summarise_thesis` rows
+    ``summary`` is :func:`commlib.experiments.thesis_results.summarise_thesis` rows
     with a ``panel`` column (one panel per model pair); channels without a
     control (B alone) are left out. ``distance`` is ``kl`` (log axis) or
     ``displacement``; the horizontal bars are its quartiles over items.

@@ -69,7 +69,8 @@ import ipywidgets as widgets
 import pandas as pd
 from IPython.display import display
 
-from commlib.experiments.thesis import DEFAULT_CHANNELS, pair_name, publish_thesis, read_thesis, run_thesis
+from commlib.experiments.thesis import DEFAULT_CHANNELS, run_thesis
+from commlib.experiments.thesis_results import pair_name, publish_thesis, read_thesis
 from commlib.models import load_model
 from commlib.plots import save_figure
 from commlib.plots_thesis import thesis_figure

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +48,20 @@ def _eager(name: str) -> Model:
 def eager_twin() -> Callable[[Model], Model]:
     """A model's twin with eager attention, as TransformerLens's bridge runs it: bit-exact comparisons."""
     return lambda model: _eager(model.name)
+
+
+ARTICLE = {  # bullets as the Biographies file has them
+    "Ada Lovelace": "- Ada Lovelace was born in 1815 in London\n- She wrote an algorithm for the Engine\n"
+    "- She worked with Charles Babbage",
+    "Alan Turing (computer scientist)": "- Alan Turing was born in 1912\n\n- He proposed the Turing machine",
+    "Grace Hopper": "- Grace Hopper was born in 1906\n- She served in the US Navy\n- She developed COBOL",
+}
+
+
+@pytest.fixture
+def article(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Biographies file of three people (:data:`ARTICLE`), named by ``COMMLIB_BIOGRAPHIES``."""
+    path = tmp_path / "article.json"
+    path.write_text(json.dumps(ARTICLE))
+    monkeypatch.setenv("COMMLIB_BIOGRAPHIES", str(path))
+    return path

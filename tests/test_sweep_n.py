@@ -203,7 +203,7 @@ def test_bad_input_is_refused_before_any_work(tiny: Model, tiny_wide: Model, tmp
         with pytest.raises(CommlibError, match=message):
             run_n_sweep("countries", tiny, tiny, methods, ns, **kw, **extra)  # type: ignore[arg-type]
     assert not out.exists()
-    with pytest.raises(CommlibError, match="same width"):
+    with pytest.raises(CommlibError, match=r"interlat \(zero-shot\) needs the same width"):
         series_for("interlat", tiny, tiny_wide, CFG)
 
 

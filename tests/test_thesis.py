@@ -14,7 +14,8 @@ from commlib.backends.base import final_states
 from commlib.combine import LinearMap, fit_ridge_map
 from commlib.errors import CommlibError
 from commlib.experiments.selection import choose_cell, depth_grid, paper_layers
-from commlib.experiments.thesis import conditions, read_thesis, run_thesis, summarise_thesis
+from commlib.experiments.thesis import conditions, run_thesis
+from commlib.experiments.thesis_results import merge_record, read_thesis, summarise_thesis
 from commlib.models import Model
 from commlib.prompts import encode
 from commlib.protocols.readings import (
@@ -239,6 +240,28 @@ def test_resuming_adds_no_rows_and_a_new_channel_only_its_own(tiny: Model, tiny_
     record = json.loads((tiny_run / "results.json").read_text())
     assert not set(record["pool_ids"]["selection"]) & set(record["pool_ids"]["test"])
     assert record["placement"]["receiver"]["dtype"] == "float32"
+    # the record is of every run on the directory, not of the last one's channels
+    names = [c["name"] for c in record["conditions"]]
+    assert {"nl", "cipher-t0", "ac-replace@selected", "ac-replace@paper", "interlat"} <= set(names)
+    assert len(names) == len(set(names)) and record["selected_layers"] is not None
+    assert set(pd.DataFrame(record["summary"])["channel"]) == set(names)
+
+
+def test_a_merged_record_keeps_earlier_choices_and_takes_a_rerun_conditions_new_record() -> None:
+    before = {
+        "conditions": [{"name": "nl", "v": 1}, {"name": "kv@all"}],
+        "kv_layers": {"name": "all"},
+        "map": None,
+    }
+    now = {
+        "conditions": [{"name": "nl", "v": 2}, {"name": "kv-fuser"}],
+        "kv_layers": None,
+        "map": {"fit": "ridge"},
+    }
+    merged = merge_record(before, now)
+    assert merged["conditions"] == [{"name": "nl", "v": 2}, {"name": "kv@all"}, {"name": "kv-fuser"}]
+    assert merged["kv_layers"] == {"name": "all"} and merged["map"] == {"fit": "ridge"}
+    assert merge_record(None, now) is now
 
 
 def test_another_seed_in_the_same_directory_is_refused(tiny: Model, tiny_run: Path) -> None:

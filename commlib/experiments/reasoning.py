@@ -122,8 +122,9 @@ def run_reasoning(
             and new, are added to it. Biographies' judgements are shared the
             same way (:func:`judge_biographies`).
         batch_size: Items decoded together by the methods that are one decode
-            per item (``single-*``, ``ac-replace``, ``ac-w-replace``, ``ac-replace-unrelated``; see
-            :func:`commlib.protocols.reasoning.run_reasoning_batch`): the same
+            per item (:func:`commlib.protocols.reasoning.batched_methods`: the
+            single models and AC with its controls, not the debates or
+            ``ac-replace-cot``; see :func:`commlib.protocols.reasoning.run_reasoning_batch`): the same
             greedy answers up to float rounding, faster on a CPU. Not a setting
             of the directory: a run may resume with another batch size. A
             crash loses at most the batch in progress.

@@ -21,8 +21,8 @@ The controlled experiment behind commlib's two questions (issue 24):
    own item-to-item spread (:func:`commlib.protocols.readings.distance`).
 
 Everything lands per item in ``DIR/items.csv`` (resumable, a crash loses
-no finished row) and is summarised by :func:`summarise_thesis` from that
-file alone into ``DIR/summary.csv``.
+no finished row) and is summarised from that file alone into
+``DIR/summary.csv`` (:mod:`commlib.experiments.thesis_results`).
 
 Example:
     >>> import tempfile
@@ -42,7 +42,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -56,6 +55,7 @@ from commlib.combine import LinearMap
 from commlib.config import THESIS_DEFAULT_CHANNELS
 from commlib.errors import CommlibError
 from commlib.experiments.selection import PAPER_DEPTH, paper_layers, select_depth
+from commlib.experiments.thesis_results import merge_record, previous_record, summarise_thesis
 from commlib.graft import fit_map
 from commlib.models import Model
 from commlib.prompts import encode
@@ -70,12 +70,9 @@ from commlib.protocols.readings import (
     spread,
 )
 from commlib.results import (
-    TRUE_TEXT,
     Run,
-    bootstrap_ci,
     contains_answer,
     package_versions,
-    paired_difference,
     placement,
 )
 from commlib.tasks.games import GameItem
@@ -275,21 +272,24 @@ def run_thesis(
     summary = summarise_thesis(run.frame(dtype=str), seed=seed)
     summary.to_csv(run.dir / "summary.csv", index=False)
     run.write(
-        {
-            "settings": settings,
-            "pool_ids": {"selection": [it.id for it in pools.selection], "test": [it.id for it in test]},
-            "conditions": [asdict(c) | {"name": c.name} for c in conds],
-            "paper_layers": list(paper),
-            "selected_layers": list(selected) if selected else None,
-            "kv_layers": {"name": kv_chosen[0], "layers": list(kv_chosen[1])} if kv_chosen else None,
-            "spread": scale,
-            "map": asdict(map.info) if map is not None else None,
-            "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
-            "fuser": fuser_record(fuser) if fuser is not None else None,
-            "versions": package_versions(),
-            "placement": placement(sender=sender, receiver=receiver),
-            "summary": summary.to_dict("records"),
-        }
+        merge_record(
+            previous_record(run.dir),
+            {
+                "settings": settings,
+                "pool_ids": {"selection": [it.id for it in pools.selection], "test": [it.id for it in test]},
+                "conditions": [asdict(c) | {"name": c.name} for c in conds],
+                "paper_layers": list(paper),
+                "selected_layers": list(selected) if selected else None,
+                "kv_layers": {"name": kv_chosen[0], "layers": list(kv_chosen[1])} if kv_chosen else None,
+                "spread": scale,
+                "map": asdict(map.info) if map is not None else None,
+                "adapter": {"items": adapter_items, "steps": adapter_steps} if adapter is not None else None,
+                "fuser": fuser_record(fuser) if fuser is not None else None,
+                "versions": package_versions(),
+                "placement": placement(sender=sender, receiver=receiver),
+                "summary": summary.to_dict("records"),
+            },
+        )
     )
     return summary
 
@@ -551,116 +551,3 @@ def _row(
         "displacement": f"{shift / scale:.6g}" if scale > 0 else "nan",
         "sent": sent,
     }
-
-
-SUMMARY_FIELDS = (
-    "channel", "method", "depth", "k", "j", "n", "accuracy", "ci_low", "ci_high",
-    "control_accuracy", "control_ci_low", "control_ci_high",
-    "vs_control", "vs_control_low", "vs_control_high",
-    "vs_silent", "vs_silent_low", "vs_silent_high",
-    "follows_donor", "kl_median", "kl_q1", "kl_q3",
-    "displacement_median", "displacement_q1", "displacement_q3",
-)  # fmt: skip
-"""Columns of ``summary.csv``: one row per channel (and depth for AC)."""
-
-
-def summarise_thesis(items: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """One row per channel from ``items.csv`` alone: accuracy, its control, paired gains, distances.
-
-    Gains are paired differences over the items both sides scored, with
-    95% bootstrap intervals: ``vs_control`` (own message minus another
-    item's, the test of communication) and ``vs_silent`` (minus B alone).
-    ``follows_donor``: how often B, given another item's message, gave that
-    item's answer. Distances are over the own-message rows.
-    """
-    df = items.assign(
-        ok=items["correct"].astype(str).isin(TRUE_TEXT).astype(float),
-        follows=items["follows_donor"].astype(str).isin(TRUE_TEXT).astype(float),
-        kl=pd.to_numeric(items["kl"]),
-        displacement=pd.to_numeric(items["displacement"]),
-        depth=items["depth"].fillna("").astype(str).replace("nan", ""),
-    )
-    silent = df[df["method"] == "silent"].set_index("item_id")["ok"]
-    records = []
-    for (method, depth), g in df.groupby(["method", "depth"], sort=False):
-        own = g[g["message"].isin(["own", "none"])].set_index("item_id")
-        ctrl = g[g["message"] == "control"].set_index("item_id")
-        acc_lo, acc_hi = bootstrap_ci(own["ok"].tolist(), seed=seed)
-        c_lo, c_hi = bootstrap_ci(ctrl["ok"].tolist(), seed=seed)
-        vc = paired_difference(own["ok"], ctrl["ok"], seed=seed) if len(ctrl) else (np.nan,) * 3
-        vs = paired_difference(own["ok"], silent, seed=seed) if method != "silent" else (np.nan,) * 3
-        q = own[["kl", "displacement"]].quantile([0.25, 0.5, 0.75])
-        first = g.iloc[0]
-        records.append(
-            {
-                "channel": f"{method}@{depth}" if depth else method,
-                "method": method,
-                "depth": depth,
-                "k": first["k"],
-                "j": first["j"],
-                "n": len(own),
-                "accuracy": own["ok"].mean(),
-                "ci_low": acc_lo,
-                "ci_high": acc_hi,
-                "control_accuracy": ctrl["ok"].mean() if len(ctrl) else np.nan,
-                "control_ci_low": c_lo,
-                "control_ci_high": c_hi,
-                "vs_control": vc[0],
-                "vs_control_low": vc[1],
-                "vs_control_high": vc[2],
-                "vs_silent": vs[0],
-                "vs_silent_low": vs[1],
-                "vs_silent_high": vs[2],
-                "follows_donor": ctrl["follows"].mean() if len(ctrl) else np.nan,
-                "kl_median": q.loc[0.5, "kl"],
-                "kl_q1": q.loc[0.25, "kl"],
-                "kl_q3": q.loc[0.75, "kl"],
-                "displacement_median": q.loc[0.5, "displacement"],
-                "displacement_q1": q.loc[0.25, "displacement"],
-                "displacement_q3": q.loc[0.75, "displacement"],
-            }
-        )
-    return pd.DataFrame.from_records(records, columns=list(SUMMARY_FIELDS))
-
-
-def read_thesis(out_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
-    """The summary of a run directory (or of committed ``results/``), recomputed from its ``items.csv``."""
-    path = Path(out_dir) / "items.csv"
-    if not path.exists():
-        raise CommlibError(f"{path} does not exist: run `commlib thesis --out {out_dir}` first")
-    if seed is None:
-        run_json = Path(out_dir) / "run.json"
-        seed = int(pd.read_json(run_json, typ="series")["seed"]) if run_json.exists() else 0
-    return summarise_thesis(pd.read_csv(path, dtype=str, keep_default_na=False), seed=seed)
-
-
-PUBLISHED = ("items.csv", "run.json", "results.json", "selection.csv", "selection.json")
-"""The compact files of a run that go under ``results/`` (no model states, no W, no adapter)."""
-
-
-def publish_thesis(out_dir: str | Path, dest: str | Path) -> Path:
-    """Copy a run's compact results (:data:`PUBLISHED`) to ``dest``, e.g. ``results/thesis/<pair>``.
-
-    ``dest/summary.csv`` is recomputed from the rows (:func:`read_thesis`),
-    so a run still going publishes what it finished; every number in it can
-    be recomputed from ``dest/items.csv`` without rerunning a model.
-
-    Raises:
-        CommlibError: ``out_dir`` has no ``items.csv``.
-    """
-    import shutil
-
-    src, out = Path(out_dir), Path(dest)
-    if not (src / "items.csv").exists():
-        raise CommlibError(f"{src} holds no items.csv: run `commlib thesis --out {src}` first")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED:
-        if (src / name).exists():
-            shutil.copyfile(src / name, out / name)
-    read_thesis(out).to_csv(out / "summary.csv", index=False)
-    return out
-
-
-def pair_name(sender: str, receiver: str) -> str:
-    """The directory name of a pair's results: ``qwen2.5-coder-0.5b_to_qwen2.5-coder-1.5b``."""
-    return f"{sender}_to_{receiver}"

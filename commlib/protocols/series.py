@@ -75,6 +75,7 @@ from commlib.channels.cipher import soft_message
 from commlib.channels.interlat import (
     as_receiver_inputs,
     check_text_rest,
+    check_zero_shot_pair,
     load_adapter,
     trajectory_message,
     with_text_rest,
@@ -392,12 +393,7 @@ class InterlatSeries(_SlotSeries):
     def __init__(self, name: str, rescale: bool, sender: Model, receiver: Model, cfg: MethodConfig) -> None:
         super().__init__(name, sender, receiver, cfg)
         check_text_rest(sender, receiver, "the sweep over n of Interlat")
-        if sender.info.d_model != receiver.info.d_model:
-            raise CommlibError(
-                f"zero-shot Interlat needs the same width ({sender.info.d_model} vs "
-                f"{receiver.info.d_model}); "
-                "sweep interlat-trained with an adapter for this pair"
-            )
+        check_zero_shot_pair([name], sender, receiver)
         self.rescale = rescale
 
     @property
