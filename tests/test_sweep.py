@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from commlib.models import Model
 from commlib.sweep import answer_ids, naive_cell, sweep_item
@@ -183,13 +184,18 @@ def _bf16_grid(
     "name", ["tiny-llama-random", pytest.param("smollm2-135m", marks=pytest.mark.integration)]
 )
 def test_bf16_sweep_equals_naive_with_eager_attention(name: str) -> None:
-    """In bfloat16 the engine and the naive path differ only through the fused attention kernel.
+    """In bfloat16 the engine and the naive path differ only through kernels whose rounding depends on shape.
 
-    With eager attention (the same arithmetic whatever the query length) they agree bit for bit on the CPU:
-    same log-probs, same greedy tokens, though the engine cuts the prompt at the message position, batches
-    over k and decodes several j together.
+    With eager attention (the same arithmetic whatever the query length) and PyTorch's own bf16 matrix
+    products they agree bit for bit on the CPU: same log-probs, same greedy tokens, though the engine cuts the
+    prompt at the message position, batches over k and decodes several j together. oneDNN's bf16 products
+    are off here: on a Xeon with AMX they round by the number of rows (SmolLM2: up to 0.25 in
+    log-prob), which is the kernel's doing, not the engine's; the sdpa test below holds that kind of gap.
     """
-    for cell, ref in _bf16_grid(name, "eager", [0, 2, 3] if "tiny" in name else [0, 10, 29], [1, 3], 5):
+    ks = [0, 2, 3] if "tiny" in name else [0, 10, 29]
+    with torch.backends.mkldnn.flags(enabled=False):
+        grid = _bf16_grid(name, "eager", ks, [1, 3], 5)
+    for cell, ref in grid:
         assert cell["answer_logprob"] == ref["answer_logprob"]
         assert cell["token_ids"] == ref["token_ids"]
         assert cell["greedy_answer"] == ref["greedy_answer"]
